@@ -1,0 +1,30 @@
+{
+  "targets": [
+    {
+      "target_name": "step_seg",
+      "sources": [
+        "native/core/model.cpp",
+        "native/core/file_map.cpp",
+        "native/core/device_none.cpp",
+        "native/cpu/parallel.cpp",
+        "native/cpu/gemm.cpp",
+        "native/cpu/norm.cpp",
+        "native/cpu/attention.cpp",
+        "native/cpu/token_merge.cpp",
+        "native/cpu/elementwise.cpp",
+        "native/cpu/upsample.cpp",
+        "native/addon/addon.cpp"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fvisibility=hidden"],
+      "xcode_settings": {
+        "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+        "OTHER_CPLUSPLUSFLAGS": ["-O3"]
+      }
+    }
+  ]
+}

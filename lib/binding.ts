@@ -1,0 +1,137 @@
+/**
+ * The typed seam to the native addon: everything the `.node` file exports is declared here, and this
+ * is the only module that loads it. The loader looks in `prebuilds/<platform>-<arch>/` first (the
+ * binary shipped in the npm package), then in `build/Release` (a local build).
+ */
+import * as path from 'node:path';
+
+export interface NativeConfig {
+  patchSize: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  mlpHidden: number;
+  qkvBias: boolean;
+  classToken: boolean;
+  regTokens: number;
+  noEmbedClass: boolean;
+  preNorm: boolean;
+  layerScale: boolean;
+  normEps: number;
+  gridH: number;
+  gridW: number;
+  numClasses: number;
+}
+
+export interface NativeTensorEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+export interface NativeStats {
+  denseTokens: number;
+  inputTokens: number;
+  perBlock: number[];
+  gflops: number;
+  ms: Record<string, number>;
+}
+
+export interface NativeSegmentImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+  channels: number;
+  outWidth: number;
+  outHeight: number;
+}
+
+export interface NativeSegmentResult {
+  labels: Uint8Array | Uint16Array;
+  probs?: Float32Array;
+  logits?: Float32Array;
+  logitsDims?: [number, number, number];
+  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number };
+}
+
+export interface NativeModel {
+  forwardFeatures(
+    pixels: Float32Array,
+    dims: readonly number[],
+    capture: boolean,
+  ): Promise<{ tokens: Float32Array; captured: Record<string, Float32Array>; stats: NativeStats }>;
+  segment(
+    images: NativeSegmentImage[],
+    options: { mean: number[]; std: number[]; probs: boolean; logits: boolean },
+  ): Promise<NativeSegmentResult[]>;
+  dispose(): void;
+}
+
+export interface CudaProbe {
+  compiled: boolean;
+  usable: boolean;
+  reason: string;
+  name: string;
+  driverVersion: number;
+  runtimeVersion: number;
+  deviceCount: number;
+  computeCapability: number;
+}
+
+export interface Binding {
+  createModel(
+    config: NativeConfig,
+    tensors: NativeTensorEntry[],
+    source: string | Buffer,
+    dataOffset: number,
+  ): Promise<NativeModel>;
+  probeCuda(): Promise<CudaProbe>;
+  cpuInfo(): { threads: number; gemmKernel: string };
+  setNumThreads(n: number): void;
+  ops: Record<string, (params: Record<string, unknown>) => void>;
+}
+
+/** Package root: lib/ compiles to dist/, both one level below it. */
+export const packageRoot = path.resolve(__dirname, '..');
+
+let cached: { binding: Binding; file: string } | undefined;
+
+/** Loads the addon once; throws an Error that lists the likely causes and fixes when none loads. */
+export function loadBinding(): { binding: Binding; file: string } {
+  if (cached) return cached;
+  const failures: string[] = [];
+  let file: string | undefined = process.env.STEP_SEG_BINARY ? path.resolve(process.env.STEP_SEG_BINARY) : undefined;
+  if (!file) {
+    try {
+      // node-gyp-build finds prebuilds/<platform>-<arch>/*.node (matching the N-API and libc tags)
+      // before build/Release/*.node.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      file = (require('node-gyp-build') as { resolve(dir: string): string }).resolve(packageRoot);
+    } catch (err) {
+      failures.push((err as Error).message.split('\n')[0]);
+    }
+  }
+  if (file) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      cached = { binding: require(file) as Binding, file };
+      return cached;
+    } catch (err) {
+      failures.push(`${file}: ${(err as Error).message}`);
+    }
+  }
+  throw new Error(
+    [
+      `step-seg: no native binary could be loaded for ${process.platform}-${process.arch} (Node ${process.version}).`,
+      ...failures.map((f) => '  ' + f),
+      'Likely causes and fixes:',
+      '  - No prebuilt binary for this platform: build one with `npm rebuild step-seg` (needs a C++17',
+      '    compiler, python3 and make), or `npm run build:native` in a clone (cmake-js, CUDA when nvcc exists).',
+      '  - Installed with --ignore-scripts where no prebuilt binary fits: run `npm rebuild step-seg`.',
+      '  - node_modules copied from another platform or libc (Docker layers, Alpine vs glibc): reinstall.',
+      '  - STEP_SEG_BINARY points at a file that is missing or was built for another platform.',
+    ].join('\n'),
+  );
+}

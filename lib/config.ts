@@ -1,0 +1,187 @@
+/**
+ * The model config: timm's VisionTransformer fields (snake_case, as timm and its checkpoints name
+ * them) plus the segmentation fields step-seg adds. One JSON object, stored as `config.json` beside
+ * `model.safetensors`, or as the `config` entry of the safetensors `__metadata__`.
+ *
+ * Backbone (timm names): `arch` ("timm.VisionTransformer"), `img_size` (int or [h, w]: the grid the
+ * position embeddings were trained for), `patch_size`, `embed_dim`, `depth`, `num_heads`, `mlp_ratio`,
+ * `qkv_bias` (true), `class_token` (true), `reg_tokens` (0), `no_embed_class` (false), `pre_norm`
+ * (false), `init_values` (null: no layer scale), `norm_eps` (1e-6), `act` ("gelu_erf"),
+ * `pixel_mean` / `pixel_std` (0..1 units, ImageNet's by default).
+ * Segmentation: `class_names` (K strings), `num_classes` (K, optional when class_names is given),
+ * `palette` (K [r, g, b] triples), `input_size` (the long side images are resized to; default: the
+ * long side of img_size), `decoder` ({ "type": "linear" }: `decoder.head.weight` [K, C] and
+ * `decoder.head.bias` [K] over the final-norm tokens). Later versions add `merge` and `prune` here.
+ */
+import { BadModelError } from './errors';
+import type { NativeConfig } from './binding';
+
+export interface ModelConfig {
+  arch: string;
+  imgSize: [number, number];
+  patchSize: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  mlpRatio: number;
+  qkvBias: boolean;
+  classToken: boolean;
+  regTokens: number;
+  noEmbedClass: boolean;
+  preNorm: boolean;
+  layerScale: boolean;
+  normEps: number;
+  pixelMean: [number, number, number];
+  pixelStd: [number, number, number];
+  numClasses: number;
+  classNames: string[];
+  palette: [number, number, number][];
+  inputSize: number;
+  /** The config as read, for fields this version does not interpret. */
+  raw: Record<string, unknown>;
+}
+
+const kImageNetMean: [number, number, number] = [0.485, 0.456, 0.406];
+const kImageNetStd: [number, number, number] = [0.229, 0.224, 0.225];
+
+function fail(where: string, field: string, expected: string, value: unknown): never {
+  throw new BadModelError(`${where}: config field ${field} must be ${expected} but is ${JSON.stringify(value)}`);
+}
+
+function int(raw: Record<string, unknown>, field: string, where: string, def?: number, min = 1): number {
+  const v = raw[field] ?? def;
+  if (!Number.isInteger(v) || (v as number) < min) fail(where, field, `an integer >= ${min}`, raw[field]);
+  return v as number;
+}
+
+function bool(raw: Record<string, unknown>, field: string, where: string, def: boolean): boolean {
+  const v = raw[field] ?? def;
+  if (typeof v !== 'boolean') fail(where, field, 'true or false', v);
+  return v;
+}
+
+function triple(raw: Record<string, unknown>, field: string, where: string, def: [number, number, number]) {
+  const v = raw[field] ?? def;
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x)))
+    fail(where, field, 'an array of 3 finite numbers', v);
+  return v as [number, number, number];
+}
+
+/** A colour per class: the config's palette, or a fixed, well-spread one. */
+export function defaultPalette(k: number): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  for (let i = 0; i < k; i++) {
+    const h = (i * 0.618033988749895) % 1, s = 0.65, l = i % 2 ? 0.45 : 0.6;
+    const f = (n: number) => {
+      const a = s * Math.min(l, 1 - l), kk = (n + h * 12) % 12;
+      return Math.round(255 * (l - a * Math.max(-1, Math.min(kk - 3, 9 - kk, 1))));
+    };
+    out.push([f(0), f(8), f(4)]);
+  }
+  return out;
+}
+
+/** Validates a config object; `where` names its source in messages. */
+export function parseConfig(raw: unknown, where: string): ModelConfig {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new BadModelError(`${where}: the config is not a JSON object`);
+  const r = raw as Record<string, unknown>;
+  const arch = (r.arch ?? 'timm.VisionTransformer') as string;
+  if (typeof arch !== 'string' || !/VisionTransformer/i.test(arch))
+    throw new BadModelError(`${where}: config arch ${JSON.stringify(r.arch)} is not supported: expected a timm VisionTransformer`);
+  const img = r.img_size;
+  let imgSize: [number, number];
+  if (Number.isInteger(img) && (img as number) > 0) imgSize = [img as number, img as number];
+  else if (Array.isArray(img) && img.length === 2 && img.every((d) => Number.isInteger(d) && d > 0)) imgSize = [img[0], img[1]];
+  else fail(where, 'img_size', 'a positive integer or [height, width]', img);
+  const patchSize = int(r, 'patch_size', where);
+  if (imgSize[0] % patchSize || imgSize[1] % patchSize) fail(where, 'img_size', `a multiple of patch_size ${patchSize}`, img);
+  const embedDim = int(r, 'embed_dim', where);
+  const depth = int(r, 'depth', where);
+  const numHeads = int(r, 'num_heads', where);
+  if (embedDim % numHeads) fail(where, 'num_heads', `a divisor of embed_dim ${embedDim}`, numHeads);
+  const mlpRatio = (r.mlp_ratio ?? 4) as number;
+  if (typeof mlpRatio !== 'number' || !(mlpRatio > 0) || !Number.isInteger(embedDim * mlpRatio))
+    fail(where, 'mlp_ratio', 'a positive number giving an integer hidden width', r.mlp_ratio);
+  const classToken = bool(r, 'class_token', where, true);
+  const regTokens = int(r, 'reg_tokens', where, 0, 0);
+  if (r.num_prefix_tokens !== undefined && r.num_prefix_tokens !== (classToken ? 1 : 0) + regTokens)
+    fail(where, 'num_prefix_tokens', `${(classToken ? 1 : 0) + regTokens} (class_token + reg_tokens)`, r.num_prefix_tokens);
+  const act = r.act ?? 'gelu_erf';
+  if (act !== 'gelu_erf' && act !== 'gelu') fail(where, 'act', '"gelu_erf" (timm nn.GELU)', act);
+  const normEps = (r.norm_eps ?? 1e-6) as number;
+  if (typeof normEps !== 'number' || !(normEps > 0)) fail(where, 'norm_eps', 'a positive number', r.norm_eps);
+  const initValues = r.init_values ?? null;
+  if (initValues !== null && typeof initValues !== 'number') fail(where, 'init_values', 'null or a number', initValues);
+
+  let classNames: string[] = [];
+  if (r.class_names !== undefined) {
+    if (!Array.isArray(r.class_names) || !r.class_names.every((n) => typeof n === 'string'))
+      fail(where, 'class_names', 'an array of strings', r.class_names);
+    classNames = r.class_names as string[];
+  }
+  const numClasses = int(r, 'num_classes', where, classNames.length, 0);
+  if (classNames.length && classNames.length !== numClasses)
+    fail(where, 'num_classes', `${classNames.length} (the length of class_names)`, r.num_classes);
+  if (numClasses > 65536) fail(where, 'num_classes', 'at most 65536', numClasses);
+  if (!classNames.length) classNames = Array.from({ length: numClasses }, (_, i) => `class_${i}`);
+  let palette = defaultPalette(numClasses);
+  if (r.palette !== undefined) {
+    const p = r.palette;
+    if (
+      !Array.isArray(p) ||
+      p.length !== numClasses ||
+      !p.every((c) => Array.isArray(c) && c.length === 3 && c.every((x) => Number.isInteger(x) && x >= 0 && x <= 255))
+    )
+      fail(where, 'palette', `${numClasses} [r, g, b] triples of integers 0..255`, p);
+    palette = p as [number, number, number][];
+  }
+  if (r.decoder !== undefined) {
+    const d = r.decoder as { type?: unknown };
+    if (!d || d.type !== 'linear') fail(where, 'decoder', '{ "type": "linear" }', r.decoder);
+  }
+  const inputSize = int(r, 'input_size', where, Math.max(...imgSize));
+
+  return {
+    arch,
+    imgSize,
+    patchSize,
+    embedDim,
+    depth,
+    numHeads,
+    mlpRatio,
+    qkvBias: bool(r, 'qkv_bias', where, true),
+    classToken,
+    regTokens,
+    noEmbedClass: bool(r, 'no_embed_class', where, false),
+    preNorm: bool(r, 'pre_norm', where, false),
+    layerScale: initValues !== null,
+    normEps,
+    pixelMean: triple(r, 'pixel_mean', where, kImageNetMean),
+    pixelStd: triple(r, 'pixel_std', where, kImageNetStd),
+    numClasses,
+    classNames,
+    palette,
+    inputSize,
+    raw: r,
+  };
+}
+
+export function toNativeConfig(c: ModelConfig): NativeConfig {
+  return {
+    patchSize: c.patchSize,
+    embedDim: c.embedDim,
+    depth: c.depth,
+    numHeads: c.numHeads,
+    mlpHidden: Math.round(c.embedDim * c.mlpRatio),
+    qkvBias: c.qkvBias,
+    classToken: c.classToken,
+    regTokens: c.regTokens,
+    noEmbedClass: c.noEmbedClass,
+    preNorm: c.preNorm,
+    layerScale: c.layerScale,
+    normEps: c.normEps,
+    gridH: c.imgSize[0] / c.patchSize,
+    gridW: c.imgSize[1] / c.patchSize,
+    numClasses: c.numClasses,
+  };
+}

@@ -1,0 +1,30 @@
+/**
+ * step-seg: Vision-Transformer semantic segmentation of large images from Node, on a native engine
+ * (CPU, with a CUDA backend compiled in where built with nvcc).
+ */
+export { loadModel, Model, cudaStatus, defaultModelPath } from './model';
+export type { SegmentResult, SegmentStats, FeaturesResult } from './model';
+export type { ModelConfig } from './config';
+export type { ImageInput, RawImage } from './image';
+export type { Device, LoadOptions, SegmentOptions, ForwardOptions } from './options';
+export type { Tensor, DType } from './tensor';
+export {
+  StepError,
+  BadInputError,
+  BadModelError,
+  DeviceUnavailableError,
+  OutOfMemoryError,
+  DisposedError,
+  InternalError,
+} from './errors';
+export type { StepErrorCode } from './errors';
+export { encodeSafetensors } from './safetensors';
+export { colorize } from './palette';
+
+import { loadBinding } from './binding';
+
+/** Which native binary is loaded, and the CPU engine's settings. */
+export function runtimeInfo(): { binary: string; threads: number; gemmKernel: string } {
+  const { binding, file } = loadBinding();
+  return { binary: file, ...binding.cpuInfo() };
+}

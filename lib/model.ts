@@ -1,0 +1,388 @@
+/**
+ * Models: loading (directory, file or Buffer), device choice, and the inference calls. Native work
+ * runs on libuv's thread pool and resolves Promises; calls on one model run one at a time, in order.
+ */
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeStats } from './binding';
+import { parseConfig, toNativeConfig, type ModelConfig } from './config';
+import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, fromNative, invalidParameter } from './errors';
+import { prepareImage, type ImageInput, type PreparedImage } from './image';
+import {
+  checkForwardOptions,
+  checkLoadOptions,
+  checkSegmentOptions,
+  type ForwardOptions,
+  type LoadOptions,
+  type SegmentOptions,
+} from './options';
+import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
+import { numel, type Tensor } from './tensor';
+
+/** Where the bundled default model lives. */
+export const defaultModelPath = path.join(packageRoot, 'weights', 'default');
+
+export interface SegmentStats {
+  /** Device that ran the model, and why it is the CPU when a GPU was asked for or could be used. */
+  device: 'cpu' | 'cuda';
+  deviceReason?: string;
+  tokens: {
+    /** Tokens a plain ViT uses for this image (patches + prefix tokens). */
+    dense: number;
+    /** Tokens entering the encoder. */
+    input: number;
+    /** Active tokens entering each block, for the whole batch. */
+    perBlock: number[];
+  };
+  /** GFLOPs of the work actually done for the whole batch (GEMMs and attention). */
+  gflops: number;
+  /** Milliseconds per stage for the whole call: decode, normalize, embed, encoder, head, upsample, total. */
+  ms: Record<string, number>;
+  /** Images in the call these figures come from. */
+  batchSize: number;
+}
+
+export interface SegmentResult {
+  width: number;
+  height: number;
+  /** Class index per pixel, row-major, `width * height`; Uint16Array when there are over 256 classes. */
+  labels: Uint8Array | Uint16Array;
+  /** Class names, indexed by label. */
+  classes: string[];
+  stats: SegmentStats;
+  /** With `probabilities: true`: softmax probabilities, dims `[K, height, width]`. */
+  probabilities?: Tensor;
+  /** With `logits: true`: patch-grid logits, dims `[K, gh, gw]` (the grid covers the resized, padded image). */
+  logits?: Tensor;
+}
+
+export interface FeaturesResult extends Tensor {
+  /** dims `[N, T, C]`: prefix tokens first, then patches row-major, as timm's forward_features. */
+  dims: [number, number, number];
+  /** With `intermediates: true`: `patch_embed` [N, patches, C], `tokens_0`, `block_N`, `final_norm` [N, T, C]. */
+  intermediates?: Record<string, Tensor>;
+  stats: { gflops: number; ms: Record<string, number> };
+}
+
+let probe: Promise<CudaProbe> | undefined;
+let warnedFallback = false;
+
+/** What the CUDA probe found; runs the probe on first call only. */
+export function cudaStatus(): Promise<CudaProbe> {
+  probe ??= loadBinding().binding.probeCuda();
+  return probe;
+}
+
+async function chooseDevice(requested: 'auto' | 'cpu' | 'cuda'): Promise<{ device: 'cpu' | 'cuda'; reason?: string }> {
+  if (requested === 'cpu') return { device: 'cpu' };
+  let reason: string;
+  if (process.env.STEP_SEG_FORCE_CPU && process.env.STEP_SEG_FORCE_CPU !== '0') {
+    reason = 'STEP_SEG_FORCE_CPU is set';
+  } else {
+    const p = await cudaStatus();
+    if (!p.compiled || !p.usable) reason = p.reason;
+    else reason = `a GPU (${p.name}) is usable but this version of step-seg runs models on the CPU only (its CUDA kernels arrive in a later release)`;
+  }
+  if (requested === 'cuda') throw new DeviceUnavailableError(`device 'cuda' is not available: ${reason}`);
+  if (!warnedFallback && !/no CUDA backend|no NVIDIA driver|no GPU|reports no GPU/.test(reason)) {
+    warnedFallback = true;
+    process.emitWarning(`step-seg is using the CPU: ${reason}`, { code: 'STEP_SEG_CPU_FALLBACK' });
+  }
+  return { device: 'cpu', reason };
+}
+
+interface ModelSource {
+  header: SafetensorsHeader;
+  config: ModelConfig;
+  weights: string | Buffer;
+  where: string;
+}
+
+async function readSource(source: string | Buffer | Uint8Array): Promise<ModelSource> {
+  if (typeof source !== 'string') {
+    const buf = Buffer.isBuffer(source) ? source : Buffer.from(source.buffer, source.byteOffset, source.byteLength);
+    const header = readHeaderFromBuffer(buf);
+    return { header, weights: buf, where: 'weights buffer', config: configFromMetadata(header, 'weights buffer') };
+  }
+  let stat;
+  try {
+    stat = await fs.stat(source);
+  } catch (err) {
+    throw new BadModelError(`model not found at ${source}: expected a directory with config.json and model.safetensors, or a .safetensors file`, { cause: err });
+  }
+  if (stat.isDirectory()) {
+    const configPath = path.join(source, 'config.json');
+    const weightsPath = path.join(source, 'model.safetensors');
+    let text: string;
+    try {
+      text = await fs.readFile(configPath, 'utf8');
+    } catch (err) {
+      throw new BadModelError(`cannot read ${configPath}: a model directory holds config.json and model.safetensors`, { cause: err });
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new BadModelError(`${configPath} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    }
+    const header = await readHeaderFromFile(weightsPath);
+    return { header, weights: weightsPath, where: source, config: parseConfig(raw, configPath) };
+  }
+  const header = await readHeaderFromFile(source);
+  return { header, weights: source, where: source, config: configFromMetadata(header, source) };
+}
+
+function configFromMetadata(header: SafetensorsHeader, where: string): ModelConfig {
+  const text = header.metadata.config;
+  if (text === undefined)
+    throw new BadModelError(`${where}: a single-file model needs its config as JSON in the safetensors __metadata__ under "config"`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new BadModelError(`${where}: __metadata__.config is not valid JSON: ${(err as Error).message}`, { cause: err });
+  }
+  return parseConfig(raw, `${where} (__metadata__.config)`);
+}
+
+/**
+ * Loads a segmentation model.
+ * @param source A model directory (`config.json` + `model.safetensors`), a `.safetensors` file with
+ *   its config in `__metadata__.config`, or such a file's bytes. Default: the bundled model.
+ * @param options `device`: `'auto'` (default; the `STEP_SEG_DEVICE` environment variable overrides
+ *   the default), `'cpu'` or `'cuda'`.
+ * @throws {BadModelError} a missing, truncated or corrupt file, a missing or misshapen tensor, an
+ *   unknown dtype, or a config that contradicts the weights: the message names the tensor or field.
+ * @throws {DeviceUnavailableError} `device: 'cuda'` where the GPU cannot be used, with the reason.
+ * @example
+ * const model = await loadModel();            // the bundled model
+ * const { labels, width, height } = await model.segment('street.jpg');
+ * model.dispose();
+ */
+export async function loadModel(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
+  const opts = checkLoadOptions(options);
+  if (source !== undefined && typeof source !== 'string' && !(source instanceof Uint8Array))
+    throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
+  const src = await readSource(source ?? defaultModelPath);
+  const { device, reason } = await chooseDevice(opts.device);
+  const { binding } = loadBinding();
+  let native: NativeModel;
+  try {
+    native = await binding.createModel(
+      toNativeConfig(src.config),
+      src.header.tensors,
+      src.weights,
+      src.header.dataOffset,
+    );
+  } catch (err) {
+    const e = fromNative(err);
+    if (e instanceof BadModelError) throw new BadModelError(`${src.where}: ${e.message}`, { cause: err });
+    throw e;
+  }
+  return new Model(native, src.config, device, reason);
+}
+
+/** A loaded model. Calls run one at a time, in call order; `dispose()` frees its memory. */
+export class Model {
+  /** The parsed config (timm fields in camelCase, plus the segmentation fields). */
+  readonly config: ModelConfig;
+  /** Device that runs this model. */
+  readonly device: 'cpu' | 'cuda';
+  /** Why the device is the CPU when `'auto'` or `'cuda'` was asked for. */
+  readonly deviceReason?: string;
+  #native: NativeModel | undefined;
+  #tail: Promise<unknown> = Promise.resolve();
+
+  /** @internal use {@link loadModel} */
+  constructor(native: NativeModel, config: ModelConfig, device: 'cpu' | 'cuda', deviceReason?: string) {
+    this.#native = native;
+    this.config = config;
+    this.device = device;
+    this.deviceReason = deviceReason;
+  }
+
+  /** Class names, indexed by label. */
+  get classes(): string[] {
+    return this.config.classNames;
+  }
+
+  /** True after `dispose()`. */
+  get disposed(): boolean {
+    return this.#native === undefined;
+  }
+
+  #live(): NativeModel {
+    if (!this.#native) throw new DisposedError();
+    return this.#native;
+  }
+
+  // Runs native work after every earlier call on this model has settled.
+  #enqueue<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(work);
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * The backbone's final-norm tokens, as timm's `forward_features` returns them.
+   * @param pixels normalised float32 `{ data, dims: [N, 3, H, W] }`, H and W multiples of the patch size.
+   * @param options `intermediates` (default false): also return every intermediate.
+   * @returns `{ data, dims: [N, T, C] }`, prefix tokens first, then patches row-major.
+   * @throws {BadInputError} wrong dims, a data length that does not match, or NaN / infinite values.
+   * @throws {DisposedError} after `dispose()`.
+   */
+  async forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
+    this.#live();
+    const opts = checkForwardOptions(options);
+    if (!pixels || typeof pixels !== 'object') throw invalidParameter('pixels', 'a tensor { data: Float32Array, dims: [N, 3, H, W] }', pixels);
+    const { data, dims } = pixels;
+    const P = this.config.patchSize;
+    if (!(data instanceof Float32Array)) throw invalidParameter('pixels.data', 'a Float32Array', data);
+    if (!Array.isArray(dims) || dims.length !== 4 || !dims.every((d) => Number.isInteger(d) && d > 0) || dims[1] !== 3)
+      throw invalidParameter('pixels.dims', '[N, 3, H, W] with positive integers', dims);
+    if (dims[2] % P || dims[3] % P) throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
+    if (data.length !== numel(dims))
+      throw new BadInputError(`Expected ${numel(dims)} values for pixels.data (dims [${dims.join(', ')}]) but received ${data.length}`);
+    for (let i = 0; i < data.length; i++)
+      if (!Number.isFinite(data[i])) throw new BadInputError(`pixels.data[${i}] is ${data[i]}: expected finite numbers (no NaN or infinity)`);
+    const [N, , H, W] = dims;
+    const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
+    const C = this.config.embedDim;
+    this.#checkMemory(N, (H / P) * (W / P), N * 3 * H * W);
+    return this.#enqueue(async () => {
+      let out;
+      try {
+        out = await this.#live().forwardFeatures(data, dims, opts.intermediates);
+      } catch (err) {
+        throw fromNative(err);
+      }
+      const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats: { gflops: out.stats.gflops, ms: out.stats.ms } };
+      if (opts.intermediates) {
+        result.intermediates = {};
+        for (const [name, t] of Object.entries(out.captured))
+          result.intermediates[name] = { type: 'float32', data: t, dims: [N, t.length / N / C, C] };
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Segments one image.
+   * @param image a file path, an encoded image (PNG, JPEG, WebP, ...) in a Buffer, or raw pixels
+   *   `{ data: Uint8Array, width, height, channels: 3 | 4 }`.
+   * @param options `size` (long side for inference, default the model's `input_size`, 16..8192),
+   *   `probabilities` (default false), `logits` (default false).
+   * @returns labels at the image's own size, with the class names and stats.
+   * @throws {BadInputError} an unreadable or corrupt image, wrong raw dimensions, bad options.
+   * @throws {OutOfMemoryError} when the work would not fit in memory.
+   * @throws {DisposedError} after `dispose()`.
+   * @example
+   * const { labels, width, classes } = await model.segment('photo.jpg', { size: 1024 });
+   * console.log(classes[labels[10 * width + 20]]); // class at x = 20, y = 10
+   */
+  async segment(image: ImageInput, options?: SegmentOptions): Promise<SegmentResult> {
+    const [result] = await this.segmentBatch([image], options);
+    return result;
+  }
+
+  /**
+   * Segments several images in one packed batch (each keeps its own size and token count); the
+   * results equal those of segmenting each image alone.
+   */
+  async segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
+    this.#live();
+    if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
+    const opts = checkSegmentOptions(options, this.config.inputSize, this.config.patchSize);
+    if (this.config.numClasses === 0)
+      throw new BadModelError('this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()');
+    const t0 = performance.now();
+    const prepared = await Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image')));
+    const decodeMs = performance.now() - t0;
+    this.#checkSegmentMemory(prepared, opts);
+    return this.#enqueue(async () => {
+      const t1 = performance.now();
+      let out;
+      try {
+        out = await this.#live().segment(
+          prepared.map((p) => ({
+            data: p.data,
+            width: p.resizedWidth,
+            height: p.resizedHeight,
+            channels: 3,
+            outWidth: p.width,
+            outHeight: p.height,
+          })),
+          { mean: this.config.pixelMean, std: this.config.pixelStd, probs: opts.probabilities, logits: opts.logits },
+        );
+      } catch (err) {
+        throw fromNative(err);
+      }
+      const total = decodeMs + performance.now() - t1;
+      return out.map((r, i) => {
+        const p = prepared[i];
+        const result: SegmentResult = {
+          width: p.width,
+          height: p.height,
+          labels: r.labels,
+          classes: this.config.classNames,
+          stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length),
+        };
+        const K = this.config.numClasses;
+        if (r.probs) result.probabilities = { type: 'float32', data: r.probs, dims: [K, p.height, p.width] };
+        if (r.logits && r.logitsDims) result.logits = { type: 'float32', data: r.logits, dims: r.logitsDims };
+        return result;
+      });
+    });
+  }
+
+  #stats(s: NativeStats, ms: Record<string, number>, batchSize: number): SegmentStats {
+    const stats: SegmentStats = {
+      device: this.device,
+      tokens: { dense: s.denseTokens, input: s.inputTokens, perBlock: s.perBlock },
+      gflops: s.gflops,
+      ms,
+      batchSize,
+    };
+    if (this.deviceReason) stats.deviceReason = this.deviceReason;
+    return stats;
+  }
+
+  // Rough peak memory of a forward over `patches` patch tokens, refused early when it cannot fit.
+  #checkMemory(images: number, patches: number, extraFloats: number): void {
+    const c = this.config;
+    const A = patches + images * (c.regTokens + (c.classToken ? 1 : 0));
+    const hidden = c.embedDim * c.mlpRatio;
+    const floats = A * (7 * c.embedDim + hidden + c.numClasses) + patches * (3 * c.patchSize * c.patchSize + c.embedDim) + extraFloats;
+    const bytes = floats * 4;
+    const available = Math.max(os.freemem(), os.totalmem() * 0.5);
+    if (bytes > available)
+      throw new OutOfMemoryError(
+        `this input needs about ${Math.round(bytes / 2 ** 20)} MiB (${A} tokens) but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,
+      );
+  }
+
+  #checkSegmentMemory(prepared: PreparedImage[], opts: Required<SegmentOptions>): void {
+    const P = this.config.patchSize;
+    let patches = 0, extra = 0;
+    for (const p of prepared) {
+      patches += Math.ceil(p.resizedWidth / P) * Math.ceil(p.resizedHeight / P);
+      extra += 3 * Math.ceil(p.resizedWidth / P) * P * Math.ceil(p.resizedHeight / P) * P + p.width * p.height * (1 + (opts.probabilities ? this.config.numClasses : 0));
+    }
+    this.#checkMemory(prepared.length, patches, extra);
+  }
+
+  /** Frees the model's memory; later calls reject with {@link DisposedError}. A call already running finishes. */
+  dispose(): void {
+    const native = this.#native;
+    this.#native = undefined;
+    native?.dispose();
+  }
+
+  /** Waits for running calls, then disposes (`await using model = await loadModel()`). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#tail;
+    this.dispose();
+  }
+}

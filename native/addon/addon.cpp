@@ -1,0 +1,544 @@
+// addon.cpp: the N-API surface of step-seg; the only file that includes napi.h.
+// JavaScript validates, C++ computes (lib/ checks options and builds the weight index): values are
+// copied out of JS on the main thread, Execute() runs the engine on a libuv worker thread and never
+// touches JS, and results become typed arrays back on the main thread. Every job returns a Promise;
+// engine errors reject with an Error whose `code` is the step::ErrorCode name (lib/errors.ts maps it
+// to a class). Exports: createModel, probeCuda, cpuInfo, setNumThreads, and `ops` (single ops, sync,
+// for the op tests).
+#include <napi.h>
+
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "../core/device.h"
+#include "../core/file_map.h"
+#include "../core/model.h"
+#include "../cpu/cpu_backend.h"
+#include "../cpu/parallel.h"
+
+namespace {
+
+using step::Error;
+using step::ErrorCode;
+
+step::cpu::CpuBackend& cpu_backend() {
+  static step::cpu::CpuBackend backend;
+  return backend;
+}
+
+// ---- reading JS values ---------------------------------------------------------------------------
+int get_int(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
+  return v.As<Napi::Number>().Int32Value();
+}
+double get_double(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
+  return v.As<Napi::Number>().DoubleValue();
+}
+bool get_bool(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  return v.IsBoolean() && v.As<Napi::Boolean>().Value();
+}
+template <typename T>
+std::vector<T> get_vector(const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray()) throw Napi::TypeError::New(v.Env(), std::string("expected a typed array for ") + what);
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  if (ta.ElementSize() != sizeof(T))
+    throw Napi::TypeError::New(v.Env(), std::string("wrong element type for ") + what);
+  const T* p = reinterpret_cast<const T*>(static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+  return std::vector<T>(p, p + ta.ElementLength());
+}
+Napi::Float32Array to_js(Napi::Env env, const float* data, size_t n) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, n);
+  if (n) std::memcpy(a.Data(), data, n * sizeof(float));
+  return a;
+}
+
+Napi::Object stats_to_js(Napi::Env env, const step::ForwardStats& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("denseTokens", double(s.dense_tokens));
+  o.Set("inputTokens", double(s.input_tokens));
+  Napi::Array per = Napi::Array::New(env, s.per_block.size());
+  for (size_t i = 0; i < s.per_block.size(); ++i) per.Set(uint32_t(i), double(s.per_block[i]));
+  o.Set("perBlock", per);
+  o.Set("gflops", s.gflops);
+  Napi::Object ms = Napi::Object::New(env);
+  for (const auto& [name, v] : s.ms) ms.Set(name, v);
+  o.Set("ms", ms);
+  return o;
+}
+
+// ---- jobs ----------------------------------------------------------------------------------------
+// An AsyncWorker that settles a Promise and carries the engine's error code to JS.
+class Job : public Napi::AsyncWorker {
+ public:
+  explicit Job(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void run() = 0;                        // worker thread
+  virtual Napi::Value result(Napi::Env env) = 0; // main thread
+
+ private:
+  void Execute() final {
+    try {
+      run();
+    } catch (const Error& e) {
+      code_ = e.code();
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = ErrorCode::kOutOfMemory;
+      SetError("out of memory while running the model: try a smaller input size or batch");
+    } catch (const std::exception& e) {
+      code_ = ErrorCode::kInternal;
+      SetError(std::string("internal error: ") + e.what());
+    }
+  }
+  void OnOK() final {
+    Napi::Env env = Env();
+    try {
+      deferred_.Resolve(result(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) final {
+    Napi::Error err = Napi::Error::New(Env(), e.Message());
+    err.Set("code", Napi::String::New(Env(), step::error_code_name(code_)));
+    deferred_.Reject(err.Value());
+  }
+
+  Napi::Promise::Deferred deferred_;
+  ErrorCode code_ = ErrorCode::kInternal;
+};
+
+// What a NativeModel owns; jobs share it, so dispose() during a run frees it when the run ends.
+struct ModelState {
+  std::unique_ptr<step::VitModel> model;
+  std::mutex run_mutex;  // one forward at a time per model (lib/ queues calls too)
+};
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::FunctionReference* constructor;
+  static Napi::Function define(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NativeModel",
+                                   {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
+                                    InstanceMethod("segment", &NativeModel::segment),
+                                    InstanceMethod("dispose", &NativeModel::dispose)});
+    constructor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+  explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
+  std::shared_ptr<ModelState> state;
+
+ private:
+  std::shared_ptr<ModelState> live(Napi::Env env) {
+    if (!state) {
+      Napi::Error err = Napi::Error::New(env, "the model has been disposed");
+      err.Set("code", Napi::String::New(env, step::error_code_name(ErrorCode::kDisposed)));
+      throw err;
+    }
+    return state;
+  }
+  Napi::Value forward_features(const Napi::CallbackInfo& info);
+  Napi::Value segment(const Napi::CallbackInfo& info);
+  Napi::Value dispose(const Napi::CallbackInfo& info) {
+    state.reset();
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference* NativeModel::constructor = nullptr;
+
+// createModel(config, tensors, source, dataOffset): source is a path or a Buffer.
+class CreateModelJob : public Job {
+ public:
+  CreateModelJob(Napi::Env env, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
+                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset)
+      : Job(env), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset) {
+    if (!buffer.IsEmpty()) {
+      buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
+      buffer_data_ = buffer.Data();
+      buffer_size_ = buffer.Length();
+    }
+  }
+
+ protected:
+  void run() override {
+    std::unique_ptr<step::FileMap> map;
+    const uint8_t* data = buffer_data_;
+    size_t size = buffer_size_;
+    if (!path_.empty()) {
+      map = std::make_unique<step::FileMap>(path_);
+      data = map->data(), size = map->size();
+    }
+    if (data_offset_ > size)
+      throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
+    auto weights = step::load_weights(cfg_, data + data_offset_, size - data_offset_, entries_);
+    state_ = std::make_shared<ModelState>();
+    state_->model = std::make_unique<step::VitModel>(cfg_, std::move(weights));
+  }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object obj = NativeModel::constructor->New({});
+    NativeModel::Unwrap(obj)->state = state_;
+    return obj;
+  }
+
+ private:
+  step::VitConfig cfg_;
+  std::vector<step::TensorEntry> entries_;
+  std::string path_;
+  Napi::ObjectReference buffer_ref_;
+  const uint8_t* buffer_data_ = nullptr;
+  size_t buffer_size_ = 0;
+  uint64_t data_offset_;
+  std::shared_ptr<ModelState> state_;
+};
+
+Napi::Value create_model(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object c = info[0].As<Napi::Object>();
+  step::VitConfig cfg;
+  cfg.patch = get_int(c, "patchSize"), cfg.embed_dim = get_int(c, "embedDim"), cfg.depth = get_int(c, "depth");
+  cfg.heads = get_int(c, "numHeads"), cfg.mlp_hidden = get_int(c, "mlpHidden");
+  cfg.qkv_bias = get_bool(c, "qkvBias"), cfg.class_token = get_bool(c, "classToken");
+  cfg.no_embed_class = get_bool(c, "noEmbedClass"), cfg.pre_norm = get_bool(c, "preNorm");
+  cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = get_int(c, "regTokens");
+  cfg.norm_eps = float(get_double(c, "normEps"));
+  cfg.grid_h = get_int(c, "gridH"), cfg.grid_w = get_int(c, "gridW"), cfg.num_classes = get_int(c, "numClasses");
+
+  Napi::Array list = info[1].As<Napi::Array>();
+  std::vector<step::TensorEntry> entries;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    Napi::Object t = list.Get(i).As<Napi::Object>();
+    step::TensorEntry e;
+    e.name = t.Get("name").As<Napi::String>().Utf8Value();
+    e.dtype = t.Get("dtype").As<Napi::String>().Utf8Value();
+    Napi::Array shape = t.Get("shape").As<Napi::Array>();
+    for (uint32_t d = 0; d < shape.Length(); ++d) e.shape.push_back(shape.Get(d).As<Napi::Number>().Int64Value());
+    e.begin = uint64_t(get_double(t, "begin")), e.end = uint64_t(get_double(t, "end"));
+    entries.push_back(std::move(e));
+  }
+  std::string path;
+  Napi::Buffer<uint8_t> buffer;
+  if (info[2].IsString()) path = info[2].As<Napi::String>().Utf8Value();
+  else buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  auto* job = new CreateModelJob(env, cfg, std::move(entries), path, buffer, uint64_t(info[3].As<Napi::Number>().Int64Value()));
+  job->Queue();
+  return job->promise();
+}
+
+// forwardFeatures(pixels: Float32Array (N,3,H,W), dims, capture) -> { tokens, offsets, captured, stats }
+class ForwardJob : public Job {
+ public:
+  ForwardJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<float> pixels, int n, int h, int w,
+             bool capture)
+      : Job(env), state_(std::move(state)), pixels_(std::move(pixels)), n_(n), h_(h), w_(w), capture_(capture) {}
+
+ protected:
+  void run() override {
+    std::lock_guard<std::mutex> lock(state_->run_mutex);
+    const int P = state_->model->config().patch;
+    step::EncoderInput in;
+    in.images = n_, in.height = h_, in.width = w_, in.pixels = pixels_.data(), in.capture = capture_;
+    in.grids.assign(n_, {h_ / P, w_ / P});
+    out_ = state_->model->forward(cpu_backend(), in);
+  }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("tokens", to_js(env, out_.tokens.data(), out_.tokens.numel()));
+    Napi::Object captured = Napi::Object::New(env);
+    for (auto& [name, t] : out_.captured) captured.Set(name, to_js(env, t.data(), t.numel()));
+    o.Set("captured", captured);
+    o.Set("stats", stats_to_js(env, out_.stats));
+    return o;
+  }
+
+ private:
+  std::shared_ptr<ModelState> state_;
+  std::vector<float> pixels_;
+  int n_, h_, w_;
+  bool capture_;
+  step::EncoderOutput out_;
+};
+
+Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
+  auto state = live(info.Env());
+  std::vector<float> pixels = get_vector<float>(info[0], "pixels");
+  Napi::Array dims = info[1].As<Napi::Array>();
+  int n = dims.Get(0u).As<Napi::Number>().Int32Value(), h = dims.Get(2u).As<Napi::Number>().Int32Value();
+  int w = dims.Get(3u).As<Napi::Number>().Int32Value();
+  auto* job = new ForwardJob(info.Env(), state, std::move(pixels), n, h, w, info[2].ToBoolean().Value());
+  job->Queue();
+  return job->promise();
+}
+
+// segment(images: [{ data: Uint8Array, width, height, channels, outWidth, outHeight }],
+//         { mean: [3], std: [3] (0..1 units), probs: bool, logits: bool })
+class SegmentJob : public Job {
+ public:
+  struct Image {
+    std::vector<uint8_t> rgb;  // (h, w, channels) resized image
+    int w, h, channels, out_w, out_h;
+  };
+  SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, float mean[3], float std[3],
+             bool probs, bool logits)
+      : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits) {
+    for (int c = 0; c < 3; ++c) mean_[c] = mean[c], std_[c] = std[c];
+  }
+
+ protected:
+  void run() override {
+    using clock = std::chrono::steady_clock;
+    std::lock_guard<std::mutex> lock(state_->run_mutex);
+    step::VitModel& model = *state_->model;
+    step::Backend& backend = cpu_backend();
+    const int P = model.config().patch, K = model.config().num_classes, B = int(images_.size());
+    auto t0 = clock::now();
+    step::EncoderInput in;
+    in.images = B;
+    for (const Image& im : images_) {
+      int gh = (im.h + P - 1) / P, gw = (im.w + P - 1) / P;
+      in.grids.push_back({gh, gw});
+      in.height = std::max(in.height, gh * P), in.width = std::max(in.width, gw * P);
+    }
+    step::Tensor pixels({B, 3, in.height, in.width});  // (B, 3, H, W)
+    for (int b = 0; b < B; ++b) {
+      step::ImageNormalizeParams p;
+      p.src = images_[b].rgb.data(), p.h = images_[b].h, p.w = images_[b].w, p.channels = images_[b].channels;
+      for (int c = 0; c < 3; ++c) p.mean[c] = 255.f * mean_[c], p.std[c] = 255.f * std_[c];
+      p.out_h = in.height, p.out_w = in.width, p.out = pixels.data() + int64_t(b) * 3 * in.height * in.width;
+      backend.image_normalize(p);
+    }
+    in.pixels = pixels.data();
+    double normalize_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    out_ = model.forward(backend, in);
+    out_.stats.ms.insert(out_.stats.ms.begin(), {"normalize", normalize_ms});
+
+    t0 = clock::now();
+    results_.resize(B);
+    for (int b = 0; b < B; ++b) {
+      const Image& im = images_[b];
+      Result& r = results_[b];
+      r.labels.resize(size_t(im.out_h) * im.out_w);
+      if (want_probs_) r.probs.resize(size_t(K) * im.out_h * im.out_w);
+      step::UpsampleParams u;
+      u.K = K, u.gh = in.grids[b].first, u.gw = in.grids[b].second, u.patch = P;
+      u.logits = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
+      u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
+      u.labels = r.labels.data(), u.probs = want_probs_ ? r.probs.data() : nullptr;
+      backend.upsample(u);
+      r.dense = int64_t(u.gh) * u.gw + model.config().prefix();
+      r.input = out_.offsets[b + 1] - out_.offsets[b];
+    }
+    out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  Napi::Value result(Napi::Env env) override {
+    const int K = state_->model->config().num_classes;
+    Napi::Array list = Napi::Array::New(env, results_.size());
+    for (size_t b = 0; b < results_.size(); ++b) {
+      const Result& r = results_[b];
+      Napi::Object o = Napi::Object::New(env);
+      const size_t n = r.labels.size();
+      if (K <= 256) {
+        Napi::Uint8Array labels = Napi::Uint8Array::New(env, n);
+        for (size_t i = 0; i < n; ++i) labels[i] = uint8_t(r.labels[i]);
+        o.Set("labels", labels);
+      } else {
+        Napi::Uint16Array labels = Napi::Uint16Array::New(env, n);
+        for (size_t i = 0; i < n; ++i) labels[i] = uint16_t(r.labels[i]);
+        o.Set("labels", labels);
+      }
+      if (want_probs_) o.Set("probs", to_js(env, r.probs.data(), r.probs.size()));
+      if (want_logits_) {  // (K, gh, gw) from the (gh, gw, K) grid
+        const int gh = images_grid_h(b), gw = images_grid_w(b);
+        Napi::Float32Array a = Napi::Float32Array::New(env, size_t(K) * gh * gw);
+        const float* g = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
+        for (int k = 0; k < K; ++k)
+          for (int i = 0; i < gh * gw; ++i) a[size_t(k) * gh * gw + i] = g[int64_t(i) * K + k];
+        o.Set("logits", a);
+        Napi::Array dims = Napi::Array::New(env, 3);
+        dims.Set(0u, K), dims.Set(1u, gh), dims.Set(2u, gw);
+        o.Set("logitsDims", dims);
+      }
+      Napi::Object stats = stats_to_js(env, out_.stats);
+      stats.Set("denseTokens", double(r.dense));
+      stats.Set("inputTokens", double(r.input));
+      stats.Set("batchDenseTokens", double(out_.stats.dense_tokens));
+      stats.Set("batchInputTokens", double(out_.stats.input_tokens));
+      o.Set("stats", stats);
+      list.Set(uint32_t(b), o);
+    }
+    return list;
+  }
+
+ private:
+  struct Result {
+    std::vector<int32_t> labels;
+    std::vector<float> probs;
+    int64_t dense = 0, input = 0;
+  };
+  int images_grid_h(size_t b) const { return (images_[b].h + state_->model->config().patch - 1) / state_->model->config().patch; }
+  int images_grid_w(size_t b) const { return (images_[b].w + state_->model->config().patch - 1) / state_->model->config().patch; }
+
+  std::shared_ptr<ModelState> state_;
+  std::vector<Image> images_;
+  float mean_[3], std_[3];
+  bool want_probs_, want_logits_;
+  step::EncoderOutput out_;
+  std::vector<Result> results_;
+};
+
+Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto state = live(env);
+  Napi::Array list = info[0].As<Napi::Array>();
+  Napi::Object opts = info[1].As<Napi::Object>();
+  std::vector<SegmentJob::Image> images;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    Napi::Object o = list.Get(i).As<Napi::Object>();
+    SegmentJob::Image im;
+    im.rgb = get_vector<uint8_t>(o.Get("data"), "image data");
+    im.w = get_int(o, "width"), im.h = get_int(o, "height"), im.channels = get_int(o, "channels");
+    im.out_w = get_int(o, "outWidth"), im.out_h = get_int(o, "outHeight");
+    if (im.rgb.size() != size_t(im.w) * im.h * im.channels)
+      throw Napi::RangeError::New(env, "image data length does not match width * height * channels");
+    images.push_back(std::move(im));
+  }
+  float mean[3], stdv[3];
+  Napi::Array m = opts.Get("mean").As<Napi::Array>(), s = opts.Get("std").As<Napi::Array>();
+  for (uint32_t c = 0; c < 3; ++c) {
+    mean[c] = m.Get(c).As<Napi::Number>().FloatValue();
+    stdv[c] = s.Get(c).As<Napi::Number>().FloatValue();
+  }
+  auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"));
+  job->Queue();
+  return job->promise();
+}
+
+// probeCuda() -> Promise<{ compiled, usable, reason, name, driverVersion, runtimeVersion, ... }>
+class ProbeJob : public Job {
+ public:
+  using Job::Job;
+
+ protected:
+  void run() override { probe_ = step::probe_cuda(); }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("compiled", probe_.compiled), o.Set("usable", probe_.usable), o.Set("reason", probe_.reason);
+    o.Set("name", probe_.name), o.Set("driverVersion", probe_.driver_version);
+    o.Set("runtimeVersion", probe_.runtime_version), o.Set("deviceCount", probe_.device_count);
+    o.Set("computeCapability", probe_.compute_capability);
+    return o;
+  }
+
+ private:
+  step::DeviceProbe probe_;
+};
+
+Napi::Value probe_cuda(const Napi::CallbackInfo& info) {
+  auto* job = new ProbeJob(info.Env());
+  job->Queue();
+  return job->promise();
+}
+
+Napi::Value cpu_info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("threads", step::cpu::num_threads());
+  o.Set("gemmKernel", step::cpu::gemm_kernel_name());
+  return o;
+}
+
+Napi::Value set_num_threads(const Napi::CallbackInfo& info) {
+  step::cpu::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+// ---- single ops for the op tests (synchronous, CPU backend) ------------------------------------
+template <typename T>
+T* typed_data(const Napi::Value& v) {
+  if (v.IsUndefined() || v.IsNull()) return nullptr;
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
+
+Napi::Value op_gemm(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::GemmParams p;
+  p.M = get_int(o, "M"), p.N = get_int(o, "N"), p.K = get_int(o, "K");
+  p.a = typed_data<float>(o.Get("a")), p.lda = get_int(o, "lda"), p.w = typed_data<float>(o.Get("w"));
+  p.bias = typed_data<float>(o.Get("bias")), p.col_scale = typed_data<float>(o.Get("colScale"));
+  std::string ep = o.Get("epilogue").As<Napi::String>().Utf8Value();
+  p.epilogue = ep == "gelu" ? step::Epilogue::kGelu : ep == "residual" ? step::Epilogue::kResidual : step::Epilogue::kNone;
+  p.c = typed_data<float>(o.Get("c")), p.ldc = get_int(o, "ldc");
+  p.residual = p.epilogue == step::Epilogue::kResidual ? typed_data<float>(o.Get("residual")) : nullptr;
+  step::cpu::gemm(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_layernorm(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::LayerNormParams p;
+  p.rows = get_int(o, "rows"), p.C = get_int(o, "C"), p.eps = float(get_double(o, "eps"));
+  p.x = typed_data<float>(o.Get("x")), p.rows_index = typed_data<int32_t>(o.Get("rowsIndex"));
+  p.gamma = typed_data<float>(o.Get("gamma")), p.beta = typed_data<float>(o.Get("beta")), p.y = typed_data<float>(o.Get("y"));
+  step::cpu::layernorm(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_attention(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::AttentionParams p;
+  p.batch = get_int(o, "batch"), p.offsets = typed_data<int32_t>(o.Get("offsets"));
+  p.heads = get_int(o, "heads"), p.head_dim = get_int(o, "headDim"), p.scale = float(get_double(o, "scale"));
+  p.qkv = typed_data<float>(o.Get("qkv")), p.out = typed_data<float>(o.Get("out"));
+  step::cpu::attention(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_pos_resample(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::PosResampleParams p;
+  p.C = get_int(o, "C"), p.src_h = get_int(o, "srcH"), p.src_w = get_int(o, "srcW"), p.src = typed_data<float>(o.Get("src"));
+  p.dst_h = get_int(o, "dstH"), p.dst_w = get_int(o, "dstW"), p.dst = typed_data<float>(o.Get("dst"));
+  step::cpu::pos_resample(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_upsample(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::UpsampleParams p;
+  p.K = get_int(o, "K"), p.gh = get_int(o, "gh"), p.gw = get_int(o, "gw"), p.patch = get_int(o, "patch");
+  p.logits = typed_data<float>(o.Get("logits"));
+  p.valid_h = get_int(o, "validH"), p.valid_w = get_int(o, "validW"), p.out_h = get_int(o, "outH"), p.out_w = get_int(o, "outW");
+  p.labels = typed_data<int32_t>(o.Get("labels")), p.probs = typed_data<float>(o.Get("probs"));
+  step::cpu::upsample(p);
+  return info.Env().Undefined();
+}
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeModel", NativeModel::define(env));
+  exports.Set("createModel", Napi::Function::New(env, create_model));
+  exports.Set("probeCuda", Napi::Function::New(env, probe_cuda));
+  exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
+  exports.Set("setNumThreads", Napi::Function::New(env, set_num_threads));
+  Napi::Object ops = Napi::Object::New(env);
+  ops.Set("gemm", Napi::Function::New(env, op_gemm));
+  ops.Set("layernorm", Napi::Function::New(env, op_layernorm));
+  ops.Set("attention", Napi::Function::New(env, op_attention));
+  ops.Set("posResample", Napi::Function::New(env, op_pos_resample));
+  ops.Set("upsample", Napi::Function::New(env, op_upsample));
+  exports.Set("ops", ops);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(step_seg, init)

@@ -1,0 +1,24 @@
+// backend.h: the abstract backend, one pure virtual method per op family of ops.h. A backend that
+// misses an op does not compile. The CPU backend (native/cpu) is the reference; the CUDA backend
+// (native/cuda) implements the same methods over device memory.
+#pragma once
+#include "ops.h"
+
+namespace step {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual void gemm(const GemmParams& p) = 0;
+  virtual void layernorm(const LayerNormParams& p) = 0;
+  virtual void attention(const AttentionParams& p) = 0;
+  virtual void patch_gather(const PatchGatherParams& p) = 0;
+  virtual void token_pos_embed(const TokenPosEmbedParams& p) = 0;
+  virtual void unshare(const UnshareParams& p) = 0;
+  virtual void pos_resample(const PosResampleParams& p) = 0;
+  virtual void image_normalize(const ImageNormalizeParams& p) = 0;
+  virtual void upsample(const UpsampleParams& p) = 0;
+};
+
+}  // namespace step

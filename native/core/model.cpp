@@ -1,0 +1,303 @@
+// model.cpp: weight validation and the ViT forward over a packed token list.
+// The forward mirrors timm's VisionTransformer.forward_features (patch_embed, _pos_embed, norm_pre,
+// blocks, norm) followed by the segmentation head and unsharing. Each step is one backend call; the
+// GEMM epilogues fuse what timm runs as separate ops (bias, GELU, layer scale, residual add).
+#include "model.h"
+
+#include <chrono>
+#include <cmath>
+#include <set>
+
+namespace step {
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The tensors a config needs, with their shapes.
+std::map<std::string, std::vector<int64_t>> expected_tensors(const VitConfig& c) {
+  const int64_t C = c.embed_dim, P = c.patch, Hd = c.mlp_hidden;
+  std::map<std::string, std::vector<int64_t>> t;
+  t["patch_embed.proj.weight"] = {C, 3, P, P};
+  if (!c.pre_norm) t["patch_embed.proj.bias"] = {C};  // timm: PatchEmbed(bias=not pre_norm)
+  if (c.class_token) t["cls_token"] = {1, 1, C};
+  if (c.reg_tokens) t["reg_token"] = {1, c.reg_tokens, C};
+  t["pos_embed"] = {1, (c.no_embed_class ? 0 : c.prefix()) + int64_t(c.grid_h) * c.grid_w, C};
+  if (c.pre_norm) t["norm_pre.weight"] = t["norm_pre.bias"] = {C};
+  for (int i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    t[b + "norm1.weight"] = t[b + "norm1.bias"] = {C};
+    t[b + "attn.qkv.weight"] = {3 * C, C};
+    if (c.qkv_bias) t[b + "attn.qkv.bias"] = {3 * C};
+    t[b + "attn.proj.weight"] = {C, C};
+    t[b + "attn.proj.bias"] = {C};
+    t[b + "norm2.weight"] = t[b + "norm2.bias"] = {C};
+    t[b + "mlp.fc1.weight"] = {Hd, C};
+    t[b + "mlp.fc1.bias"] = {Hd};
+    t[b + "mlp.fc2.weight"] = {C, Hd};
+    t[b + "mlp.fc2.bias"] = {C};
+    if (c.layer_scale) t[b + "ls1.gamma"] = t[b + "ls2.gamma"] = {C};
+  }
+  t["norm.weight"] = t["norm.bias"] = {C};
+  if (c.num_classes > 0) {
+    t["decoder.head.weight"] = {c.num_classes, C};
+    t["decoder.head.bias"] = {c.num_classes};
+  }
+  return t;
+}
+
+// Tensors a timm checkpoint may carry that a segmentation model does not use (the ImageNet head).
+bool ignorable(const std::string& name) {
+  return name == "head.weight" || name == "head.bias" || name == "fc_norm.weight" || name == "fc_norm.bias";
+}
+
+Tensor convert(const TensorEntry& e, const uint8_t* data) {
+  Tensor t(e.shape);
+  const size_t n = t.numel();
+  float* out = t.data();
+  const uint8_t* src = data + e.begin;
+  if (e.dtype == "F32") {
+    std::memcpy(out, src, n * 4);
+  } else {
+    const bool bf16 = e.dtype == "BF16";
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      out[i] = bf16 ? bf16_to_float(h) : half_to_float(h);
+    }
+  }
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(out[i]))
+      throw Error(ErrorCode::kBadModel, "tensor " + e.name + " holds a non-finite value (NaN or infinity) at element " +
+                                            std::to_string(i) + ": the weights are corrupt");
+  return t;
+}
+
+double since_ms(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
+                                           const std::vector<TensorEntry>& entries) {
+  const auto expected = expected_tensors(cfg);
+  std::map<std::string, const TensorEntry*> by_name;
+  for (const TensorEntry& e : entries) {
+    if (!by_name.emplace(e.name, &e).second)
+      throw Error(ErrorCode::kBadModel, "tensor " + e.name + " appears twice in the weights file");
+    if (!expected.count(e.name) && !ignorable(e.name))
+      throw Error(ErrorCode::kBadModel, "unexpected tensor " + e.name + " " + shape_str(e.shape) +
+                                            ": the config does not describe it (depth " + std::to_string(cfg.depth) +
+                                            ", class_token " + (cfg.class_token ? "true" : "false") +
+                                            ", reg_tokens " + std::to_string(cfg.reg_tokens) + ")");
+  }
+  std::map<std::string, Tensor> weights;
+  for (const auto& [name, shape] : expected) {
+    auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw Error(ErrorCode::kBadModel, "missing tensor " + name + ": expected shape " + shape_str(shape));
+    const TensorEntry& e = *it->second;
+    if (e.shape != shape)
+      throw Error(ErrorCode::kBadModel, "tensor " + name + " has shape " + shape_str(e.shape) + " but the config needs " +
+                                            shape_str(shape));
+    size_t elem = e.dtype == "F32" ? 4 : (e.dtype == "F16" || e.dtype == "BF16") ? 2 : 0;
+    if (elem == 0)
+      throw Error(ErrorCode::kBadModel, "tensor " + name + " has dtype " + e.dtype + ": expected F32, F16 or BF16");
+    uint64_t numel = 1;
+    for (int64_t d : shape) numel *= uint64_t(d);
+    if (e.end < e.begin || e.end - e.begin != numel * elem)
+      throw Error(ErrorCode::kBadModel, "tensor " + name + " spans " + std::to_string(e.end - e.begin) + " bytes but " +
+                                            e.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem));
+    if (e.end > size)
+      throw Error(ErrorCode::kBadModel, "tensor " + name + " ends at byte " + std::to_string(e.end) +
+                                            " of the data section but the file holds only " + std::to_string(size) +
+                                            " bytes there: the file is truncated");
+    weights.emplace(name, convert(e, data));
+  }
+  return weights;
+}
+
+VitModel::VitModel(VitConfig cfg, std::map<std::string, Tensor> weights)
+    : cfg_(cfg), weights_(std::move(weights)) {}
+
+const Tensor& VitModel::w(const std::string& name) const {
+  auto it = weights_.find(name);
+  STEP_CHECK(it != weights_.end(), "weight " + name + " not loaded");
+  return it->second;
+}
+const float* VitModel::w_or_null(const std::string& name) const {
+  auto it = weights_.find(name);
+  return it == weights_.end() ? nullptr : it->second.data();
+}
+
+const Tensor& VitModel::pos_grid(Backend& backend, int gh, int gw) {
+  std::lock_guard<std::mutex> lock(pos_mutex_);
+  auto key = std::make_pair(gh, gw);
+  auto it = pos_cache_.find(key);
+  if (it != pos_cache_.end()) return it->second;
+  const int C = cfg_.embed_dim;
+  const float* trained = w("pos_embed").data() + (cfg_.no_embed_class ? 0 : int64_t(cfg_.prefix()) * C);
+  Tensor grid({gh, gw, C});
+  if (gh == cfg_.grid_h && gw == cfg_.grid_w) {
+    std::memcpy(grid.data(), trained, grid.numel() * sizeof(float));
+  } else {
+    PosResampleParams p;
+    p.C = C, p.src_h = cfg_.grid_h, p.src_w = cfg_.grid_w, p.src = trained;
+    p.dst_h = gh, p.dst_w = gw, p.dst = grid.data();
+    backend.pos_resample(p);
+  }
+  return pos_cache_.emplace(key, std::move(grid)).first->second;
+}
+
+EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
+  using clock = std::chrono::steady_clock;
+  const VitConfig& c = cfg_;
+  const int B = in.images, C = c.embed_dim, P = c.patch, H = c.heads, pre = c.prefix();
+  EncoderOutput out;
+  ForwardStats& st = out.stats;
+  auto t0 = clock::now();
+
+  // Token rects: the dense case, one rect per patch of each image's own grid, row-major.
+  std::vector<TokenRect> rects;
+  std::vector<int32_t> grid_w(B);
+  out.grid_offset.resize(B);
+  int64_t cells = 0;
+  for (int b = 0; b < B; ++b) {
+    auto [gh, gw] = in.grids[b];
+    out.grid_offset[b] = int32_t(cells), grid_w[b] = gw;
+    cells += int64_t(gh) * gw;
+    for (int r = 0; r < gh; ++r)
+      for (int col = 0; col < gw; ++col) rects.push_back({b, r, col, 1});
+  }
+  out.offsets.assign(B + 1, 0);
+  {
+    size_t j = 0;
+    for (int b = 0; b < B; ++b) {
+      int64_t n = 0;
+      while (j < rects.size() && rects[j].image == b) ++j, ++n;
+      out.offsets[b + 1] = int32_t(out.offsets[b] + pre + n);
+    }
+  }
+  const int Tp = int(rects.size()), A = out.offsets[B];
+  st.dense_tokens = int64_t(cells) + int64_t(B) * pre;
+  st.input_tokens = A;
+
+  // Position embeddings of each image's grid, concatenated in grid order.
+  Tensor pos({cells, C});
+  for (int b = 0; b < B; ++b) {
+    const Tensor& g = pos_grid(backend, in.grids[b].first, in.grids[b].second);
+    std::memcpy(pos.data() + int64_t(out.grid_offset[b]) * C, g.data(), g.numel() * sizeof(float));
+  }
+
+  auto capture = [&](const std::string& name, const Tensor& t, int rows) {
+    if (!in.capture) return;
+    Tensor copy({rows, C});
+    std::memcpy(copy.data(), t.data(), copy.numel() * sizeof(float));
+    out.captured.emplace_back(name, std::move(copy));
+  };
+  auto gemm_flops = [&](int64_t M, int64_t N, int64_t K) { st.gflops += 2e-9 * double(M) * N * K; };
+
+  // Patch embedding: im2col of every rect, then one GEMM with the conv weight.
+  Tensor cols({Tp, 3 * P * P});  // (Tp, 3 * P * P)
+  {
+    PatchGatherParams g;
+    g.images = B, g.height = in.height, g.width = in.width, g.patch = P, g.pixels = in.pixels;
+    g.tokens = Tp, g.rects = rects.data(), g.out = cols.data();
+    backend.patch_gather(g);
+  }
+  Tensor embedded({Tp, C});  // (Tp, C)
+  {
+    GemmParams g;
+    g.M = Tp, g.N = C, g.K = 3 * P * P, g.a = cols.data(), g.lda = g.K;
+    g.w = w("patch_embed.proj.weight").data(), g.bias = w_or_null("patch_embed.proj.bias");
+    g.c = embedded.data(), g.ldc = C;
+    backend.gemm(g);
+    gemm_flops(g.M, g.N, g.K);
+  }
+  capture("patch_embed", embedded, Tp);
+
+  // Packed list: prefix tokens, then each rect's embedding plus its position embedding.
+  Tensor x({A, C});  // (A, C) the residual stream
+  std::vector<float> prefix_tokens(size_t(pre) * C);
+  if (c.class_token) std::memcpy(prefix_tokens.data(), w("cls_token").data(), C * sizeof(float));
+  if (c.reg_tokens)
+    std::memcpy(prefix_tokens.data() + (c.class_token ? C : 0), w("reg_token").data(), size_t(c.reg_tokens) * C * 4);
+  {
+    TokenPosEmbedParams t;
+    t.batch = B, t.C = C, t.prefix = pre, t.prefix_tokens = prefix_tokens.data();
+    t.pos_prefix = c.no_embed_class ? nullptr : w("pos_embed").data();
+    t.pos_grid = pos.data(), t.grid_offset = out.grid_offset.data(), t.grid_w = grid_w.data();
+    t.offsets = out.offsets.data(), t.rects = rects.data(), t.embedded = embedded.data(), t.out = x.data();
+    backend.token_pos_embed(t);
+  }
+  capture("tokens_0", x, A);
+  auto layernorm = [&](const Tensor& src, const std::string& name, Tensor& dst) {
+    LayerNormParams n;
+    n.rows = A, n.C = C, n.eps = c.norm_eps, n.x = src.data();
+    n.gamma = w(name + ".weight").data(), n.beta = w(name + ".bias").data(), n.y = dst.data();
+    backend.layernorm(n);
+  };
+  if (c.pre_norm) {
+    Tensor normed({A, C});
+    layernorm(x, "norm_pre", normed);
+    x = std::move(normed);
+  }
+  st.ms.emplace_back("embed", since_ms(t0));
+
+  // Encoder blocks: x += ls1 * proj(attn(norm1(x))); x += ls2 * fc2(gelu(fc1(norm2(x)))).
+  t0 = clock::now();
+  Tensor h({A, C}), qkv({A, 3 * C}), att({A, C}), mlp({A, c.mlp_hidden});
+  int64_t sum_t2 = 0;
+  for (int b = 0; b < B; ++b) sum_t2 += int64_t(out.offsets[b + 1] - out.offsets[b]) * (out.offsets[b + 1] - out.offsets[b]);
+  auto linear = [&](const Tensor& a, int K, const std::string& name, int N, Tensor& dst, Epilogue ep,
+                    const float* scale) {
+    GemmParams g;
+    g.M = A, g.N = N, g.K = K, g.a = a.data(), g.lda = K;
+    g.w = w(name + ".weight").data(), g.bias = w_or_null(name + ".bias");
+    g.epilogue = ep, g.residual = ep == Epilogue::kResidual ? dst.data() : nullptr, g.col_scale = scale;
+    g.c = dst.data(), g.ldc = N;
+    backend.gemm(g);
+    gemm_flops(g.M, g.N, g.K);
+  };
+  for (int i = 0; i < c.depth; ++i) {
+    const std::string blk = "blocks." + std::to_string(i) + ".";
+    st.per_block.push_back(A);
+    layernorm(x, blk + "norm1", h);
+    linear(h, C, blk + "attn.qkv", 3 * C, qkv, Epilogue::kNone, nullptr);
+    AttentionParams ap;
+    ap.batch = B, ap.offsets = out.offsets.data(), ap.heads = H, ap.head_dim = C / H;
+    ap.scale = 1.f / std::sqrt(float(C / H)), ap.qkv = qkv.data(), ap.out = att.data();
+    backend.attention(ap);
+    st.gflops += 4e-9 * double(sum_t2) * C;
+    linear(att, C, blk + "attn.proj", C, x, Epilogue::kResidual, w_or_null(blk + "ls1.gamma"));
+    layernorm(x, blk + "norm2", h);
+    linear(h, C, blk + "mlp.fc1", c.mlp_hidden, mlp, Epilogue::kGelu, nullptr);
+    linear(mlp, c.mlp_hidden, blk + "mlp.fc2", C, x, Epilogue::kResidual, w_or_null(blk + "ls2.gamma"));
+    capture("block_" + std::to_string(i), x, A);
+  }
+  out.tokens.reset({A, C});
+  layernorm(x, "norm", out.tokens);
+  capture("final_norm", out.tokens, A);
+  st.ms.emplace_back("encoder", since_ms(t0));
+
+  // Segmentation head on every token, then unsharing to the patch grids.
+  if (c.num_classes > 0) {
+    t0 = clock::now();
+    const int K = c.num_classes;
+    Tensor logits({A, K});  // (A, K); prefix rows are computed and never read
+    linear(out.tokens, C, "decoder.head", K, logits, Epilogue::kNone, nullptr);
+    out.grid_logits.reset({cells, K});
+    UnshareParams u;
+    u.K = K, u.tokens = Tp, u.rects = rects.data(), u.prefix = pre, u.logits = logits.data();
+    u.grid_offset = out.grid_offset.data(), u.grid_w = grid_w.data(), u.grid = out.grid_logits.data();
+    backend.unshare(u);
+    st.ms.emplace_back("head", since_ms(t0));
+  }
+  return out;
+}
+
+}  // namespace step

@@ -1,0 +1,81 @@
+// model.h: the ViT segmentation model graph, backend-neutral.
+// A model is a VitConfig (timm VisionTransformer fields) plus float32 weights keyed by timm's names.
+// forward() runs the whole network over a packed token list, one backend call per step.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend.h"
+#include "tensor.h"
+
+namespace step {
+
+struct VitConfig {
+  int patch = 16, embed_dim = 0, depth = 0, heads = 0, mlp_hidden = 0;
+  bool qkv_bias = true, class_token = true, no_embed_class = false, pre_norm = false, layer_scale = false;
+  int reg_tokens = 0;
+  float norm_eps = 1e-6f;
+  int grid_h = 0, grid_w = 0;  // patch grid the position embeddings were trained for
+  int num_classes = 0;         // 0: no segmentation head (features only)
+  int prefix() const { return (class_token ? 1 : 0) + reg_tokens; }
+};
+
+// One tensor of a safetensors file: byte range relative to the start of the data section.
+struct TensorEntry {
+  std::string name, dtype;  // dtype: "F32", "F16" or "BF16"
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;
+};
+
+// Checks every entry against the config (names, shapes, dtypes, byte ranges) and converts the
+// tensors the model uses to float32. Errors are kBadModel and name the tensor.
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
+                                           const std::vector<TensorEntry>& entries);
+
+// Timings and token counts of one forward.
+struct ForwardStats {
+  int64_t dense_tokens = 0, input_tokens = 0;
+  std::vector<int64_t> per_block;  // active tokens entering each block
+  double gflops = 0;
+  std::vector<std::pair<std::string, double>> ms;  // stage name, milliseconds
+};
+
+struct EncoderInput {
+  int images = 0, height = 0, width = 0;  // pixel buffer: B images of H x W (padded, multiples of P)
+  const float* pixels = nullptr;          // (B, 3, H, W) normalised
+  std::vector<std::pair<int, int>> grids; // per image (gh, gw): its own patch grid, inside H x W
+  bool capture = false;                   // keep patch_embed, tokens_0, block_N, final_norm copies
+};
+
+struct EncoderOutput {
+  std::vector<int32_t> offsets;  // (B + 1) rows of each image in tokens
+  Tensor tokens;                 // (A, C) after the final norm, prefix tokens first per image
+  Tensor grid_logits;            // (sum of gh * gw, K) per-patch logits after unsharing, if a head exists
+  std::vector<int32_t> grid_offset;  // (B) first cell of each image in grid_logits
+  std::vector<std::pair<std::string, Tensor>> captured;
+  ForwardStats stats;
+};
+
+class VitModel {
+ public:
+  VitModel(VitConfig cfg, std::map<std::string, Tensor> weights);
+  const VitConfig& config() const { return cfg_; }
+  EncoderOutput forward(Backend& backend, const EncoderInput& in);
+
+ private:
+  const Tensor& w(const std::string& name) const;
+  const float* w_or_null(const std::string& name) const;
+  // Position embeddings for a patch grid, (gh, gw, C): the trained grid, or resampled and cached.
+  const Tensor& pos_grid(Backend& backend, int gh, int gw);
+
+  VitConfig cfg_;
+  std::map<std::string, Tensor> weights_;
+  std::mutex pos_mutex_;
+  std::map<std::pair<int, int>, Tensor> pos_cache_;
+};
+
+}  // namespace step

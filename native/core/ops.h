@@ -1,0 +1,152 @@
+// ops.h: the parameter struct of every op family, the one interface between the model graph and the
+// backends. Each struct is the whole interface of its op: raw pointers plus sizes, with the shape and
+// dtype of every buffer in a comment. Backends implement them in native/cpu/<op>.cpp and
+// native/cuda/<op>.cu under the same stem.
+//
+// Dimension glossary (used in every shape comment of native/):
+//   B   images in a batch            T   tokens of one image (prefix + patch tokens)
+//   A   active tokens of the packed list, all images concatenated (A = sum of T over the batch)
+//   C   channels (embedding width)   H   attention heads        D   head dimension (C = H * D)
+//   K   classes                      P   patch size in pixels   S   superpatch side in patches
+//   gh, gw  patch grid of the padded input (rows, columns)
+//   GEMM is C[M,N] = A[M,K] * B[K,N]; strides (ld*) are in elements.
+// Packed lists: image b owns rows offsets[b] .. offsets[b+1]-1, offsets has B + 1 entries, offsets[0] = 0.
+#pragma once
+#include <cstdint>
+
+namespace step {
+
+// ---- gemm ---------------------------------------------------------------------------------------
+// c = epilogue(a * w^T + bias). w is stored as PyTorch's Linear weight, [N, K] row-major, which is
+// B[K,N] read column-major: the packing step reads it in that order.
+enum class Epilogue {
+  kNone,      // c = acc + bias
+  kGelu,      // c = gelu_erf(acc + bias)                     (timm's nn.GELU, exact erf form)
+  kResidual,  // c = residual + scale * (acc + bias)           (scale = 1 unless col_scale is set)
+};
+struct GemmParams {
+  int M = 0, N = 0, K = 0;
+  const float* a = nullptr;         // (M, K) row-major, row stride lda
+  int lda = 0;
+  const float* w = nullptr;         // (N, K) row-major, row stride K
+  const float* bias = nullptr;      // (N) or null
+  Epilogue epilogue = Epilogue::kNone;
+  const float* residual = nullptr;  // (M, N) row stride ldc; may alias c (in-place residual add)
+  const float* col_scale = nullptr; // (N) per-column scale of the residual branch (layer scale) or null
+  float* c = nullptr;               // (M, N) row-major, row stride ldc
+  int ldc = 0;
+};
+
+// ---- layernorm ----------------------------------------------------------------------------------
+// y[r] = (x[src(r)] - mean) / sqrt(var + eps) * gamma + beta, over C; src(r) = rows_index ? rows_index[r] : r.
+struct LayerNormParams {
+  int rows = 0, C = 0;
+  float eps = 1e-6f;
+  const float* x = nullptr;             // (rows or more, C) row-major
+  const int32_t* rows_index = nullptr;  // (rows) int32 source row of each output row, or null
+  const float* gamma = nullptr;         // (C)
+  const float* beta = nullptr;          // (C)
+  float* y = nullptr;                   // (rows, C); must not alias x when rows_index is set
+};
+
+// ---- attention ----------------------------------------------------------------------------------
+// Multi-head self-attention of every image of a packed list over its own tokens only:
+// out[i, h] = softmax_j(scale * q[i,h] . k[j,h]) v[j,h], i and j rows of the same image.
+struct AttentionParams {
+  int batch = 0;                   // B
+  const int32_t* offsets = nullptr;// (B + 1) int32 row offsets of each image in the packed list
+  int heads = 0, head_dim = 0;     // H, D
+  float scale = 1.f;               // usually 1 / sqrt(D)
+  const float* qkv = nullptr;      // (A, 3, H, D): timm's qkv Linear output, q then k then v
+  float* out = nullptr;            // (A, H, D)
+};
+
+// ---- patch_gather -------------------------------------------------------------------------------
+// The im2col of the patch embedding, generalised to superpatches: token t covers S x S patches with
+// its top-left patch at (row, col) of image `image`; its row of `out` is its region area-downsampled to
+// P x P pixels (each output pixel the mean of its S x S block), laid out as the conv weight
+// (channel, ky, kx). S = 1 is the ordinary patch.
+struct TokenRect {
+  int32_t image, row, col, size;   // image index, top-left patch row and column, side S in patches
+};
+struct PatchGatherParams {
+  int images = 0, height = 0, width = 0;  // B, padded H and W in pixels (multiples of P)
+  int patch = 16;                         // P
+  const float* pixels = nullptr;          // (B, 3, H, W) normalised float32
+  int tokens = 0;                         // number of rects
+  const TokenRect* rects = nullptr;       // (tokens)
+  float* out = nullptr;                   // (tokens, 3 * P * P)
+};
+
+// ---- token_pos_embed ----------------------------------------------------------------------------
+// Builds the packed token list: for image b, rows offsets[b] .. offsets[b] + prefix - 1 are the prefix
+// tokens (class and register tokens, plus their position embeddings when pos_prefix is set), then one
+// row per token rect: its patch embedding plus the mean position embedding of the S x S patches it
+// covers. Every image has its own patch grid (images of a batch may differ in size): its position
+// embeddings start at cell grid_offset[b] of pos_grid, rows of grid_w[b] cells.
+struct TokenPosEmbedParams {
+  int batch = 0, C = 0;
+  int prefix = 0;                         // prefix tokens per image
+  const float* prefix_tokens = nullptr;   // (prefix, C)
+  const float* pos_prefix = nullptr;      // (prefix, C) or null (timm's no_embed_class)
+  const float* pos_grid = nullptr;        // (sum over b of gh_b * gw_b, C)
+  const int32_t* grid_offset = nullptr;   // (B) first cell of each image's grid
+  const int32_t* grid_w = nullptr;        // (B) grid columns of each image
+  const int32_t* offsets = nullptr;       // (B + 1) rows of each image in out
+  const TokenRect* rects = nullptr;       // (A - B * prefix) in image order
+  const float* embedded = nullptr;        // (A - B * prefix, C) patch embedding of each rect
+  float* out = nullptr;                   // (A, C)
+};
+
+// ---- unshare ------------------------------------------------------------------------------------
+// After the head: each token's logits are copied to every patch its rect covers, giving dense
+// patch-grid logits per image (grids laid out as in TokenPosEmbedParams).
+struct UnshareParams {
+  int K = 0;
+  int tokens = 0;
+  const TokenRect* rects = nullptr;      // (tokens)
+  int prefix = 0;                        // prefix tokens per image in the packed list
+  const float* logits = nullptr;         // (A, K) packed list; rects[t] is row t + (rects[t].image + 1) * prefix
+  const int32_t* grid_offset = nullptr;  // (B) first cell of each image's grid
+  const int32_t* grid_w = nullptr;       // (B) grid columns of each image
+  float* grid = nullptr;                 // (sum over b of gh_b * gw_b, K)
+};
+
+// ---- pos_resample -------------------------------------------------------------------------------
+// Bicubic resampling of a grid of position embeddings, as timm's resample_abs_pos_embed does
+// (torch interpolate, mode bicubic, align_corners False, no antialias, A = -0.75, clamped borders).
+struct PosResampleParams {
+  int C = 0;
+  int src_h = 0, src_w = 0;
+  const float* src = nullptr;  // (src_h, src_w, C)
+  int dst_h = 0, dst_w = 0;
+  float* dst = nullptr;        // (dst_h, dst_w, C)
+};
+
+// ---- image_normalize ----------------------------------------------------------------------------
+// uint8 interleaved pixels -> normalised planar float32, padded with zeros (the mean colour after
+// normalisation) on the right and bottom up to the padded size.
+struct ImageNormalizeParams {
+  const uint8_t* src = nullptr;   // (h, w, channels) uint8; channels 3 or 4 (alpha ignored)
+  int h = 0, w = 0, channels = 3;
+  float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};  // in 0..255 pixel units
+  int out_h = 0, out_w = 0;       // padded size, >= h, w
+  float* out = nullptr;           // (3, out_h, out_w)
+};
+
+// ---- upsample -----------------------------------------------------------------------------------
+// Bilinear upsampling of one image's patch-grid logits to the output size, then argmax over classes
+// (and optionally a softmax). The grid covers a region of `region_h x region_w` pixels of which the
+// first `valid_h x valid_w` are image (the rest is padding); output pixel (x, y) samples the grid at
+//   gx = (x + 0.5) * valid_w / (out_w * P) - 0.5,  gy likewise   (align_corners = False, clamped)
+struct UpsampleParams {
+  int K = 0;
+  int gh = 0, gw = 0, patch = 16;
+  const float* logits = nullptr;  // (gh, gw, K)
+  int valid_h = 0, valid_w = 0;   // pixels of real image inside the grid (resized image size)
+  int out_h = 0, out_w = 0;
+  int32_t* labels = nullptr;      // (out_h, out_w) argmax class, lowest index on ties
+  float* probs = nullptr;         // (K, out_h, out_w) softmax probabilities, or null
+};
+
+}  // namespace step

@@ -1,0 +1,97 @@
+// attention.cpp: multi-head self-attention over a packed list of images (each image attends only to
+// its own rows, offsets as in FlashAttention's cu_seqlens).
+// Algorithm: for every (image, head), K is copied to a contiguous (T, D) panel and V transposed to
+// (D, T), so both products run through the packed GEMM; queries are processed in blocks of kQueryBlock
+// rows: scores = scale * Q_blk K^T (kQueryBlock x T), a numerically stable softmax per row
+// (max-subtracted, float32), then out_blk = P V. Work items are (image, head, query block), spread over
+// the thread pool; the GEMM calls inside run on the item's own thread.
+// Memory: qkv (A, 3, H, D) as timm's qkv Linear writes it; out (A, H, D); per item a kQueryBlock x T
+// score buffer, per (image, head) the K and V^T panels.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu_backend.h"
+#include "parallel.h"
+
+namespace step::cpu {
+namespace {
+
+constexpr int kQueryBlock = 64;
+
+struct HeadPanels {
+  std::vector<float> k;   // (T, D)
+  std::vector<float> vt;  // (D, T)
+};
+
+}  // namespace
+
+void attention(const AttentionParams& p) {
+  const int H = p.heads, D = p.head_dim, C = H * D, row = 3 * C;
+
+  // Panels for every (image, head): filled in parallel, then read by the query blocks.
+  std::vector<HeadPanels> panels(size_t(p.batch) * H);
+  parallel_for(int64_t(p.batch) * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      int b = int(item / H), h = int(item % H);
+      int t0 = p.offsets[b], T = p.offsets[b + 1] - t0;
+      HeadPanels& panel = panels[item];
+      panel.k.resize(size_t(T) * D);
+      panel.vt.resize(size_t(T) * D);
+      for (int t = 0; t < T; ++t) {
+        const float* k = p.qkv + int64_t(t0 + t) * row + C + h * D;
+        const float* v = k + C;
+        std::copy(k, k + D, panel.k.data() + int64_t(t) * D);
+        for (int d = 0; d < D; ++d) panel.vt[int64_t(d) * T + t] = v[d];
+      }
+    }
+  });
+
+  // Work list of (image, head, first query row).
+  struct Item {
+    int b, h, q0;
+  };
+  std::vector<Item> items;
+  for (int b = 0; b < p.batch; ++b) {
+    int T = p.offsets[b + 1] - p.offsets[b];
+    for (int h = 0; h < H; ++h)
+      for (int q0 = 0; q0 < T; q0 += kQueryBlock) items.push_back({b, h, q0});
+  }
+
+  parallel_for(int64_t(items.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const Item& it = items[i];
+      int t0 = p.offsets[it.b], T = p.offsets[it.b + 1] - t0;
+      int rows = std::min(kQueryBlock, T - it.q0);
+      const HeadPanels& panel = panels[size_t(it.b) * H + it.h];
+      scores.resize(size_t(rows) * T);
+
+      GemmParams qk;  // scores (rows, T) = Q_blk (rows, D) . K^T
+      qk.M = rows, qk.N = T, qk.K = D;
+      qk.a = p.qkv + int64_t(t0 + it.q0) * row + it.h * D, qk.lda = row;
+      qk.w = panel.k.data();
+      qk.c = scores.data(), qk.ldc = T;
+      gemm(qk);
+
+      for (int r = 0; r < rows; ++r) {
+        float* s = scores.data() + int64_t(r) * T;
+        float mx = -INFINITY;
+        for (int j = 0; j < T; ++j) mx = std::max(mx, s[j] * p.scale);
+        float sum = 0.f;
+        for (int j = 0; j < T; ++j) sum += (s[j] = std::exp(s[j] * p.scale - mx));
+        float inv = 1.f / sum;
+        for (int j = 0; j < T; ++j) s[j] *= inv;
+      }
+
+      GemmParams pv;  // out_blk (rows, D) = P (rows, T) . V (T, D); V^T is the (N = D, K = T) weight
+      pv.M = rows, pv.N = D, pv.K = T;
+      pv.a = scores.data(), pv.lda = T;
+      pv.w = panel.vt.data();
+      pv.c = p.out + int64_t(t0 + it.q0) * C + it.h * D, pv.ldc = C;
+      gemm(pv);
+    }
+  });
+}
+
+}  // namespace step::cpu

@@ -1,0 +1,36 @@
+// cpu_backend.h: the reference backend. float32 on the host, multithreaded with parallel.h; each op
+// family lives in its own file (gemm.cpp, norm.cpp, attention.cpp, token_merge.cpp, elementwise.cpp,
+// upsample.cpp) and is the specification the CUDA backend is tested against.
+#pragma once
+#include "../core/backend.h"
+
+namespace step::cpu {
+
+void gemm(const GemmParams& p);
+void layernorm(const LayerNormParams& p);
+void attention(const AttentionParams& p);
+void patch_gather(const PatchGatherParams& p);
+void token_pos_embed(const TokenPosEmbedParams& p);
+void unshare(const UnshareParams& p);
+void pos_resample(const PosResampleParams& p);
+void image_normalize(const ImageNormalizeParams& p);
+void upsample(const UpsampleParams& p);
+
+// Which GEMM micro-kernel runs on this machine ("avx512", "avx2", "generic"); chosen once at run time.
+const char* gemm_kernel_name();
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+  void gemm(const GemmParams& p) override { cpu::gemm(p); }
+  void layernorm(const LayerNormParams& p) override { cpu::layernorm(p); }
+  void attention(const AttentionParams& p) override { cpu::attention(p); }
+  void patch_gather(const PatchGatherParams& p) override { cpu::patch_gather(p); }
+  void token_pos_embed(const TokenPosEmbedParams& p) override { cpu::token_pos_embed(p); }
+  void unshare(const UnshareParams& p) override { cpu::unshare(p); }
+  void pos_resample(const PosResampleParams& p) override { cpu::pos_resample(p); }
+  void image_normalize(const ImageNormalizeParams& p) override { cpu::image_normalize(p); }
+  void upsample(const UpsampleParams& p) override { cpu::upsample(p); }
+};
+
+}  // namespace step::cpu

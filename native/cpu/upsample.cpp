@@ -1,0 +1,132 @@
+// upsample.cpp: resampling ops.
+// upsample: bilinear (align_corners = False, border-clamped) from a patch grid of logits straight to
+// the original image size, then argmax (and optionally softmax) per pixel. Sampling goes from output
+// pixels through the resized image to grid cells in one step, so the padded border of the grid is never
+// read as image: gx = (x + 0.5) * valid_w / out_w / P - 0.5.
+// pos_resample: timm's resample_abs_pos_embed, i.e. torch.nn.functional.interpolate(mode="bicubic",
+// align_corners=False, antialias=True). With antialias PyTorch uses PIL's separable filter: support
+// 2 * max(scale, 1) input pixels, cubic kernel with a = -0.5, weights renormalised at the borders
+// (not clamped indices). Done separably: rows first, then columns, in float32.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu_backend.h"
+#include "parallel.h"
+
+namespace step::cpu {
+namespace {
+
+// One axis of the bilinear sampling: lower index, upper index and the upper weight, per output pixel.
+struct Tap {
+  int i0, i1;
+  float w1;
+};
+std::vector<Tap> bilinear_taps(int out, int valid, int grid, int patch) {
+  std::vector<Tap> taps(out);
+  const double scale = double(valid) / double(out) / double(patch);
+  for (int x = 0; x < out; ++x) {
+    double g = (x + 0.5) * scale - 0.5;
+    g = std::max(g, 0.0);  // align_corners = False clamps the source coordinate below at 0
+    int i0 = std::min(int(g), grid - 1);
+    int i1 = std::min(i0 + 1, grid - 1);
+    taps[x] = {i0, i1, float(g - i0)};
+  }
+  return taps;
+}
+
+// PIL / PyTorch antialiased bicubic filter.
+double cubic_aa(double x) {
+  constexpr double a = -0.5;
+  x = std::fabs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+  if (x < 2.0) return (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+  return 0.0;
+}
+
+// Weights of each output index over input indices [first, first + weights.size()).
+struct Filter {
+  int first;
+  std::vector<float> weights;
+};
+std::vector<Filter> aa_filters(int in, int out) {
+  std::vector<Filter> filters(out);
+  const double scale = double(in) / double(out);
+  const double support = 2.0 * std::max(scale, 1.0);
+  const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+  for (int i = 0; i < out; ++i) {
+    double center = scale * (i + 0.5);
+    int xmin = std::max(int(center - support + 0.5), 0);  // truncation toward zero, as in PyTorch
+    int xmax = std::min(int(center + support + 0.5), in);
+    std::vector<double> w(std::max(xmax - xmin, 0));
+    double total = 0.0;
+    for (size_t j = 0; j < w.size(); ++j) total += (w[j] = cubic_aa((j + xmin - center + 0.5) * invscale));
+    filters[i].first = xmin;
+    for (double v : w) filters[i].weights.push_back(float(total != 0.0 ? v / total : 0.0));
+  }
+  return filters;
+}
+
+}  // namespace
+
+void upsample(const UpsampleParams& p) {
+  const int K = p.K;
+  const std::vector<Tap> tx = bilinear_taps(p.out_w, p.valid_w, p.gw, p.patch);
+  const std::vector<Tap> ty = bilinear_taps(p.out_h, p.valid_h, p.gh, p.patch);
+  const int64_t plane = int64_t(p.out_h) * p.out_w;
+  parallel_for(p.out_h, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(K);
+    for (int64_t y = begin; y < end; ++y) {
+      const Tap& a = ty[y];
+      const float* r0 = p.logits + int64_t(a.i0) * p.gw * K;  // (gw, K)
+      const float* r1 = p.logits + int64_t(a.i1) * p.gw * K;
+      for (int x = 0; x < p.out_w; ++x) {
+        const Tap& b = tx[x];
+        const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
+        const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
+        const float *l00 = r0 + int64_t(b.i0) * K, *l01 = r0 + int64_t(b.i1) * K;
+        const float *l10 = r1 + int64_t(b.i0) * K, *l11 = r1 + int64_t(b.i1) * K;
+        int best = 0;
+        for (int k = 0; k < K; ++k) {
+          v[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
+          if (v[k] > v[best]) best = k;
+        }
+        const int64_t pix = y * p.out_w + x;
+        p.labels[pix] = best;
+        if (p.probs) {
+          float sum = 0.f;
+          for (int k = 0; k < K; ++k) sum += (v[k] = std::exp(v[k] - v[best]));
+          for (int k = 0; k < K; ++k) p.probs[k * plane + pix] = v[k] / sum;
+        }
+      }
+    }
+  });
+}
+
+void pos_resample(const PosResampleParams& p) {
+  const int C = p.C;
+  const std::vector<Filter> fy = aa_filters(p.src_h, p.dst_h);
+  const std::vector<Filter> fx = aa_filters(p.src_w, p.dst_w);
+  // Pass 1 (rows): (src_h, src_w, C) -> (dst_h, src_w, C)
+  std::vector<float> mid(size_t(p.dst_h) * p.src_w * C, 0.f);
+  for (int y = 0; y < p.dst_h; ++y)
+    for (size_t j = 0; j < fy[y].weights.size(); ++j) {
+      const float w = fy[y].weights[j];
+      const float* src = p.src + int64_t(fy[y].first + int(j)) * p.src_w * C;
+      float* dst = mid.data() + int64_t(y) * p.src_w * C;
+      for (int64_t i = 0; i < int64_t(p.src_w) * C; ++i) dst[i] += w * src[i];
+    }
+  // Pass 2 (columns): (dst_h, src_w, C) -> (dst_h, dst_w, C)
+  for (int y = 0; y < p.dst_h; ++y)
+    for (int x = 0; x < p.dst_w; ++x) {
+      float* dst = p.dst + (int64_t(y) * p.dst_w + x) * C;
+      for (int c = 0; c < C; ++c) dst[c] = 0.f;
+      for (size_t j = 0; j < fx[x].weights.size(); ++j) {
+        const float w = fx[x].weights[j];
+        const float* src = mid.data() + (int64_t(y) * p.src_w + fx[x].first + int(j)) * C;
+        for (int c = 0; c < C; ++c) dst[c] += w * src[c];
+      }
+    }
+}
+
+}  // namespace step::cpu
