@@ -52,6 +52,17 @@ function checkRaw(img: RawImage, name: string): void {
     throw new BadInputError(`${name} has ${img.width * img.height} pixels, more than the limit of ${kMaxInputPixels}`);
 }
 
+// RGBA -> RGB, alpha dropped (not composited: alpha carries no meaning for segmentation).
+function dropAlpha(rgba: Uint8Array | Uint8ClampedArray, pixels: number): Buffer {
+  const rgb = Buffer.allocUnsafe(pixels * 3);
+  for (let i = 0; i < pixels; i++) {
+    rgb[3 * i] = rgba[4 * i];
+    rgb[3 * i + 1] = rgba[4 * i + 1];
+    rgb[3 * i + 2] = rgba[4 * i + 2];
+  }
+  return rgb;
+}
+
 /** Size of the resized image: the long side becomes `size`, the aspect ratio is kept. */
 export function resizedSize(width: number, height: number, size: number): [number, number] {
   const scale = size / Math.max(width, height);
@@ -72,10 +83,11 @@ export async function prepareImage(input: ImageInput, size: number, name = 'imag
     return prepareImage(bytes, size, `${name} (${input})`);
   } else if (isRaw(input)) {
     checkRaw(input, name);
-    const data = Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength);
-    pipeline = sharp(data, { raw: { width: input.width, height: input.height, channels: input.channels } });
     width = input.width;
     height = input.height;
+    pipeline = sharp(input.channels === 4 ? dropAlpha(input.data, width * height) : Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength), {
+      raw: { width, height, channels: 3 },
+    });
   } else if (input instanceof Uint8Array) {
     if (input.length === 0) throw new BadInputError(`${name} is an empty buffer: expected an encoded image (PNG, JPEG, WebP)`);
     const data = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
@@ -90,6 +102,17 @@ export async function prepareImage(input: ImageInput, size: number, name = 'imag
       );
     }
     if (!meta.width || !meta.height) throw new BadInputError(`${name} has no image dimensions: it is not a supported image`);
+    if (meta.hasAlpha) {
+      // libvips resizes with premultiplied alpha, which would darken transparent pixels: alpha is
+      // not part of the image for segmentation, so decode, drop it, and resize the colour alone.
+      let raw: { data: Buffer; info: sharp.OutputInfo };
+      try {
+        raw = await pipeline.ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+      } catch (err) {
+        throw new BadInputError(`${name} could not be decoded: ${(err as Error).message}`, { cause: err });
+      }
+      return prepareImage({ data: raw.data, width: raw.info.width, height: raw.info.height, channels: 4 }, size, name);
+    }
     const swap = (meta.orientation ?? 1) >= 5;
     width = swap ? meta.height : meta.width;
     height = swap ? meta.width : meta.height;

@@ -192,7 +192,8 @@ export class Model {
   readonly device: 'cpu' | 'cuda';
   /** Why the device is the CPU when `'auto'` or `'cuda'` was asked for. */
   readonly deviceReason?: string;
-  #native: NativeModel | undefined;
+  #native: NativeModel;
+  #disposed = false;
   #tail: Promise<unknown> = Promise.resolve();
 
   /** @internal use {@link loadModel} */
@@ -210,11 +211,11 @@ export class Model {
 
   /** True after `dispose()`. */
   get disposed(): boolean {
-    return this.#native === undefined;
+    return this.#disposed;
   }
 
   #live(): NativeModel {
-    if (!this.#native) throw new DisposedError();
+    if (this.#disposed) throw new DisposedError();
     return this.#native;
   }
 
@@ -254,7 +255,7 @@ export class Model {
     return this.#enqueue(async () => {
       let out;
       try {
-        out = await this.#live().forwardFeatures(data, dims, opts.intermediates);
+        out = await this.#native.forwardFeatures(data, dims, opts.intermediates);
       } catch (err) {
         throw fromNative(err);
       }
@@ -297,15 +298,19 @@ export class Model {
     const opts = checkSegmentOptions(options, this.config.inputSize, this.config.patchSize);
     if (this.config.numClasses === 0)
       throw new BadModelError('this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()');
+    // Decoding starts now, beside any running call; the native work takes its turn in the queue,
+    // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
-    const prepared = await Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image')));
-    const decodeMs = performance.now() - t0;
-    this.#checkSegmentMemory(prepared, opts);
+    const decoding = Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image')));
+    decoding.catch(() => undefined); // rejection is reported through the queued work below
     return this.#enqueue(async () => {
+      const prepared = await decoding;
+      const decodeMs = performance.now() - t0;
+      this.#checkSegmentMemory(prepared, opts);
       const t1 = performance.now();
       let out;
       try {
-        out = await this.#live().segment(
+        out = await this.#native.segment(
           prepared.map((p) => ({
             data: p.data,
             width: p.resizedWidth,
@@ -373,16 +378,20 @@ export class Model {
     this.#checkMemory(prepared.length, patches, extra);
   }
 
-  /** Frees the model's memory; later calls reject with {@link DisposedError}. A call already running finishes. */
+  /**
+   * Disposes the model: calls made from now on reject with {@link DisposedError}; calls already made
+   * finish, and the model's memory is freed as soon as the last of them ends.
+   */
   dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
     const native = this.#native;
-    this.#native = undefined;
-    native?.dispose();
+    this.#tail = this.#tail.then(() => native.dispose());
   }
 
-  /** Waits for running calls, then disposes (`await using model = await loadModel()`). */
+  /** Disposes and waits until the memory is freed (`await using model = await loadModel()`). */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#tail;
     this.dispose();
+    await this.#tail;
   }
 }

@@ -13,11 +13,29 @@
 
 #include "cpu_backend.h"
 #include "parallel.h"
+#include "vec_math.h"
 
 namespace step::cpu {
 namespace {
 
 constexpr int kQueryBlock = 64;
+
+// Row-wise softmax of scale * s in place, (rows, T); the max is subtracted first, so every exponent
+// is <= 0 and exp_nonpositive applies.
+STEP_SIMD_CLONES void softmax_rows(float* s, int rows, int T, float scale) {
+  for (int r = 0; r < rows; ++r, s += T) {
+    float mx = -INFINITY;
+    for (int j = 0; j < T; ++j) mx = std::max(mx, s[j]);
+    const float shift = mx * scale;
+    float sum = 0.f;
+    for (int j = 0; j < T; ++j) {
+      s[j] = exp_nonpositive(s[j] * scale - shift);
+      sum += s[j];
+    }
+    const float inv = 1.f / sum;
+    for (int j = 0; j < T; ++j) s[j] *= inv;
+  }
+}
 
 struct HeadPanels {
   std::vector<float> k;   // (T, D)
@@ -74,15 +92,7 @@ void attention(const AttentionParams& p) {
       qk.c = scores.data(), qk.ldc = T;
       gemm(qk);
 
-      for (int r = 0; r < rows; ++r) {
-        float* s = scores.data() + int64_t(r) * T;
-        float mx = -INFINITY;
-        for (int j = 0; j < T; ++j) mx = std::max(mx, s[j] * p.scale);
-        float sum = 0.f;
-        for (int j = 0; j < T; ++j) sum += (s[j] = std::exp(s[j] * p.scale - mx));
-        float inv = 1.f / sum;
-        for (int j = 0; j < T; ++j) s[j] *= inv;
-      }
+      softmax_rows(scores.data(), rows, T, p.scale);
 
       GemmParams pv;  // out_blk (rows, D) = P (rows, T) . V (T, D); V^T is the (N = D, K = T) weight
       pv.M = rows, pv.N = D, pv.K = T;

@@ -94,8 +94,9 @@ void upsample(const UpsampleParams& p) {
         const int64_t pix = y * p.out_w + x;
         p.labels[pix] = best;
         if (p.probs) {
+          const float top = v[best];
           float sum = 0.f;
-          for (int k = 0; k < K; ++k) sum += (v[k] = std::exp(v[k] - v[best]));
+          for (int k = 0; k < K; ++k) sum += (v[k] = std::exp(v[k] - top));
           for (int k = 0; k < K; ++k) p.probs[k * plane + pix] = v[k] / sum;
         }
       }

@@ -1,0 +1,431 @@
+// gemm.cpp: c = epilogue(a * w^T + bias) in float32, the CPU backend's matrix product.
+//
+// Algorithm: a packed, cache-blocked GEMM in the style of GotoBLAS / BLIS.
+//   - K is cut into blocks of at most kMaxKc. W (N, K) is packed once per call into slivers of NR
+//     columns, each stored k-major ([k][NR] contiguous), so the micro-kernel streams it linearly.
+//   - The output is cut into tiles (a range of rows x a range of columns) handed to parallel_for; a
+//     tile packs its rows of A into slivers of MR rows ([k][MR] contiguous, zero-padded), one K block
+//     at a time, then runs the micro-kernel over every MR x NR micro-tile of the tile. The packed A
+//     block stays in L2 while the W slivers stream through L1.
+//   - The micro-kernel keeps its MR x NR accumulators in registers for a whole K block and writes them
+//     out through the fused epilogue. Across K blocks c itself carries the partial sum:
+//       first block:  c = residual + scale * bias + scale * acc    (residual term only for kResidual)
+//       later blocks: c = c + scale * acc
+//       last block:   GELU applied after the add for kGelu
+//     which equals the spec in ops.h because the residual epilogue is linear in acc. The residual is
+//     read only in the first block, element by element before c is written, so it may alias c.
+//   - Micro-kernels, chosen once at run time: AVX-512 (14 x 32), AVX2+FMA (6 x 16), and a portable
+//     one in plain C++ (4 x 8) that the compiler vectorises for the baseline ISA. The file is built
+//     without -march; the x86 kernels carry target attributes and are used only when
+//     __builtin_cpu_supports says so. STEP_SEG_GEMM_KERNEL=generic|avx2|avx512 forces a lower one.
+//   - GELU uses a rational approximation of erf (|error| < 4e-7), the same one in every kernel.
+//
+// Layout: a (M, K) row stride lda; w (N, K) row-major (PyTorch Linear); c and residual (M, N) row
+// stride ldc. Buffers for packing are thread_local and grow to the largest call seen; nothing else is
+// shared between calls, so concurrent calls on different data are safe.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../core/errors.h"
+#include "cpu_backend.h"
+#include "parallel.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace step::cpu {
+namespace {
+
+// K block: a 14 x 32 micro-kernel reads (14 + 32) * 4 * kMaxKc bytes of packed panels per block.
+constexpr int kMaxKc = 384;
+// Target size of a tile in micro-tiles; the packed A block of a tile is kTileRowsUnits * MR * kMaxKc
+// floats (about 200 KB with AVX-512), well inside a 1 MB L2.
+constexpr int kTileRowUnits = 10;
+constexpr int kTileColUnits = 32;
+// Below this many flops per thread a call runs on one thread: the pool's wake-up costs more.
+constexpr double kMinFlopsPerThread = 2e6;
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+
+// erf(x) = x * P(x^2) / Q(x^2) on [-4, 4], saturated outside (erf(4) rounds to 1 in float).
+// Coefficients of Eigen's generic_fast_erf_float.
+constexpr float kErfP[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                            -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                            -1.60960333262415e-02f};
+constexpr float kErfQ[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                            -7.37332916720468e-03f, -1.42647390514189e-02f};
+
+inline float gelu_scalar(float v) {
+  float x = std::min(std::max(v * kInvSqrt2, -4.f), 4.f), x2 = x * x;
+  float p = kErfP[0], q = kErfQ[0];
+  for (int i = 1; i < 7; ++i) p = p * x2 + kErfP[i];
+  for (int i = 1; i < 5; ++i) q = q * x2 + kErfQ[i];
+  return 0.5f * v * (1.f + x * p / q);
+}
+
+// Where and how one micro-tile is written.
+struct TileOut {
+  float* c;                 // top-left of the micro-tile in c, row stride ldc
+  const float* residual;    // same position in residual, or null; read only when first is set
+  const float* scale;       // (NR) multiplier of acc per column: col_scale, or 1
+  const float* shift;       // (NR) scale * bias per column, or 0
+  int ldc;
+  int rows, cols;           // valid part of the MR x NR micro-tile
+  bool first;               // first K block: start from residual + shift instead of c
+  bool gelu;                // last K block of a kGelu product
+};
+
+// Writes a micro-tile held in memory (acc[i * acc_ld + j]); used by the portable kernel and by the
+// SIMD kernels for tiles cut by the right edge of c.
+void write_tile_scalar(const float* acc, int acc_ld, const TileOut& o) {
+  for (int i = 0; i < o.rows; ++i) {
+    float* c = o.c + int64_t(i) * o.ldc;
+    const float* r = o.residual ? o.residual + int64_t(i) * o.ldc : nullptr;
+    for (int j = 0; j < o.cols; ++j) {
+      float base = o.first ? o.shift[j] + (r ? r[j] : 0.f) : c[j];
+      float v = o.scale[j] * acc[i * acc_ld + j] + base;
+      c[j] = o.gelu ? gelu_scalar(v) : v;
+    }
+  }
+}
+
+using MicroKernel = void (*)(int kc, const float* a, const float* b, const TileOut& o);
+
+struct Kernel {
+  const char* name;
+  int mr, nr;
+  MicroKernel run;
+};
+
+constexpr int kGenericMr = 4, kGenericNr = 8;
+
+void kernel_generic(int kc, const float* a, const float* b, const TileOut& o) {
+  float acc[kGenericMr][kGenericNr] = {};
+  for (int k = 0; k < kc; ++k, a += kGenericMr, b += kGenericNr)
+    for (int i = 0; i < kGenericMr; ++i)
+      for (int j = 0; j < kGenericNr; ++j) acc[i][j] += a[i] * b[j];
+  write_tile_scalar(&acc[0][0], kGenericNr, o);
+}
+
+#if defined(__x86_64__)
+
+#define STEP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define STEP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+// Starts fetching the c (and residual) lines of micro-tile row i, 128 bytes, while the K loop runs:
+// the epilogue then stores into lines already in L1 instead of stalling on them (3% faster).
+inline void prefetch_row(const TileOut& o, int i) {
+  const float* c = o.c + int64_t(i) * o.ldc;
+  _mm_prefetch(reinterpret_cast<const char*>(c), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(c + 16), _MM_HINT_T0);
+  if (o.first && o.residual && o.residual != o.c) {
+    const float* r = o.residual + int64_t(i) * o.ldc;
+    _mm_prefetch(reinterpret_cast<const char*>(r), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(r + 16), _MM_HINT_T0);
+  }
+}
+
+constexpr int kAvx512Mr = 14, kAvx512Nr = 32;
+
+STEP_TARGET_AVX512 inline __m512 gelu_avx512(__m512 v) {
+  // The zero-masked min/max (all lanes kept) are plain vminps/vmaxps; the unmasked intrinsics start
+  // from _mm512_undefined_ps, which makes g++ 12 warn -Wmaybe-uninitialized.
+  constexpr __mmask16 kAll = 0xffff;
+  __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(kInvSqrt2));
+  x = _mm512_maskz_min_ps(kAll, _mm512_maskz_max_ps(kAll, x, _mm512_set1_ps(-4.f)), _mm512_set1_ps(4.f));
+  __m512 x2 = _mm512_mul_ps(x, x), p = _mm512_set1_ps(kErfP[0]), q = _mm512_set1_ps(kErfQ[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfP[i]));
+  for (int i = 1; i < 5; ++i) q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfQ[i]));
+  __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+  __m512 half_v = _mm512_mul_ps(v, _mm512_set1_ps(0.5f));
+  return _mm512_fmadd_ps(half_v, erf, half_v);
+}
+
+STEP_TARGET_AVX512 void kernel_avx512(int kc, const float* a, const float* b, const TileOut& o) {
+  __m512 acc[kAvx512Mr][2];
+#pragma GCC unroll 14
+  for (int i = 0; i < kAvx512Mr; ++i) {
+    acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    if (i < o.rows) prefetch_row(o, i);
+  }
+  for (int k = 0; k < kc; ++k, a += kAvx512Mr, b += kAvx512Nr) {
+    __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < kAvx512Mr; ++i) {
+      __m512 ai = _mm512_set1_ps(a[i]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+  if (o.cols < kAvx512Nr) {
+    alignas(64) float tile[kAvx512Mr][kAvx512Nr];
+#pragma GCC unroll 14
+    for (int i = 0; i < kAvx512Mr; ++i) {
+      _mm512_store_ps(tile[i], acc[i][0]);
+      _mm512_store_ps(tile[i] + 16, acc[i][1]);
+    }
+    write_tile_scalar(&tile[0][0], kAvx512Nr, o);
+    return;
+  }
+  __m512 s0 = _mm512_loadu_ps(o.scale), s1 = _mm512_loadu_ps(o.scale + 16);
+  __m512 h0 = _mm512_loadu_ps(o.shift), h1 = _mm512_loadu_ps(o.shift + 16);
+#pragma GCC unroll 14
+  for (int i = 0; i < kAvx512Mr; ++i) {
+    if (i >= o.rows) break;
+    float* c = o.c + int64_t(i) * o.ldc;
+    __m512 base0, base1;
+    if (!o.first) {
+      base0 = _mm512_loadu_ps(c);
+      base1 = _mm512_loadu_ps(c + 16);
+    } else if (o.residual) {
+      const float* r = o.residual + int64_t(i) * o.ldc;
+      base0 = _mm512_add_ps(h0, _mm512_loadu_ps(r));
+      base1 = _mm512_add_ps(h1, _mm512_loadu_ps(r + 16));
+    } else {
+      base0 = h0;
+      base1 = h1;
+    }
+    __m512 v0 = _mm512_fmadd_ps(s0, acc[i][0], base0), v1 = _mm512_fmadd_ps(s1, acc[i][1], base1);
+    if (o.gelu) {
+      v0 = gelu_avx512(v0);
+      v1 = gelu_avx512(v1);
+    }
+    _mm512_storeu_ps(c, v0);
+    _mm512_storeu_ps(c + 16, v1);
+  }
+}
+
+constexpr int kAvx2Mr = 6, kAvx2Nr = 16;
+
+STEP_TARGET_AVX2 inline __m256 gelu_avx2(__m256 v) {
+  __m256 x = _mm256_mul_ps(v, _mm256_set1_ps(kInvSqrt2));
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-4.f)), _mm256_set1_ps(4.f));
+  __m256 x2 = _mm256_mul_ps(x, x), p = _mm256_set1_ps(kErfP[0]), q = _mm256_set1_ps(kErfQ[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kErfP[i]));
+  for (int i = 1; i < 5; ++i) q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(kErfQ[i]));
+  __m256 erf = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+  __m256 half_v = _mm256_mul_ps(v, _mm256_set1_ps(0.5f));
+  return _mm256_fmadd_ps(half_v, erf, half_v);
+}
+
+STEP_TARGET_AVX2 void kernel_avx2(int kc, const float* a, const float* b, const TileOut& o) {
+  __m256 acc[kAvx2Mr][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < kAvx2Mr; ++i) {
+    acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    if (i < o.rows) prefetch_row(o, i);
+  }
+  for (int k = 0; k < kc; ++k, a += kAvx2Mr, b += kAvx2Nr) {
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < kAvx2Mr; ++i) {
+      __m256 ai = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+  if (o.cols < kAvx2Nr) {
+    alignas(32) float tile[kAvx2Mr][kAvx2Nr];
+#pragma GCC unroll 6
+    for (int i = 0; i < kAvx2Mr; ++i) {
+      _mm256_store_ps(tile[i], acc[i][0]);
+      _mm256_store_ps(tile[i] + 8, acc[i][1]);
+    }
+    write_tile_scalar(&tile[0][0], kAvx2Nr, o);
+    return;
+  }
+  __m256 s0 = _mm256_loadu_ps(o.scale), s1 = _mm256_loadu_ps(o.scale + 8);
+  __m256 h0 = _mm256_loadu_ps(o.shift), h1 = _mm256_loadu_ps(o.shift + 8);
+#pragma GCC unroll 6
+  for (int i = 0; i < kAvx2Mr; ++i) {
+    if (i >= o.rows) break;
+    float* c = o.c + int64_t(i) * o.ldc;
+    __m256 base0, base1;
+    if (!o.first) {
+      base0 = _mm256_loadu_ps(c);
+      base1 = _mm256_loadu_ps(c + 8);
+    } else if (o.residual) {
+      const float* r = o.residual + int64_t(i) * o.ldc;
+      base0 = _mm256_add_ps(h0, _mm256_loadu_ps(r));
+      base1 = _mm256_add_ps(h1, _mm256_loadu_ps(r + 8));
+    } else {
+      base0 = h0;
+      base1 = h1;
+    }
+    __m256 v0 = _mm256_fmadd_ps(s0, acc[i][0], base0), v1 = _mm256_fmadd_ps(s1, acc[i][1], base1);
+    if (o.gelu) {
+      v0 = gelu_avx2(v0);
+      v1 = gelu_avx2(v1);
+    }
+    _mm256_storeu_ps(c, v0);
+    _mm256_storeu_ps(c + 8, v1);
+  }
+}
+
+#endif  // __x86_64__
+
+// The best kernel this CPU runs, lowered to the one STEP_SEG_GEMM_KERNEL names if it is set.
+Kernel choose_kernel() {
+  const Kernel generic{"generic", kGenericMr, kGenericNr, kernel_generic};
+  std::vector<Kernel> supported;  // best first
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    supported.push_back({"avx512", kAvx512Mr, kAvx512Nr, kernel_avx512});
+  if (avx2) supported.push_back({"avx2", kAvx2Mr, kAvx2Nr, kernel_avx2});
+#endif
+  supported.push_back(generic);
+  const char* wanted = std::getenv("STEP_SEG_GEMM_KERNEL");
+  if (!wanted) return supported.front();
+  // Forcing can only lower the choice: a kernel the CPU lacks falls back to the best it has.
+  const char* ladder[] = {"generic", "avx2", "avx512"};
+  int wanted_level = -1;
+  for (int l = 0; l < 3; ++l)
+    if (std::strcmp(wanted, ladder[l]) == 0) wanted_level = l;
+  if (wanted_level < 0) return supported.front();
+  for (const Kernel& k : supported)
+    for (int l = 0; l <= wanted_level; ++l)
+      if (std::strcmp(k.name, ladder[l]) == 0) return k;
+  return generic;
+}
+
+const Kernel& chosen_kernel() {
+  static const Kernel kernel = choose_kernel();
+  return kernel;
+}
+
+// A thread's growable scratch, aligned to a cache line so that SIMD loads of packed panels never
+// straddle two lines.
+float* scratch(std::vector<float>& storage, size_t floats) {
+  constexpr size_t kAlignFloats = 16;
+  if (storage.size() < floats + kAlignFloats) storage.resize(floats + kAlignFloats);
+  auto addr = reinterpret_cast<uintptr_t>(storage.data());
+  return storage.data() + ((64 - addr % 64) % 64) / sizeof(float);
+}
+
+// Packs `rows` rows (of `width`, the rest zero) of src, columns [0, kc), as out[k * width + i].
+// The 16 k wide steps keep the written part of out in L1; on x86 4 x 4 blocks are transposed in SSE
+// registers (baseline x86-64), which makes packing about 6x faster than element by element.
+void pack_sliver(const float* src, int64_t ld, int rows, int width, int kc, float* out) {
+  constexpr int kStep = 16;
+  for (int k0 = 0; k0 < kc; k0 += kStep) {
+    const int k1 = std::min(kc, k0 + kStep);
+    int i = 0;
+#if defined(__x86_64__)
+    for (; i + 4 <= rows; i += 4) {
+      const float* s = src + i * ld;
+      int k = k0;
+      for (; k + 4 <= k1; k += 4) {
+        __m128 r0 = _mm_loadu_ps(s + k), r1 = _mm_loadu_ps(s + ld + k);
+        __m128 r2 = _mm_loadu_ps(s + 2 * ld + k), r3 = _mm_loadu_ps(s + 3 * ld + k);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(out + k * width + i, r0);
+        _mm_storeu_ps(out + (k + 1) * width + i, r1);
+        _mm_storeu_ps(out + (k + 2) * width + i, r2);
+        _mm_storeu_ps(out + (k + 3) * width + i, r3);
+      }
+      for (; k < k1; ++k)
+        for (int r = 0; r < 4; ++r) out[k * width + i + r] = s[r * ld + k];
+    }
+#endif
+    for (; i < rows; ++i) {
+      const float* s = src + i * ld;
+      for (int k = k0; k < k1; ++k) out[k * width + i] = s[k];
+    }
+    for (; i < width; ++i)
+      for (int k = k0; k < k1; ++k) out[k * width + i] = 0.f;
+  }
+}
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+const char* gemm_kernel_name() { return chosen_kernel().name; }
+
+void gemm(const GemmParams& p) {
+  STEP_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "gemm: negative size");
+  STEP_CHECK(p.lda >= p.K && p.ldc >= p.N, "gemm: row stride shorter than the row");
+  if (p.M == 0 || p.N == 0) return;
+  const Kernel& kern = chosen_kernel();
+  const int mr = kern.mr, nr = kern.nr, M = p.M, N = p.N, K = p.K;
+  const bool residual = p.epilogue == Epilogue::kResidual;
+
+  // K blocks of nearly equal size, so that no block is a short, inefficient remainder.
+  const int k_blocks = std::max(1, ceil_div(K, kMaxKc));
+  const int kc_max = ceil_div(std::max(K, 1), k_blocks);
+  auto k_begin = [&](int kb) { return int(int64_t(K) * kb / k_blocks); };
+
+  // Packed W: for each K block [k0, k1), slivers of nr columns, each (k1 - k0) x nr, k-major.
+  const int units_n = ceil_div(N, nr), n_pad = units_n * nr;
+  thread_local std::vector<float> w_storage, column_storage;
+  float* packed_w = scratch(w_storage, size_t(n_pad) * std::max(K, 1));
+  float* scale = scratch(column_storage, size_t(n_pad) * 2);
+  float* shift = scale + n_pad;
+  for (int n = 0; n < n_pad; ++n) {
+    float s = n < N && residual && p.col_scale ? p.col_scale[n] : 1.f;
+    scale[n] = s;
+    shift[n] = n < N && p.bias ? s * p.bias[n] : 0.f;
+  }
+
+  const double flops = 2.0 * M * N * std::max(K, 1);
+  const int threads = int(std::clamp(flops / kMinFlopsPerThread, 1.0, double(num_threads())));
+  const int64_t pack_items = int64_t(units_n) * k_blocks;
+  parallel_for(pack_items, threads > 1 ? ceil_div(int(pack_items), threads) : pack_items,
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t item = begin; item < end; ++item) {
+                   int kb = int(item / units_n), unit = int(item % units_n);
+                   int k0 = k_begin(kb), kc = k_begin(kb + 1) - k0, n0 = unit * nr;
+                   pack_sliver(p.w + int64_t(n0) * K + k0, K, std::min(nr, N - n0), nr, kc,
+                               packed_w + int64_t(k0) * n_pad + int64_t(n0) * kc);
+                 }
+               });
+
+  // Tiles in units of micro-tiles; their count is rounded up to a multiple of the thread count so
+  // that the last round of tiles keeps every thread busy.
+  const int units_m = ceil_div(M, mr);
+  int tiles_n = ceil_div(units_n, kTileColUnits);
+  int tiles_m = ceil_div(units_m, kTileRowUnits);
+  int wanted = ceil_div(tiles_m * tiles_n, threads) * threads;
+  tiles_m = std::min(units_m, ceil_div(wanted, tiles_n));
+  if (tiles_m * tiles_n < threads) tiles_n = std::min(units_n, ceil_div(threads, tiles_m));
+
+  const bool epilogue_gelu = p.epilogue == Epilogue::kGelu;
+  const int64_t tiles = int64_t(tiles_m) * tiles_n;
+  parallel_for(tiles, threads > 1 ? 1 : tiles, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> a_storage;
+    const int max_tile_units = ceil_div(units_m, tiles_m);
+    float* packed_a = scratch(a_storage, size_t(max_tile_units) * mr * kc_max);
+    for (int64_t t = begin; t < end; ++t) {
+      int tm = int(t / tiles_n), tn = int(t % tiles_n);
+      int m0 = int(int64_t(units_m) * tm / tiles_m) * mr;
+      int m1 = std::min(M, int(int64_t(units_m) * (tm + 1) / tiles_m) * mr);
+      int n0 = int(int64_t(units_n) * tn / tiles_n) * nr;
+      int n1 = std::min(N, int(int64_t(units_n) * (tn + 1) / tiles_n) * nr);
+      for (int kb = 0; kb < k_blocks; ++kb) {
+        int k0 = k_begin(kb), kc = k_begin(kb + 1) - k0;
+        for (int m = m0; m < m1; m += mr)
+          pack_sliver(p.a + int64_t(m) * p.lda + k0, p.lda, std::min(mr, m1 - m), mr, kc,
+                      packed_a + int64_t(m - m0) * kc);
+        for (int n = n0; n < n1; n += nr) {
+          const float* b = packed_w + int64_t(k0) * n_pad + int64_t(n) * kc;
+          for (int m = m0; m < m1; m += mr) {
+            int64_t at = int64_t(m) * p.ldc + n;
+            TileOut o{p.c + at, residual && p.residual ? p.residual + at : nullptr, scale + n,
+                      shift + n, p.ldc, std::min(mr, m1 - m), std::min(nr, n1 - n), kb == 0,
+                      epilogue_gelu && kb == k_blocks - 1};
+            kern.run(kc, packed_a + int64_t(m - m0) * kc, b, o);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace step::cpu

@@ -1,0 +1,212 @@
+// segment() end to end on the bundled model: inputs of every kind, sizes and aspect ratios, options,
+// batches, bad inputs, disposal and the event loop.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import sharp from 'sharp';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { BadInputError, BadModelError, DisposedError, loadModel, type Model } from '../../lib/index';
+import { repoRoot, sharedImages, fixturesDir } from '../helpers/compare';
+import { rng } from '../helpers/random';
+
+const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg');
+let model: Model;
+
+async function rejectsWith(p: Promise<unknown>, cls: Function, pattern: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.instance(err, cls);
+    assert.match((err as Error).message, pattern);
+    return;
+  }
+  assert.unreachable(`expected a rejection matching ${pattern}`);
+}
+
+test.before(async () => {
+  model = await loadModel(undefined, { device: 'cpu' });
+});
+test.after(() => model.dispose());
+
+test('the bundled model segments the demo image from a path, a Buffer and raw pixels alike', async () => {
+  const fromPath = await model.segment(demo);
+  assert.is(fromPath.width, 640);
+  assert.is(fromPath.height, 427);
+  assert.is(fromPath.labels.length, 640 * 427);
+  assert.instance(fromPath.labels, Uint8Array);
+  assert.equal(fromPath.classes, model.config.classNames);
+  assert.ok(fromPath.labels.every((l) => l < model.config.numClasses));
+  assert.is(fromPath.stats.device, 'cpu');
+  assert.is(fromPath.stats.tokens.dense, 32 * 22 + 1);
+  assert.is(fromPath.stats.tokens.input, fromPath.stats.tokens.dense);
+  assert.equal(fromPath.stats.tokens.perBlock, [705, 705, 705, 705]);
+  assert.ok(fromPath.stats.gflops > 0);
+  for (const stage of ['decode', 'normalize', 'embed', 'encoder', 'head', 'upsample', 'total'])
+    assert.ok(fromPath.stats.ms[stage] >= 0, stage);
+
+  const fromBuffer = await model.segment(fs.readFileSync(demo));
+  assert.equal(fromBuffer.labels, fromPath.labels);
+
+  const { data, info } = await sharp(demo).raw().toBuffer({ resolveWithObject: true });
+  const fromRaw = await model.segment({ data, width: info.width, height: info.height, channels: 3 });
+  assert.equal(fromRaw.labels, fromPath.labels);
+
+  // RGBA: alpha is ignored
+  const rgba = new Uint8Array(info.width * info.height * 4);
+  for (let i = 0; i < info.width * info.height; i++) {
+    rgba.set(data.subarray(3 * i, 3 * i + 3), 4 * i);
+    rgba[4 * i + 3] = i % 251;
+  }
+  const fromRgba = await model.segment({ data: rgba, width: info.width, height: info.height, channels: 4 });
+  assert.equal(fromRgba.labels, fromPath.labels);
+});
+
+test('sizes and aspect ratios: labels always come back at the image size', async () => {
+  const rand = rng(7);
+  for (const [w, h, size] of [
+    [1, 1, 16],
+    [37, 200, 64],
+    [300, 17, 100],
+    [129, 129, 129],
+    [1000, 40, 256],
+  ]) {
+    const data = new Uint8Array(w * h * 3).map(() => Math.floor(rand() * 256));
+    const r = await model.segment({ data, width: w, height: h, channels: 3 }, { size });
+    assert.is(r.width, w);
+    assert.is(r.height, h);
+    assert.is(r.labels.length, w * h);
+    const rw = Math.max(1, Math.round((w * size) / Math.max(w, h))), rh = Math.max(1, Math.round((h * size) / Math.max(w, h)));
+    assert.is(r.stats.tokens.dense, Math.ceil(rw / 16) * Math.ceil(rh / 16) + 1, `${w}x${h}@${size}`);
+  }
+});
+
+test('real photos of several sizes (../shared/images)', async () => {
+  const images = sharedImages();
+  if (!images.length) {
+    console.log('  skipped: ../shared/images is absent');
+    return;
+  }
+  for (const file of images) {
+    const meta = await sharp(file).metadata();
+    const r = await model.segment(file, { size: 256 });
+    assert.is(r.width, meta.width);
+    assert.is(r.height, meta.height);
+    assert.is(r.labels.length, meta.width! * meta.height!);
+    // an untrained model still gives more than one class over a real photo
+    assert.ok(new Set(r.labels).size > 1, file);
+  }
+});
+
+test('probabilities and logits agree with the labels', async () => {
+  const r = await model.segment(demo, { size: 256, probabilities: true, logits: true });
+  const K = model.config.numClasses, n = r.width * r.height;
+  assert.equal(r.probabilities!.dims, [K, r.height, r.width]);
+  const p = r.probabilities!.data as Float32Array;
+  for (let i = 0; i < n; i += 97) {
+    let best = 0, sum = 0;
+    for (let k = 0; k < K; k++) {
+      sum += p[k * n + i];
+      if (p[k * n + i] > p[best * n + i]) best = k;
+    }
+    assert.ok(Math.abs(sum - 1) < 1e-5);
+    assert.is(r.labels[i], best);
+  }
+  // 256 px long side: 256 x 171 -> 16 x 11 patches
+  assert.equal(r.logits!.dims, [K, 11, 16]);
+  assert.ok((r.logits!.data as Float32Array).every(Number.isFinite));
+});
+
+test('a batch equals its images segmented one by one; concurrent calls are safe', async () => {
+  const images = [demo, ...sharedImages().slice(0, 2)];
+  const rand = rng(3);
+  images.push({ data: new Uint8Array(90 * 50 * 3).map(() => Math.floor(rand() * 256)), width: 90, height: 50, channels: 3 } as never);
+  const batch = await model.segmentBatch(images, { size: 192 });
+  const alone = await Promise.all(images.map((im) => model.segment(im, { size: 192 })));
+  assert.is(batch.length, images.length);
+  for (let i = 0; i < images.length; i++) {
+    assert.equal(batch[i].labels, alone[i].labels, `image ${i}`);
+    assert.is(batch[i].stats.tokens.dense, alone[i].stats.tokens.dense);
+  }
+});
+
+test('bad inputs are BadInputError with what was expected', async () => {
+  await rejectsWith(model.segment(Buffer.from('definitely not an image')), BadInputError, /could not be decoded/);
+  const jpeg = fs.readFileSync(demo);
+  await rejectsWith(model.segment(jpeg.subarray(0, 2000)), BadInputError, /could not be decoded|premature|truncated/i);
+  await rejectsWith(model.segment(Buffer.alloc(0)), BadInputError, /empty buffer/);
+  await rejectsWith(model.segment('/no/such/image.png'), BadInputError, /cannot read image file/);
+  await rejectsWith(model.segment({ data: new Uint8Array(10), width: 4, height: 4, channels: 3 }), BadInputError, /Expected 48 bytes/);
+  await rejectsWith(model.segment({ data: new Uint8Array(32), width: 4, height: 4, channels: 2 as 3 }), BadInputError, /channels/);
+  await rejectsWith(model.segment(42 as never), BadInputError, /Expected a file path, an encoded image Buffer or raw pixels/);
+  await rejectsWith(model.segment(demo, { size: 5 }), BadInputError, /Expected an integer from 16 to 8192 for options\.size but received 5/);
+  await rejectsWith(model.segment(demo, { merge: false } as never), BadInputError, /options\.merge/);
+  await rejectsWith(model.segmentBatch([]), BadInputError, /non-empty array/);
+  const dims = [1, 3, 32, 32];
+  const nan = new Float32Array(3 * 32 * 32);
+  nan[17] = NaN;
+  await rejectsWith(model.forwardFeatures({ data: nan, dims }), BadInputError, /pixels\.data\[17\] is NaN/);
+  await rejectsWith(model.forwardFeatures({ data: new Float32Array(10), dims }), BadInputError, /Expected 3072 values/);
+  await rejectsWith(model.forwardFeatures({ data: new Float32Array(3 * 30 * 32), dims: [1, 3, 30, 32] }), BadInputError, /multiples of the patch size 16/);
+  await rejectsWith(model.forwardFeatures({ data: new Float64Array(3072) as never, dims }), BadInputError, /Float32Array/);
+});
+
+test('segment() on a features-only model is a BadModelError', async () => {
+  const vit = await loadModel(path.join(fixturesDir, 'vit-a'), { device: 'cpu' });
+  await rejectsWith(vit.segment(demo), BadModelError, /no segmentation head/);
+  vit.dispose();
+});
+
+test('device cuda rejects with the reason on a machine without a usable GPU', async () => {
+  const { cudaStatus } = await import('../../lib/index');
+  const status = await cudaStatus();
+  try {
+    await loadModel(undefined, { device: 'cuda' });
+    assert.unreachable('this version runs models on the CPU only');
+  } catch (err) {
+    assert.is((err as { code: string }).code, 'ERR_STEP_DEVICE_UNAVAILABLE');
+    if (!status.usable) assert.ok((err as Error).message.includes(status.reason));
+  }
+  const auto = await loadModel();
+  assert.is(auto.device, 'cpu');
+  assert.ok(auto.deviceReason && auto.deviceReason.length > 0);
+  auto.dispose();
+});
+
+test('dispose: calls after it reject with DisposedError; a running call completes', async () => {
+  const m = await loadModel(undefined, { device: 'cpu' });
+  const running = m.segment(demo, { size: 128 });
+  m.dispose();
+  assert.ok(m.disposed);
+  const r = await running;
+  assert.is(r.labels.length, 640 * 427);
+  await rejectsWith(m.segment(demo), DisposedError, /disposed/);
+  await rejectsWith(m.forwardFeatures({ data: new Float32Array(3072), dims: [1, 3, 32, 32] }), DisposedError, /disposed/);
+  m.dispose(); // twice is fine
+
+  const m2 = await loadModel(undefined, { device: 'cpu' });
+  {
+    await using scoped = m2;
+    await scoped.segment(demo, { size: 64 });
+  }
+  assert.ok(m2.disposed);
+});
+
+test('the event loop keeps turning while a large image is segmented', async () => {
+  let ticks = 0, maxGap = 0, last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    maxGap = Math.max(maxGap, now - last);
+    last = now;
+    ticks++;
+  }, 2);
+  const t0 = performance.now();
+  await model.segment(demo, { size: 1536 }); // 96 x 64 patches: several hundred ms of native work
+  const elapsed = performance.now() - t0;
+  clearInterval(timer);
+  assert.ok(ticks >= 5, `only ${ticks} timer ticks during ${elapsed.toFixed(0)} ms`);
+  assert.ok(maxGap < Math.max(250, elapsed / 2), `the event loop stalled for ${maxGap.toFixed(0)} ms`);
+});
+
+test.run();
