@@ -116,16 +116,14 @@ void kernel_generic(int kc, const float* a, const float* b, const TileOut& o) {
 #define STEP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
 #define STEP_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
-// Starts fetching the c (and residual) lines of micro-tile row i, 128 bytes, while the K loop runs:
-// the epilogue then stores into lines already in L1 instead of stalling on them (3% faster).
-inline void prefetch_row(const TileOut& o, int i) {
+// Starts fetching the c (and residual) lines of row i of a micro-tile `width` floats wide while the K
+// loop runs, so that the epilogue stores into lines already in L1 instead of stalling (3% faster).
+inline void prefetch_row(const TileOut& o, int i, int width) {
   const float* c = o.c + int64_t(i) * o.ldc;
-  _mm_prefetch(reinterpret_cast<const char*>(c), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(c + 16), _MM_HINT_T0);
-  if (o.first && o.residual && o.residual != o.c) {
-    const float* r = o.residual + int64_t(i) * o.ldc;
-    _mm_prefetch(reinterpret_cast<const char*>(r), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(r + 16), _MM_HINT_T0);
+  const float* r = o.first && o.residual && o.residual != o.c ? o.residual + int64_t(i) * o.ldc : nullptr;
+  for (int j = 0; j < width; j += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + j), _MM_HINT_T0);
+    if (r) _mm_prefetch(reinterpret_cast<const char*>(r + j), _MM_HINT_T0);
   }
 }
 
@@ -150,7 +148,7 @@ STEP_TARGET_AVX512 void kernel_avx512(int kc, const float* a, const float* b, co
 #pragma GCC unroll 14
   for (int i = 0; i < kAvx512Mr; ++i) {
     acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    if (i < o.rows) prefetch_row(o, i);
+    if (i < o.rows) prefetch_row(o, i, kAvx512Nr);
   }
   for (int k = 0; k < kc; ++k, a += kAvx512Mr, b += kAvx512Nr) {
     __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
@@ -217,7 +215,7 @@ STEP_TARGET_AVX2 void kernel_avx2(int kc, const float* a, const float* b, const 
 #pragma GCC unroll 6
   for (int i = 0; i < kAvx2Mr; ++i) {
     acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    if (i < o.rows) prefetch_row(o, i);
+    if (i < o.rows) prefetch_row(o, i, kAvx2Nr);
   }
   for (int k = 0; k < kc; ++k, a += kAvx2Mr, b += kAvx2Nr) {
     __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);

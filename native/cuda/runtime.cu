@@ -26,7 +26,8 @@ const DeviceProbe& probe_cuda() {
     cudaRuntimeGetVersion(&p.runtime_version);
     cudaError_t err = cudaDriverGetVersion(&p.driver_version);
     if (err != cudaSuccess || p.driver_version == 0) {
-      p.reason = "no NVIDIA driver found (" + describe(err) + ")";
+      p.reason = err != cudaSuccess ? "no NVIDIA driver found (" + describe(err) + ")"
+                                    : "no NVIDIA driver found (libcuda.so.1 could not be loaded)";
       return p;
     }
     err = cudaGetDeviceCount(&p.device_count);
