@@ -17,7 +17,7 @@ test('require("step-seg") segments the demo image with the bundled model', () =>
     '-e',
     `const { loadModel } = require('step-seg');
      loadModel().then(async (m) => { const r = await m.segment('assets/demo-rocket.jpg', { size: 128 });
-       console.log(`${r.width} ${r.height} ${r.labels.length}`); m.dispose(); });`,
+       console.log([r.width, r.height, r.labels.length].join(' ')); m.dispose(); });`,
   ]);
   assert.is(out, '640 427 273280');
 });
@@ -29,7 +29,7 @@ test('import { loadModel } from "step-seg" works and is the same instance as req
     `import { loadModel, BadInputError } from 'step-seg';
      import { createRequire } from 'node:module';
      const cjs = createRequire(process.cwd() + '/')('step-seg');
-     console.log(`${cjs.loadModel === loadModel} ${cjs.BadInputError === BadInputError}`);`,
+     console.log([cjs.loadModel === loadModel, cjs.BadInputError === BadInputError].join(' '));`,
   ]);
   assert.is(out, 'true true');
 });
