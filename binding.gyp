@@ -5,6 +5,7 @@
       "sources": [
         "native/core/model.cpp",
         "native/core/file_map.cpp",
+        "native/core/merge.cpp",
         "native/core/device_none.cpp",
         "native/cpu/parallel.cpp",
         "native/cpu/gemm.cpp",

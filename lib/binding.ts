@@ -50,6 +50,8 @@ export interface NativeSegmentImage {
 
 export interface NativeSegmentResult {
   labels: Uint8Array | Uint16Array;
+  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array };
+  tokensPerSize: number[];
   probs?: Float32Array;
   logits?: Float32Array;
   logitsDims?: [number, number, number];
@@ -64,7 +66,13 @@ export interface NativeModel {
   ): Promise<{ tokens: Float32Array; captured: Record<string, Float32Array>; stats: NativeStats }>;
   segment(
     images: NativeSegmentImage[],
-    options: { mean: number[]; std: number[]; probs: boolean; logits: boolean },
+    options: {
+      mean: number[];
+      std: number[];
+      probs: boolean;
+      logits: boolean;
+      merge?: { policy: string; levels: number[]; thresholds: number[]; colorTau: number; textureTau: number };
+    },
   ): Promise<NativeSegmentResult[]>;
   dispose(): void;
 }

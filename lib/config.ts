@@ -16,6 +16,30 @@
 import { BadModelError } from './errors';
 import type { NativeConfig } from './binding';
 
+/** How superpatches are chosen (STEP's merging). */
+export interface MergeConfig {
+  /** `'similarity'`: training-free window similarity; `'learned'`: the policy CNN in the weights. */
+  policy: 'similarity' | 'learned';
+  /** Window sides in patches, largest first. */
+  levels: number[];
+  /** One per level; a window merges when its score >= threshold (above 1: never). */
+  thresholds: number[];
+  /** Similarity scorer scales, in 0..255 pixel units: colour spread and texture (see README). */
+  colorTau: number;
+  textureTau: number;
+}
+
+/** The training-free default: 8 x 8, 4 x 4 and 2 x 2 windows, stricter for larger ones. */
+export const kDefaultMerge: MergeConfig = {
+  policy: 'similarity',
+  levels: [8, 4, 2],
+  thresholds: [0.8, 0.7, 0.6],
+  // Chosen on ../shared/images at 512-1024 px (scripts/token-picture.ts): sky, road and walls merge,
+  // object edges and wheels stay single patches; 1.3-1.9x fewer tokens on street photos at 1024 px.
+  colorTau: 16,
+  textureTau: 32,
+};
+
 export interface ModelConfig {
   arch: string;
   imgSize: [number, number];
@@ -37,6 +61,8 @@ export interface ModelConfig {
   classNames: string[];
   palette: [number, number, number][];
   inputSize: number;
+  /** Default merging for segment(); per-call options override it. */
+  merge: MergeConfig | false;
   /** The config as read, for fields this version does not interpret. */
   raw: Record<string, unknown>;
 }
@@ -140,6 +166,17 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     if (!d || d.type !== 'linear') fail(where, 'decoder', '{ "type": "linear" }', r.decoder);
   }
   const inputSize = int(r, 'input_size', where, Math.max(...imgSize));
+  let merge: MergeConfig | false = kDefaultMerge;
+  if (r.merge === false) merge = false;
+  else if (r.merge !== undefined) {
+    const m = r.merge as Record<string, unknown>;
+    if (!m || typeof m !== 'object') fail(where, 'merge', 'false or an object', r.merge);
+    merge = checkMerge(
+      { policy: m.policy, levels: m.levels, thresholds: m.thresholds, colorTau: m.color_tau, textureTau: m.texture_tau },
+      kDefaultMerge,
+      (field, expected, value) => fail(where, `merge.${field}`, expected, value),
+    );
+  }
 
   return {
     arch,
@@ -162,6 +199,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     classNames,
     palette,
     inputSize,
+    merge,
     raw: r,
   };
 }
@@ -184,4 +222,32 @@ export function toNativeConfig(c: ModelConfig): NativeConfig {
     gridW: c.imgSize[1] / c.patchSize,
     numClasses: c.numClasses,
   };
+}
+
+/**
+ * Checks merge settings given as camelCase fields over `base`; `report(field, expected, value)` throws
+ * the caller's error type (BadModelError for configs, BadInputError for options).
+ */
+export function checkMerge(
+  m: Record<string, unknown>,
+  base: MergeConfig,
+  report: (field: string, expected: string, value: unknown) => never,
+): MergeConfig {
+  const policy = m.policy ?? base.policy;
+  if (policy !== 'similarity' && policy !== 'learned') report('policy', "'similarity' or 'learned'", policy);
+  const levels = m.levels ?? base.levels;
+  if (
+    !Array.isArray(levels) ||
+    levels.length === 0 ||
+    levels.length > 8 ||
+    !levels.every((v, i) => Number.isInteger(v) && v >= 2 && v <= 64 && (i === 0 || v < levels[i - 1]))
+  )
+    report('levels', 'window sides in patches, integers from 2 to 64, largest first', levels);
+  const thresholds = m.thresholds ?? (m.levels === undefined ? base.thresholds : undefined);
+  if (!Array.isArray(thresholds) || thresholds.length !== levels.length || !thresholds.every((v) => typeof v === 'number' && !Number.isNaN(v)))
+    report('thresholds', `${levels.length} numbers, one per level`, thresholds);
+  const colorTau = m.colorTau ?? base.colorTau, textureTau = m.textureTau ?? base.textureTau;
+  if (typeof colorTau !== 'number' || !(colorTau > 0)) report('colorTau', 'a positive number', colorTau);
+  if (typeof textureTau !== 'number' || !(textureTau > 0)) report('textureTau', 'a positive number', textureTau);
+  return { policy, levels: levels as number[], thresholds: thresholds as number[], colorTau, textureTau };
 }

@@ -14,6 +14,7 @@ import {
   checkForwardOptions,
   checkLoadOptions,
   checkSegmentOptions,
+  type CheckedSegmentOptions,
   type ForwardOptions,
   type LoadOptions,
   type SegmentOptions,
@@ -31,8 +32,10 @@ export interface SegmentStats {
   tokens: {
     /** Tokens a plain ViT uses for this image (patches + prefix tokens). */
     dense: number;
-    /** Tokens entering the encoder. */
+    /** Tokens entering the encoder, after merging. */
     input: number;
+    /** Tokens of each superpatch side (in patches) after merging, e.g. `{ 8: 3, 4: 10, 2: 40, 1: 500 }`. */
+    perLevel: Record<number, number>;
     /** Active tokens entering each block, for the whole batch. */
     perBlock: number[];
   };
@@ -54,6 +57,12 @@ export interface SegmentResult {
   stats: SegmentStats;
   /** With `probabilities: true`: softmax probabilities, dims `[K, height, width]`. */
   probabilities?: Tensor;
+  /**
+   * Where the tokens went: for every patch of the `gh x gw` grid (row-major), the index of the token
+   * that carried it (tokens numbered in row-major order of their top-left patch) and that token's
+   * side in patches (1 for an unmerged patch).
+   */
+  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array };
   /** With `logits: true`: patch-grid logits, dims `[K, gh, gw]` (the grid covers the resized, padded image). */
   logits?: Tensor;
 }
@@ -295,7 +304,7 @@ export class Model {
   async segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
     this.#live();
     if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
-    const opts = checkSegmentOptions(options, this.config.inputSize, this.config.patchSize);
+    const opts = checkSegmentOptions(options, { size: this.config.inputSize, patch: this.config.patchSize, merge: this.config.merge });
     if (this.config.numClasses === 0)
       throw new BadModelError('this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()');
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
@@ -319,7 +328,13 @@ export class Model {
             outWidth: p.width,
             outHeight: p.height,
           })),
-          { mean: this.config.pixelMean, std: this.config.pixelStd, probs: opts.probabilities, logits: opts.logits },
+          {
+            mean: this.config.pixelMean,
+            std: this.config.pixelStd,
+            probs: opts.probabilities,
+            logits: opts.logits,
+            merge: opts.merge || undefined,
+          },
         );
       } catch (err) {
         throw fromNative(err);
@@ -333,7 +348,10 @@ export class Model {
           labels: r.labels,
           classes: this.config.classNames,
           stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length),
+          tokenMap: r.tokenMap,
         };
+        const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
+        sizes.forEach((side, l) => (result.stats.tokens.perLevel[side] = r.tokensPerSize[l]));
         const K = this.config.numClasses;
         if (r.probs) result.probabilities = { type: 'float32', data: r.probs, dims: [K, p.height, p.width] };
         if (r.logits && r.logitsDims) result.logits = { type: 'float32', data: r.logits, dims: r.logitsDims };
@@ -345,7 +363,7 @@ export class Model {
   #stats(s: NativeStats, ms: Record<string, number>, batchSize: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
-      tokens: { dense: s.denseTokens, input: s.inputTokens, perBlock: s.perBlock },
+      tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock },
       gflops: s.gflops,
       ms,
       batchSize,
@@ -368,7 +386,7 @@ export class Model {
       );
   }
 
-  #checkSegmentMemory(prepared: PreparedImage[], opts: Required<SegmentOptions>): void {
+  #checkSegmentMemory(prepared: PreparedImage[], opts: CheckedSegmentOptions): void {
     const P = this.config.patchSize;
     let patches = 0, extra = 0;
     for (const p of prepared) {

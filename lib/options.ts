@@ -1,4 +1,5 @@
 /** Option checking for the public API, in one place, with errors of one shape. */
+import { checkMerge, kDefaultMerge, type MergeConfig } from './config';
 import { invalidParameter } from './errors';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
@@ -15,6 +16,12 @@ export interface SegmentOptions {
   probabilities?: boolean;
   /** Also return the low-resolution patch-grid logits, `(K, gh, gw)`. Default false. */
   logits?: boolean;
+  /**
+   * Superpatch merging: `false` for none (the dense model), or fields over the model's defaults:
+   * `policy` ('similarity' | 'learned'), `levels` (window sides in patches, largest first),
+   * `thresholds` (one per level), `colorTau`, `textureTau`. Default: the model's config.
+   */
+  merge?: false | Partial<MergeConfig>;
 }
 
 export interface ForwardOptions {
@@ -49,13 +56,38 @@ export function checkLoadOptions(options: unknown): Required<LoadOptions> {
 
 export const kMaxSize = 8192;
 
-export function checkSegmentOptions(options: unknown, defaultSize: number, patch: number): Required<SegmentOptions> {
+export interface CheckedSegmentOptions {
+  size: number;
+  probabilities: boolean;
+  logits: boolean;
+  merge: MergeConfig | false;
+}
+
+export function checkSegmentOptions(
+  options: unknown,
+  defaults: { size: number; patch: number; merge: MergeConfig | false },
+): CheckedSegmentOptions {
   const o = checkObject(options, 'options');
-  checkKeys(o, ['size', 'probabilities', 'logits'], 'options');
-  const size = o.size ?? defaultSize;
-  if (!Number.isInteger(size) || (size as number) < patch || (size as number) > kMaxSize)
-    throw invalidParameter('options.size', `an integer from ${patch} to ${kMaxSize}`, size);
-  return { size: size as number, probabilities: checkBool(o.probabilities, 'options.probabilities'), logits: checkBool(o.logits, 'options.logits') };
+  checkKeys(o, ['size', 'probabilities', 'logits', 'merge'], 'options');
+  const size = o.size ?? defaults.size;
+  if (!Number.isInteger(size) || (size as number) < defaults.patch || (size as number) > kMaxSize)
+    throw invalidParameter('options.size', `an integer from ${defaults.patch} to ${kMaxSize}`, size);
+  let merge = defaults.merge;
+  if (o.merge === false) merge = false;
+  else if (o.merge !== undefined) {
+    const m = checkObject(o.merge, 'options.merge');
+    checkKeys(m, ['policy', 'levels', 'thresholds', 'colorTau', 'textureTau'], 'options.merge');
+    // fields not given come from the model's merge config, or the defaults where it turns merging off
+    merge = checkMerge(m, defaults.merge || kDefaultMerge, (field, expected, value) => {
+      throw invalidParameter(`options.merge.${field}`, expected, value);
+    });
+  }
+  return {
+    size: size as number,
+    probabilities: checkBool(o.probabilities, 'options.probabilities'),
+    logits: checkBool(o.logits, 'options.logits'),
+    merge,
+  };
 }
 
 export function checkForwardOptions(options: unknown): Required<ForwardOptions> {

@@ -17,6 +17,7 @@
 
 #include "../core/device.h"
 #include "../core/file_map.h"
+#include "../core/merge.h"
 #include "../core/model.h"
 #include "../cpu/cpu_backend.h"
 #include "../cpu/parallel.h"
@@ -185,7 +186,7 @@ class CreateModelJob : public Job {
     state_ = std::make_shared<ModelState>();
     state_->model = std::make_unique<step::VitModel>(cfg_, std::move(weights));
   }
-  Napi::Value result(Napi::Env env) override {
+  Napi::Value result(Napi::Env) override {
     Napi::Object obj = NativeModel::constructor->New({});
     NativeModel::Unwrap(obj)->state = state_;
     return obj;
@@ -289,8 +290,9 @@ class SegmentJob : public Job {
     int w, h, channels, out_w, out_h;
   };
   SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, float mean[3], float std[3],
-             bool probs, bool logits)
-      : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits) {
+             bool probs, bool logits, step::MergeSettings merge)
+      : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits),
+        merge_(std::move(merge)) {
     for (int c = 0; c < 3; ++c) mean_[c] = mean[c], std_[c] = std[c];
   }
 
@@ -319,8 +321,17 @@ class SegmentJob : public Job {
     }
     in.pixels = pixels.data();
     double normalize_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+
+    std::vector<step::MergeImage> merge_images;
+    for (int b = 0; b < B; ++b)
+      merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, in.grids[b].first,
+                              in.grids[b].second});
+    plan_ = step::plan_merge(backend, merge_images, P, merge_);
+    in.rects = plan_.rects;
+
     out_ = model.forward(backend, in);
-    out_.stats.ms.insert(out_.stats.ms.begin(), {"normalize", normalize_ms});
+    out_.stats.ms.insert(out_.stats.ms.begin(), {{"normalize", normalize_ms}, {"score", plan_.score_ms}, {"select", plan_.select_ms}});
+    out_.stats.gflops += plan_.gflops;
 
     t0 = clock::now();
     results_.resize(B);
@@ -368,6 +379,23 @@ class SegmentJob : public Job {
         dims.Set(0u, K), dims.Set(1u, gh), dims.Set(2u, gw);
         o.Set("logitsDims", dims);
       }
+      {  // where the tokens went: for every patch, the index (within this image) and side of its token
+        const std::vector<int32_t>& map = plan_.token_of_patch[b];
+        Napi::Int32Array index = Napi::Int32Array::New(env, map.size());
+        Napi::Uint8Array size = Napi::Uint8Array::New(env, map.size());
+        // image b's rects start after the rects of images 0 .. b-1: offsets[b] minus their prefix tokens
+        const step::TokenRect* rects = plan_.rects.data() + (out_.offsets[b] - int64_t(b) * state_->model->config().prefix());
+        for (size_t i = 0; i < map.size(); ++i) {
+          index[i] = map[i];
+          size[i] = uint8_t(rects[map[i]].size);
+        }
+        Napi::Object tm = Napi::Object::New(env);
+        tm.Set("gh", images_grid_h(b)), tm.Set("gw", images_grid_w(b)), tm.Set("index", index), tm.Set("size", size);
+        o.Set("tokenMap", tm);
+        Napi::Array per = Napi::Array::New(env, plan_.tokens_per_size[b].size());
+        for (size_t l = 0; l < plan_.tokens_per_size[b].size(); ++l) per.Set(uint32_t(l), double(plan_.tokens_per_size[b][l]));
+        o.Set("tokensPerSize", per);
+      }
       Napi::Object stats = stats_to_js(env, out_.stats);
       stats.Set("denseTokens", double(r.dense));
       stats.Set("inputTokens", double(r.input));
@@ -392,6 +420,8 @@ class SegmentJob : public Job {
   std::vector<Image> images_;
   float mean_[3], std_[3];
   bool want_probs_, want_logits_;
+  step::MergeSettings merge_;
+  step::MergePlan plan_;
   step::EncoderOutput out_;
   std::vector<Result> results_;
 };
@@ -418,7 +448,21 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     mean[c] = m.Get(c).As<Napi::Number>().FloatValue();
     stdv[c] = s.Get(c).As<Napi::Number>().FloatValue();
   }
-  auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"));
+  step::MergeSettings merge;
+  Napi::Value mv = opts.Get("merge");
+  if (mv.IsObject()) {
+    Napi::Object m = mv.As<Napi::Object>();
+    std::string policy = m.Get("policy").As<Napi::String>().Utf8Value();
+    merge.policy = policy == "learned" ? step::MergePolicy::kLearned : step::MergePolicy::kSimilarity;
+    Napi::Array sizes = m.Get("levels").As<Napi::Array>(), thr = m.Get("thresholds").As<Napi::Array>();
+    for (uint32_t i = 0; i < sizes.Length(); ++i) {
+      merge.sizes.push_back(sizes.Get(i).As<Napi::Number>().Int32Value());
+      merge.thresholds.push_back(thr.Get(i).As<Napi::Number>().FloatValue());
+    }
+    merge.color_tau = float(get_double(m, "colorTau")), merge.texture_tau = float(get_double(m, "textureTau"));
+  }
+  auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"),
+                             std::move(merge));
   job->Queue();
   return job->promise();
 }
@@ -523,6 +567,64 @@ Napi::Value op_upsample(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Token rects travel as Int32Array (4 per rect: image, row, col, size).
+const step::TokenRect* rects_of(const Napi::Value& v) { return reinterpret_cast<const step::TokenRect*>(typed_data<int32_t>(v)); }
+
+Napi::Value op_window_score(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::WindowScoreParams p;
+  p.image = typed_data<uint8_t>(o.Get("image")), p.h = get_int(o, "h"), p.w = get_int(o, "w"), p.channels = get_int(o, "channels");
+  p.patch = get_int(o, "patch"), p.gh = get_int(o, "gh"), p.gw = get_int(o, "gw"), p.levels = get_int(o, "levels");
+  p.sizes = typed_data<int32_t>(o.Get("sizes")), p.color_tau = float(get_double(o, "colorTau"));
+  p.texture_tau = float(get_double(o, "textureTau")), p.scores = typed_data<float>(o.Get("scores"));
+  step::cpu::window_score(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_superpatch_select(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::SuperpatchSelectParams p;
+  p.image = get_int(o, "image"), p.gh = get_int(o, "gh"), p.gw = get_int(o, "gw"), p.levels = get_int(o, "levels");
+  p.sizes = typed_data<int32_t>(o.Get("sizes")), p.thresholds = typed_data<float>(o.Get("thresholds"));
+  p.scores = typed_data<float>(o.Get("scores"));
+  p.rects = reinterpret_cast<step::TokenRect*>(typed_data<int32_t>(o.Get("rects")));
+  p.count = typed_data<int32_t>(o.Get("count")), p.token_of_patch = typed_data<int32_t>(o.Get("tokenOfPatch"));
+  step::cpu::superpatch_select(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_patch_gather(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::PatchGatherParams p;
+  p.images = get_int(o, "images"), p.height = get_int(o, "height"), p.width = get_int(o, "width"), p.patch = get_int(o, "patch");
+  p.pixels = typed_data<float>(o.Get("pixels")), p.tokens = get_int(o, "tokens"), p.rects = rects_of(o.Get("rects"));
+  p.out = typed_data<float>(o.Get("out"));
+  step::cpu::patch_gather(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_token_pos_embed(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::TokenPosEmbedParams p;
+  p.batch = get_int(o, "batch"), p.C = get_int(o, "C"), p.prefix = get_int(o, "prefix");
+  p.prefix_tokens = typed_data<float>(o.Get("prefixTokens")), p.pos_prefix = typed_data<float>(o.Get("posPrefix"));
+  p.pos_grid = typed_data<float>(o.Get("posGrid")), p.grid_offset = typed_data<int32_t>(o.Get("gridOffset"));
+  p.grid_w = typed_data<int32_t>(o.Get("gridW")), p.offsets = typed_data<int32_t>(o.Get("offsets"));
+  p.rects = rects_of(o.Get("rects")), p.embedded = typed_data<float>(o.Get("embedded")), p.out = typed_data<float>(o.Get("out"));
+  step::cpu::token_pos_embed(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_unshare(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::UnshareParams p;
+  p.K = get_int(o, "K"), p.tokens = get_int(o, "tokens"), p.rects = rects_of(o.Get("rects")), p.prefix = get_int(o, "prefix");
+  p.logits = typed_data<float>(o.Get("logits")), p.grid_offset = typed_data<int32_t>(o.Get("gridOffset"));
+  p.grid_w = typed_data<int32_t>(o.Get("gridW")), p.grid = typed_data<float>(o.Get("grid"));
+  step::cpu::unshare(p);
+  return info.Env().Undefined();
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeModel", NativeModel::define(env));
   exports.Set("createModel", Napi::Function::New(env, create_model));
@@ -535,6 +637,11 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   ops.Set("attention", Napi::Function::New(env, op_attention));
   ops.Set("posResample", Napi::Function::New(env, op_pos_resample));
   ops.Set("upsample", Napi::Function::New(env, op_upsample));
+  ops.Set("windowScore", Napi::Function::New(env, op_window_score));
+  ops.Set("superpatchSelect", Napi::Function::New(env, op_superpatch_select));
+  ops.Set("patchGather", Napi::Function::New(env, op_patch_gather));
+  ops.Set("tokenPosEmbed", Napi::Function::New(env, op_token_pos_embed));
+  ops.Set("unshare", Napi::Function::New(env, op_unshare));
   exports.Set("ops", ops);
   return exports;
 }

@@ -11,8 +11,11 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual void gemm(const GemmParams& p) = 0;
+  virtual void conv(const ConvParams& p) = 0;
   virtual void layernorm(const LayerNormParams& p) = 0;
   virtual void attention(const AttentionParams& p) = 0;
+  virtual void window_score(const WindowScoreParams& p) = 0;
+  virtual void superpatch_select(const SuperpatchSelectParams& p) = 0;
   virtual void patch_gather(const PatchGatherParams& p) = 0;
   virtual void token_pos_embed(const TokenPosEmbedParams& p) = 0;
   virtual void unshare(const UnshareParams& p) = 0;

@@ -161,8 +161,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   ForwardStats& st = out.stats;
   auto t0 = clock::now();
 
-  // Token rects: the dense case, one rect per patch of each image's own grid, row-major.
-  std::vector<TokenRect> rects;
+  // Token rects: the caller's superpatches, or the dense case, one rect per patch, row-major.
+  std::vector<TokenRect> rects = in.rects;
   std::vector<int32_t> grid_w(B);
   out.grid_offset.resize(B);
   int64_t cells = 0;
@@ -170,8 +170,9 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     auto [gh, gw] = in.grids[b];
     out.grid_offset[b] = int32_t(cells), grid_w[b] = gw;
     cells += int64_t(gh) * gw;
-    for (int r = 0; r < gh; ++r)
-      for (int col = 0; col < gw; ++col) rects.push_back({b, r, col, 1});
+    if (in.rects.empty())
+      for (int r = 0; r < gh; ++r)
+        for (int col = 0; col < gw; ++col) rects.push_back({b, r, col, 1});
   }
   out.offsets.assign(B + 1, 0);
   {

@@ -48,6 +48,8 @@ struct EncoderInput {
   int images = 0, height = 0, width = 0;  // pixel buffer: B images of H x W (padded, multiples of P)
   const float* pixels = nullptr;          // (B, 3, H, W) normalised
   std::vector<std::pair<int, int>> grids; // per image (gh, gw): its own patch grid, inside H x W
+  std::vector<TokenRect> rects;           // token rects of every image, in image order, each image's
+                                          // covering its grid exactly once; empty: dense (one per patch)
   bool capture = false;                   // keep patch_embed, tokens_0, block_N, final_norm copies
 };
 

@@ -23,6 +23,7 @@ enum class Epilogue {
   kNone,      // c = acc + bias
   kGelu,      // c = gelu_erf(acc + bias)                     (timm's nn.GELU, exact erf form)
   kResidual,  // c = residual + scale * (acc + bias)           (scale = 1 unless col_scale is set)
+  kRelu6,     // c = min(max(acc + bias, 0), 6)                (EfficientNet-Lite's activation)
 };
 struct GemmParams {
   int M = 0, N = 0, K = 0;
@@ -35,6 +36,25 @@ struct GemmParams {
   const float* col_scale = nullptr; // (N) per-column scale of the residual branch (layer scale) or null
   float* c = nullptr;               // (M, N) row-major, row stride ldc
   int ldc = 0;
+};
+
+// ---- conv ---------------------------------------------------------------------------------------
+// 2-D convolution over NHWC maps with a k x k kernel, stride s and symmetric zero padding `pad` on
+// every side (PyTorch Conv2d(padding=pad)), bias and activation fused. groups is 1 (dense, used for
+// the stem) or in_c == out_c (depthwise). 1 x 1 convolutions are not this op: they are a gemm over
+// the (B * H * W, C) rows of an NHWC map.
+//   out_h = (in_h + 2 * pad - kernel) / stride + 1, likewise out_w.
+enum class Activation { kNone, kRelu6 };
+struct ConvParams {
+  int batch = 0;
+  int in_h = 0, in_w = 0, in_c = 0;
+  int out_h = 0, out_w = 0, out_c = 0;
+  int kernel = 3, stride = 1, pad = 1, groups = 1;
+  const float* x = nullptr;     // (B, in_h, in_w, in_c)
+  const float* w = nullptr;     // (out_c, in_c / groups, kernel, kernel): PyTorch's Conv2d weight layout
+  const float* bias = nullptr;  // (out_c) or null
+  Activation act = Activation::kNone;
+  float* y = nullptr;           // (B, out_h, out_w, out_c)
 };
 
 // ---- layernorm ----------------------------------------------------------------------------------
@@ -76,6 +96,46 @@ struct PatchGatherParams {
   int tokens = 0;                         // number of rects
   const TokenRect* rects = nullptr;       // (tokens)
   float* out = nullptr;                   // (tokens, 3 * P * P)
+};
+
+// ---- window_score -------------------------------------------------------------------------------
+// The training-free merge scorer: how uniform each aligned window of S x S patches is, from the pixels,
+// in one pass over the image. Definitions (pixel values in 0..255, padding pixels excluded):
+//   per patch p:   m_p = mean colour (3 channels), s_p = sqrt(mean over channels of the variance of
+//                  the channel inside p): the patch's own texture / edge energy
+//   per window W:  m_W = mean of m_p over W
+//                  d_W = max over p in W of ||m_p - m_W|| / sqrt(3)     (colour spread, RMS over RGB)
+//                  t_W = max over p in W of s_p                        (the busiest patch)
+//   score(W) = exp(-(d_W / color_tau)^2) * exp(-(t_W / texture_tau)^2), in (0, 1]
+// so a window scores high only when all its patches share one colour and none holds an edge or a strong
+// texture. Windows are on the aligned grid of each level; a window that would reach past the patch
+// grid scores 0 (it is never merged).
+struct WindowScoreParams {
+  const uint8_t* image = nullptr;  // (h, w, channels) uint8, the resized image (no padding)
+  int h = 0, w = 0, channels = 3;
+  int patch = 16;                  // P
+  int gh = 0, gw = 0;              // patch grid over the padded image: ceil(h / P) x ceil(w / P)
+  int levels = 0;
+  const int32_t* sizes = nullptr;  // (levels) window side S of each level, in patches
+  float color_tau = 8.f, texture_tau = 16.f;
+  float* scores = nullptr;         // per level (gh / S, gw / S) row-major, levels concatenated
+};
+
+// ---- superpatch_select --------------------------------------------------------------------------
+// Chooses the superpatches of one image from window scores (any scorer): levels in the order given
+// (largest first), a window accepted when its score >= the level's threshold and none of its patches
+// is covered yet; every patch left over becomes a 1 x 1 token. Rects come out in row-major order of
+// their top-left patch, so with nothing merged the list is exactly the dense patch order.
+struct SuperpatchSelectParams {
+  int image = 0;                       // image index written into the rects
+  int gh = 0, gw = 0;
+  int levels = 0;
+  const int32_t* sizes = nullptr;      // (levels) window sides, in patches
+  const float* thresholds = nullptr;   // (levels)
+  const float* scores = nullptr;       // as WindowScoreParams::scores
+  TokenRect* rects = nullptr;          // (gh * gw) capacity; the first *count are written
+  int32_t* count = nullptr;            // (1) number of tokens of this image
+  int32_t* token_of_patch = nullptr;   // (gh, gw) index in rects of the token covering each patch
 };
 
 // ---- token_pos_embed ----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 // cpu_backend.h: the reference backend. float32 on the host, multithreaded with parallel.h; each op
-// family lives in its own file (gemm.cpp, norm.cpp, attention.cpp, token_merge.cpp, elementwise.cpp,
+// family lives in its own file (gemm.cpp, conv.cpp, norm.cpp, attention.cpp, token_merge.cpp, elementwise.cpp,
 // upsample.cpp) and is the specification the CUDA backend is tested against.
 #pragma once
 #include "../core/backend.h"
@@ -7,8 +7,11 @@
 namespace step::cpu {
 
 void gemm(const GemmParams& p);
+void conv(const ConvParams& p);
 void layernorm(const LayerNormParams& p);
 void attention(const AttentionParams& p);
+void window_score(const WindowScoreParams& p);
+void superpatch_select(const SuperpatchSelectParams& p);
 void patch_gather(const PatchGatherParams& p);
 void token_pos_embed(const TokenPosEmbedParams& p);
 void unshare(const UnshareParams& p);
@@ -23,8 +26,11 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   void gemm(const GemmParams& p) override { cpu::gemm(p); }
+  void conv(const ConvParams& p) override { cpu::conv(p); }
   void layernorm(const LayerNormParams& p) override { cpu::layernorm(p); }
   void attention(const AttentionParams& p) override { cpu::attention(p); }
+  void window_score(const WindowScoreParams& p) override { cpu::window_score(p); }
+  void superpatch_select(const SuperpatchSelectParams& p) override { cpu::superpatch_select(p); }
   void patch_gather(const PatchGatherParams& p) override { cpu::patch_gather(p); }
   void token_pos_embed(const TokenPosEmbedParams& p) override { cpu::token_pos_embed(p); }
   void unshare(const UnshareParams& p) override { cpu::unshare(p); }

@@ -1,4 +1,8 @@
-// token_merge.cpp: building tokens from token rects (superpatches; ordinary patches are S = 1).
+// token_merge.cpp: superpatch merging (STEP's dCTS half) on the CPU.
+// window_score is the training-free scorer (its definition is in ops.h: colour spread and the busiest
+// patch's texture per window, from per-patch sums made in one pass over the pixels); superpatch_select
+// turns scores into token rects, largest level first, with exact coverage.
+// Tokens are then built from the rects (superpatches; ordinary patches are S = 1).
 // patch_gather is the im2col of the patch embedding: a rect of S x S patches is area-downsampled to
 // P x P pixels (each output pixel the mean of an S x S block) and written as one row laid out like the
 // conv weight (channel, ky, kx), so the patch embedding is one GEMM over all rows.
@@ -6,6 +10,8 @@
 // plus the mean of the position embeddings of the patches it covers.
 // unshare is the way back after the head: a token's logits go to every patch of its rect.
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "cpu_backend.h"
 #include "parallel.h"
@@ -89,6 +95,99 @@ void unshare(const UnshareParams& p) {
         }
     }
   });
+}
+
+}  // namespace step::cpu
+
+namespace step::cpu {
+
+void window_score(const WindowScoreParams& p) {
+  const int P = p.patch, cells = p.gh * p.gw;
+  // Per patch: mean colour (3) and texture s_p, from sums over its valid pixels (one image pass).
+  std::vector<float> mean(size_t(cells) * 3), texture(cells);
+  parallel_for(p.gh, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gy = begin; gy < end; ++gy)
+      for (int gx = 0; gx < p.gw; ++gx) {
+        double sum[3] = {0, 0, 0}, sq[3] = {0, 0, 0};
+        const int y0 = int(gy) * P, y1 = std::min(p.h, y0 + P), x0 = gx * P, x1 = std::min(p.w, x0 + P);
+        for (int y = y0; y < y1; ++y) {
+          const uint8_t* px = p.image + (int64_t(y) * p.w + x0) * p.channels;
+          for (int x = x0; x < x1; ++x, px += p.channels)
+            for (int c = 0; c < 3; ++c) sum[c] += px[c], sq[c] += double(px[c]) * px[c];
+        }
+        const double n = std::max(1, (y1 - y0) * (x1 - x0));
+        double var = 0;
+        const int64_t cell = gy * p.gw + gx;
+        for (int c = 0; c < 3; ++c) {
+          const double m = sum[c] / n;
+          mean[cell * 3 + c] = float(m);
+          var += std::max(0.0, sq[c] / n - m * m);
+        }
+        texture[cell] = float(std::sqrt(var / 3));
+      }
+  });
+  // Per window of each level, from the patch statistics.
+  float* out = p.scores;
+  for (int l = 0; l < p.levels; ++l) {
+    const int S = p.sizes[l], wh = p.gh / S, ww = p.gw / S;
+    for (int wy = 0; wy < wh; ++wy)
+      for (int wx = 0; wx < ww; ++wx) {
+        float m[3] = {0, 0, 0}, t = 0;
+        for (int dy = 0; dy < S; ++dy)
+          for (int dx = 0; dx < S; ++dx) {
+            const int64_t cell = int64_t(wy * S + dy) * p.gw + wx * S + dx;
+            for (int c = 0; c < 3; ++c) m[c] += mean[cell * 3 + c];
+            t = std::max(t, texture[cell]);
+          }
+        for (int c = 0; c < 3; ++c) m[c] /= float(S * S);
+        float d2 = 0;
+        for (int dy = 0; dy < S; ++dy)
+          for (int dx = 0; dx < S; ++dx) {
+            const int64_t cell = int64_t(wy * S + dy) * p.gw + wx * S + dx;
+            float e = 0;
+            for (int c = 0; c < 3; ++c) e += (mean[cell * 3 + c] - m[c]) * (mean[cell * 3 + c] - m[c]);
+            d2 = std::max(d2, e / 3);
+          }
+        const float d = std::sqrt(d2);
+        out[wy * ww + wx] = std::exp(-(d / p.color_tau) * (d / p.color_tau)) * std::exp(-(t / p.texture_tau) * (t / p.texture_tau));
+      }
+    out += int64_t(wh) * ww;
+  }
+}
+
+void superpatch_select(const SuperpatchSelectParams& p) {
+  const int cells = p.gh * p.gw;
+  // owner[cell]: the top-left cell of the accepted window covering it, with its size; -1 if none.
+  std::vector<int32_t> owner(cells, -1), owner_size(cells, 1);
+  const float* scores = p.scores;
+  for (int l = 0; l < p.levels; ++l) {
+    const int S = p.sizes[l], wh = p.gh / S, ww = p.gw / S;
+    for (int wy = 0; wy < wh; ++wy)
+      for (int wx = 0; wx < ww; ++wx) {
+        if (!(scores[wy * ww + wx] >= p.thresholds[l])) continue;
+        bool free = true;
+        for (int dy = 0; dy < S && free; ++dy)
+          for (int dx = 0; dx < S && free; ++dx) free = owner[(wy * S + dy) * p.gw + wx * S + dx] < 0;
+        if (!free) continue;
+        const int32_t top_left = (wy * S) * p.gw + wx * S;
+        for (int dy = 0; dy < S; ++dy)
+          for (int dx = 0; dx < S; ++dx) owner[(wy * S + dy) * p.gw + wx * S + dx] = top_left;
+        owner_size[top_left] = S;
+      }
+    scores += int64_t(wh) * ww;
+  }
+  // Emit tokens in row-major order of their top-left patch.
+  int32_t n = 0;
+  std::vector<int32_t> token_at(cells, -1);
+  for (int cell = 0; cell < cells; ++cell) {
+    const int32_t top_left = owner[cell] < 0 ? cell : owner[cell];
+    if (top_left == cell) {
+      token_at[cell] = n;
+      p.rects[n++] = {p.image, cell / p.gw, cell % p.gw, owner[cell] < 0 ? 1 : owner_size[cell]};
+    }
+    p.token_of_patch[cell] = token_at[top_left];
+  }
+  *p.count = n;
 }
 
 }  // namespace step::cpu

@@ -1,0 +1,36 @@
+// merge.h: planning the superpatches of a batch (STEP's dCTS half): score windows with the chosen
+// scorer, select superpatches largest level first, and report where every patch went.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend.h"
+
+namespace step {
+
+enum class MergePolicy { kNone, kSimilarity, kLearned };
+
+struct MergeSettings {
+  MergePolicy policy = MergePolicy::kNone;
+  std::vector<int32_t> sizes;       // window sides in patches, largest first (e.g. 8, 4, 2)
+  std::vector<float> thresholds;    // one per level; a window merges when its score >= threshold
+  float color_tau = 8.f, texture_tau = 16.f;  // similarity scorer scales (ops.h, WindowScoreParams)
+};
+
+struct MergeImage {
+  const uint8_t* rgb = nullptr;  // (h, w, channels) resized image
+  int h = 0, w = 0, channels = 3;
+  int gh = 0, gw = 0;            // its patch grid
+};
+
+struct MergePlan {
+  std::vector<TokenRect> rects;                       // every image's tokens, image order
+  std::vector<std::vector<int32_t>> token_of_patch;   // per image (gh, gw): token index within the image
+  std::vector<std::vector<int64_t>> tokens_per_size;  // per image: tokens of each level's size, then 1 x 1
+  double score_ms = 0, select_ms = 0, gflops = 0;
+};
+
+// Plans one batch. kNone gives the dense plan (one token per patch, row-major).
+MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s);
+
+}  // namespace step
