@@ -12,6 +12,7 @@
         "native/cpu/norm.cpp",
         "native/cpu/attention.cpp",
         "native/cpu/token_merge.cpp",
+        "native/cpu/token_compact.cpp",
         "native/cpu/elementwise.cpp",
         "native/cpu/upsample.cpp",
         "native/addon/addon.cpp"

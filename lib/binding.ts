@@ -21,6 +21,7 @@ export interface NativeConfig {
   gridH: number;
   gridW: number;
   numClasses: number;
+  exitLayers: number[];
 }
 
 export interface NativeTensorEntry {
@@ -35,6 +36,7 @@ export interface NativeStats {
   denseTokens: number;
   inputTokens: number;
   perBlock: number[];
+  halted: number[];
   gflops: number;
   ms: Record<string, number>;
 }
@@ -50,7 +52,7 @@ export interface NativeSegmentImage {
 
 export interface NativeSegmentResult {
   labels: Uint8Array | Uint16Array;
-  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array };
+  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array; exitLayer: Uint8Array };
   tokensPerSize: number[];
   probs?: Float32Array;
   logits?: Float32Array;
@@ -72,6 +74,7 @@ export interface NativeModel {
       probs: boolean;
       logits: boolean;
       merge?: { policy: string; levels: number[]; thresholds: number[]; colorTau: number; textureTau: number };
+      prune?: { exitLayers: number[]; threshold: number; keepTopK: number };
     },
   ): Promise<NativeSegmentResult[]>;
   dispose(): void;

@@ -11,7 +11,10 @@
  * Segmentation: `class_names` (K strings), `num_classes` (K, optional when class_names is given),
  * `palette` (K [r, g, b] triples), `input_size` (the long side images are resized to; default: the
  * long side of img_size), `decoder` ({ "type": "linear" }: `decoder.head.weight` [K, C] and
- * `decoder.head.bias` [K] over the final-norm tokens). Later versions add `merge` and `prune` here.
+ * `decoder.head.bias` [K] over the final-norm tokens).
+ * Merging: `merge` (false, or { policy, levels, thresholds, color_tau, texture_tau }: see MergeConfig).
+ * Pruning: `prune` ({ exit_layers, threshold, keep_top_k }), with weights `exit_heads.<layer>.norm.*`
+ * [C] and `exit_heads.<layer>.head.weight` [K, C] / `.bias` [K] for every exit layer.
  */
 import { BadModelError } from './errors';
 import type { NativeConfig } from './binding';
@@ -40,6 +43,16 @@ export const kDefaultMerge: MergeConfig = {
   textureTau: 32,
 };
 
+/** Early pruning: exit heads after some blocks halt confident tokens (STEP's second half). */
+export interface PruneConfig {
+  /** Exits after these blocks (1-based count of blocks run); each has weights `exit_heads.<layer>.*`. */
+  exitLayers: number[];
+  /** A token halts when its largest softmax probability at an exit is >= threshold (above 1: never). */
+  threshold: number;
+  /** Per image and class, this many of the most confident halting tokens stay active as context. */
+  keepTopK: number;
+}
+
 export interface ModelConfig {
   arch: string;
   imgSize: [number, number];
@@ -63,6 +76,8 @@ export interface ModelConfig {
   inputSize: number;
   /** Default merging for segment(); per-call options override it. */
   merge: MergeConfig | false;
+  /** Exit heads in the weights and the default pruning (false: the model has no exit heads). */
+  prune: PruneConfig | false;
   /** The config as read, for fields this version does not interpret. */
   raw: Record<string, unknown>;
 }
@@ -178,6 +193,21 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     );
   }
 
+  let prune: PruneConfig | false = false;
+  if (r.prune !== undefined && r.prune !== false) {
+    const p = r.prune as Record<string, unknown>;
+    if (!p || typeof p !== 'object') fail(where, 'prune', 'false or an object', r.prune);
+    if (numClasses === 0) fail(where, 'prune', 'absent for a model without classes (exit heads classify)', r.prune);
+    const layers = p.exit_layers;
+    if (!Array.isArray(layers) || !layers.length || !layers.every((l, i) => Number.isInteger(l) && l >= 1 && l < depth && (i === 0 || l > layers[i - 1])))
+      fail(where, 'prune.exit_layers', `increasing block counts from 1 to ${depth - 1}`, layers);
+    prune = checkPrune(
+      { threshold: p.threshold, keepTopK: p.keep_top_k },
+      { exitLayers: layers as number[], threshold: 0.95, keepTopK: 5 },
+      (field, expected, value) => fail(where, `prune.${field}`, expected, value),
+    );
+  }
+
   return {
     arch,
     imgSize,
@@ -200,6 +230,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     palette,
     inputSize,
     merge,
+    prune,
     raw: r,
   };
 }
@@ -221,6 +252,7 @@ export function toNativeConfig(c: ModelConfig): NativeConfig {
     gridH: c.imgSize[0] / c.patchSize,
     gridW: c.imgSize[1] / c.patchSize,
     numClasses: c.numClasses,
+    exitLayers: c.prune ? c.prune.exitLayers : [],
   };
 }
 
@@ -250,4 +282,20 @@ export function checkMerge(
   if (typeof colorTau !== 'number' || !(colorTau > 0)) report('colorTau', 'a positive number', colorTau);
   if (typeof textureTau !== 'number' || !(textureTau > 0)) report('textureTau', 'a positive number', textureTau);
   return { policy, levels: levels as number[], thresholds: thresholds as number[], colorTau, textureTau };
+}
+
+/** Checks pruning settings (camelCase fields) over `base`, whose exitLayers are those with weights. */
+export function checkPrune(
+  p: Record<string, unknown>,
+  base: PruneConfig,
+  report: (field: string, expected: string, value: unknown) => never,
+): PruneConfig {
+  const threshold = p.threshold ?? base.threshold;
+  if (typeof threshold !== 'number' || Number.isNaN(threshold)) report('threshold', 'a number (confidence, 0 to 1; above 1 halts nothing)', threshold);
+  const keepTopK = p.keepTopK ?? base.keepTopK;
+  if (!Number.isInteger(keepTopK) || (keepTopK as number) < 0) report('keepTopK', 'an integer >= 0', keepTopK);
+  const exitLayers = p.exitLayers ?? base.exitLayers;
+  if (!Array.isArray(exitLayers) || !exitLayers.every((l, i) => base.exitLayers.includes(l) && (i === 0 || l > exitLayers[i - 1])))
+    report('exitLayers', `increasing layers among the model's exit heads [${base.exitLayers.join(', ')}]`, exitLayers);
+  return { exitLayers: exitLayers as number[], threshold, keepTopK: keepTopK as number };
 }

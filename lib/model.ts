@@ -38,6 +38,8 @@ export interface SegmentStats {
     perLevel: Record<number, number>;
     /** Active tokens entering each block, for the whole batch. */
     perBlock: number[];
+    /** Tokens halted at each exit taken (`prune`), for the whole batch. */
+    halted: number[];
   };
   /** GFLOPs of the work actually done for the whole batch (GEMMs and attention). */
   gflops: number;
@@ -60,9 +62,10 @@ export interface SegmentResult {
   /**
    * Where the tokens went: for every patch of the `gh x gw` grid (row-major), the index of the token
    * that carried it (tokens numbered in row-major order of their top-left patch) and that token's
-   * side in patches (1 for an unmerged patch).
+   * side in patches (1 for an unmerged patch), and the number of blocks the token went through before
+   * it exited (the model's depth for tokens that reached the final head).
    */
-  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array };
+  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array; exitLayer: Uint8Array };
   /** With `logits: true`: patch-grid logits, dims `[K, gh, gw]` (the grid covers the resized, padded image). */
   logits?: Tensor;
 }
@@ -304,7 +307,12 @@ export class Model {
   async segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
     this.#live();
     if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
-    const opts = checkSegmentOptions(options, { size: this.config.inputSize, patch: this.config.patchSize, merge: this.config.merge });
+    const opts = checkSegmentOptions(options, {
+      size: this.config.inputSize,
+      patch: this.config.patchSize,
+      merge: this.config.merge,
+      prune: this.config.prune,
+    });
     if (this.config.numClasses === 0)
       throw new BadModelError('this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()');
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
@@ -334,6 +342,7 @@ export class Model {
             probs: opts.probabilities,
             logits: opts.logits,
             merge: opts.merge || undefined,
+            prune: opts.prune || undefined,
           },
         );
       } catch (err) {
@@ -363,7 +372,7 @@ export class Model {
   #stats(s: NativeStats, ms: Record<string, number>, batchSize: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
-      tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock },
+      tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },
       gflops: s.gflops,
       ms,
       batchSize,

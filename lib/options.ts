@@ -1,5 +1,5 @@
 /** Option checking for the public API, in one place, with errors of one shape. */
-import { checkMerge, kDefaultMerge, type MergeConfig } from './config';
+import { checkMerge, checkPrune, kDefaultMerge, type MergeConfig, type PruneConfig } from './config';
 import { invalidParameter } from './errors';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
@@ -22,6 +22,12 @@ export interface SegmentOptions {
    * `thresholds` (one per level), `colorTau`, `textureTau`. Default: the model's config.
    */
   merge?: false | Partial<MergeConfig>;
+  /**
+   * Early pruning at the model's exit heads: `false` for none, or fields over the model's defaults:
+   * `threshold` (confidence to halt), `keepTopK` (context tokens kept per class), `exitLayers`
+   * (a subset of the model's exits). Default: the model's config (off for models without exit heads).
+   */
+  prune?: false | Partial<PruneConfig>;
 }
 
 export interface ForwardOptions {
@@ -61,14 +67,15 @@ export interface CheckedSegmentOptions {
   probabilities: boolean;
   logits: boolean;
   merge: MergeConfig | false;
+  prune: PruneConfig | false;
 }
 
 export function checkSegmentOptions(
   options: unknown,
-  defaults: { size: number; patch: number; merge: MergeConfig | false },
+  defaults: { size: number; patch: number; merge: MergeConfig | false; prune: PruneConfig | false },
 ): CheckedSegmentOptions {
   const o = checkObject(options, 'options');
-  checkKeys(o, ['size', 'probabilities', 'logits', 'merge'], 'options');
+  checkKeys(o, ['size', 'probabilities', 'logits', 'merge', 'prune'], 'options');
   const size = o.size ?? defaults.size;
   if (!Number.isInteger(size) || (size as number) < defaults.patch || (size as number) > kMaxSize)
     throw invalidParameter('options.size', `an integer from ${defaults.patch} to ${kMaxSize}`, size);
@@ -82,11 +89,22 @@ export function checkSegmentOptions(
       throw invalidParameter(`options.merge.${field}`, expected, value);
     });
   }
+  let prune = defaults.prune;
+  if (o.prune === false) prune = false;
+  else if (o.prune !== undefined) {
+    const p = checkObject(o.prune, 'options.prune');
+    checkKeys(p, ['threshold', 'keepTopK', 'exitLayers'], 'options.prune');
+    if (!defaults.prune) throw invalidParameter('options.prune', 'false: this model has no exit heads', o.prune);
+    prune = checkPrune(p, defaults.prune, (field, expected, value) => {
+      throw invalidParameter(`options.prune.${field}`, expected, value);
+    });
+  }
   return {
     size: size as number,
     probabilities: checkBool(o.probabilities, 'options.probabilities'),
     logits: checkBool(o.logits, 'options.logits'),
     merge,
+    prune,
   };
 }
 

@@ -69,6 +69,9 @@ Napi::Object stats_to_js(Napi::Env env, const step::ForwardStats& s) {
   Napi::Array per = Napi::Array::New(env, s.per_block.size());
   for (size_t i = 0; i < s.per_block.size(); ++i) per.Set(uint32_t(i), double(s.per_block[i]));
   o.Set("perBlock", per);
+  Napi::Array halted = Napi::Array::New(env, s.halted.size());
+  for (size_t i = 0; i < s.halted.size(); ++i) halted.Set(uint32_t(i), double(s.halted[i]));
+  o.Set("halted", halted);
   o.Set("gflops", s.gflops);
   Napi::Object ms = Napi::Object::New(env);
   for (const auto& [name, v] : s.ms) ms.Set(name, v);
@@ -214,6 +217,8 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = get_int(c, "regTokens");
   cfg.norm_eps = float(get_double(c, "normEps"));
   cfg.grid_h = get_int(c, "gridH"), cfg.grid_w = get_int(c, "gridW"), cfg.num_classes = get_int(c, "numClasses");
+  Napi::Array exits = c.Get("exitLayers").As<Napi::Array>();
+  for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(exits.Get(i).As<Napi::Number>().Int32Value());
 
   Napi::Array list = info[1].As<Napi::Array>();
   std::vector<step::TensorEntry> entries;
@@ -290,9 +295,9 @@ class SegmentJob : public Job {
     int w, h, channels, out_w, out_h;
   };
   SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, float mean[3], float std[3],
-             bool probs, bool logits, step::MergeSettings merge)
+             bool probs, bool logits, step::MergeSettings merge, step::PruneSettings prune)
       : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits),
-        merge_(std::move(merge)) {
+        merge_(std::move(merge)), prune_(std::move(prune)) {
     for (int c = 0; c < 3; ++c) mean_[c] = mean[c], std_[c] = std[c];
   }
 
@@ -328,8 +333,12 @@ class SegmentJob : public Job {
                               in.grids[b].second});
     plan_ = step::plan_merge(backend, merge_images, P, merge_);
     in.rects = plan_.rects;
+    in.prune = prune_;
 
     out_ = model.forward(backend, in);
+    rect_start_.assign(B + 1, 0);  // image b's rects start after those of images 0 .. b-1
+    for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
+    for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
     out_.stats.ms.insert(out_.stats.ms.begin(), {{"normalize", normalize_ms}, {"score", plan_.score_ms}, {"select", plan_.select_ms}});
     out_.stats.gflops += plan_.gflops;
 
@@ -383,14 +392,17 @@ class SegmentJob : public Job {
         const std::vector<int32_t>& map = plan_.token_of_patch[b];
         Napi::Int32Array index = Napi::Int32Array::New(env, map.size());
         Napi::Uint8Array size = Napi::Uint8Array::New(env, map.size());
-        // image b's rects start after the rects of images 0 .. b-1: offsets[b] minus their prefix tokens
-        const step::TokenRect* rects = plan_.rects.data() + (out_.offsets[b] - int64_t(b) * state_->model->config().prefix());
+        Napi::Uint8Array exit_layer = Napi::Uint8Array::New(env, map.size());
+        const int32_t first_rect = rect_start_[b];
+        const step::TokenRect* rects = plan_.rects.data() + rect_start_[b];
         for (size_t i = 0; i < map.size(); ++i) {
           index[i] = map[i];
           size[i] = uint8_t(rects[map[i]].size);
+          exit_layer[i] = uint8_t(out_.rect_exit[first_rect + map[i]]);
         }
         Napi::Object tm = Napi::Object::New(env);
         tm.Set("gh", images_grid_h(b)), tm.Set("gw", images_grid_w(b)), tm.Set("index", index), tm.Set("size", size);
+        tm.Set("exitLayer", exit_layer);
         o.Set("tokenMap", tm);
         Napi::Array per = Napi::Array::New(env, plan_.tokens_per_size[b].size());
         for (size_t l = 0; l < plan_.tokens_per_size[b].size(); ++l) per.Set(uint32_t(l), double(plan_.tokens_per_size[b][l]));
@@ -421,7 +433,9 @@ class SegmentJob : public Job {
   float mean_[3], std_[3];
   bool want_probs_, want_logits_;
   step::MergeSettings merge_;
+  step::PruneSettings prune_;
   step::MergePlan plan_;
+  std::vector<int32_t> rect_start_;
   step::EncoderOutput out_;
   std::vector<Result> results_;
 };
@@ -461,8 +475,17 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     }
     merge.color_tau = float(get_double(m, "colorTau")), merge.texture_tau = float(get_double(m, "textureTau"));
   }
+  step::PruneSettings prune;
+  Napi::Value pv = opts.Get("prune");
+  if (pv.IsObject()) {
+    Napi::Object pr = pv.As<Napi::Object>();
+    prune.enabled = true;
+    prune.threshold = float(get_double(pr, "threshold")), prune.top_k = get_int(pr, "keepTopK");
+    Napi::Array layers = pr.Get("exitLayers").As<Napi::Array>();
+    for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(layers.Get(i).As<Napi::Number>().Int32Value());
+  }
   auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"),
-                             std::move(merge));
+                             std::move(merge), std::move(prune));
   job->Queue();
   return job->promise();
 }
@@ -618,10 +641,39 @@ Napi::Value op_token_pos_embed(const Napi::CallbackInfo& info) {
 Napi::Value op_unshare(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   step::UnshareParams p;
-  p.K = get_int(o, "K"), p.tokens = get_int(o, "tokens"), p.rects = rects_of(o.Get("rects")), p.prefix = get_int(o, "prefix");
+  p.K = get_int(o, "K"), p.tokens = get_int(o, "tokens"), p.rects = rects_of(o.Get("rects"));
   p.logits = typed_data<float>(o.Get("logits")), p.grid_offset = typed_data<int32_t>(o.Get("gridOffset"));
   p.grid_w = typed_data<int32_t>(o.Get("gridW")), p.grid = typed_data<float>(o.Get("grid"));
   step::cpu::unshare(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_token_halt(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::TokenHaltParams p;
+  p.batch = get_int(o, "batch"), p.K = get_int(o, "K"), p.prefix = get_int(o, "prefix");
+  p.offsets = typed_data<int32_t>(o.Get("offsets")), p.logits = typed_data<float>(o.Get("logits"));
+  p.threshold = float(get_double(o, "threshold")), p.top_k = get_int(o, "topK"), p.halt = typed_data<uint8_t>(o.Get("halt"));
+  step::cpu::token_halt(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_token_compact(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::TokenCompactParams p;
+  p.batch = get_int(o, "batch"), p.C = get_int(o, "C"), p.offsets = typed_data<int32_t>(o.Get("offsets"));
+  p.halt = typed_data<uint8_t>(o.Get("halt")), p.x = typed_data<float>(o.Get("x")), p.out = typed_data<float>(o.Get("out"));
+  p.new_offsets = typed_data<int32_t>(o.Get("newOffsets")), p.src_row = typed_data<int32_t>(o.Get("srcRow"));
+  step::cpu::token_compact(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_token_scatter(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::TokenScatterParams p;
+  p.rows = get_int(o, "rows"), p.K = get_int(o, "K"), p.src = typed_data<float>(o.Get("src"));
+  p.index = typed_data<int32_t>(o.Get("index")), p.mask = typed_data<uint8_t>(o.Get("mask")), p.table = typed_data<float>(o.Get("table"));
+  step::cpu::token_scatter(p);
   return info.Env().Undefined();
 }
 
@@ -642,6 +694,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   ops.Set("patchGather", Napi::Function::New(env, op_patch_gather));
   ops.Set("tokenPosEmbed", Napi::Function::New(env, op_token_pos_embed));
   ops.Set("unshare", Napi::Function::New(env, op_unshare));
+  ops.Set("tokenHalt", Napi::Function::New(env, op_token_halt));
+  ops.Set("tokenCompact", Napi::Function::New(env, op_token_compact));
+  ops.Set("tokenScatter", Napi::Function::New(env, op_token_scatter));
   exports.Set("ops", ops);
   return exports;
 }

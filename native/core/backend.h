@@ -19,6 +19,9 @@ class Backend {
   virtual void patch_gather(const PatchGatherParams& p) = 0;
   virtual void token_pos_embed(const TokenPosEmbedParams& p) = 0;
   virtual void unshare(const UnshareParams& p) = 0;
+  virtual void token_halt(const TokenHaltParams& p) = 0;
+  virtual void token_compact(const TokenCompactParams& p) = 0;
+  virtual void token_scatter(const TokenScatterParams& p) = 0;
   virtual void pos_resample(const PosResampleParams& p) = 0;
   virtual void image_normalize(const ImageNormalizeParams& p) = 0;
   virtual void upsample(const UpsampleParams& p) = 0;

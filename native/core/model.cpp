@@ -4,6 +4,7 @@
 // GEMM epilogues fuse what timm runs as separate ops (bias, GELU, layer scale, residual add).
 #include "model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -45,6 +46,12 @@ std::map<std::string, std::vector<int64_t>> expected_tensors(const VitConfig& c)
   if (c.num_classes > 0) {
     t["decoder.head.weight"] = {c.num_classes, C};
     t["decoder.head.bias"] = {c.num_classes};
+  }
+  for (int layer : c.exit_layers) {
+    const std::string e = "exit_heads." + std::to_string(layer) + ".";
+    t[e + "norm.weight"] = t[e + "norm.bias"] = {C};
+    t[e + "head.weight"] = {c.num_classes, C};
+    t[e + "head.bias"] = {c.num_classes};
   }
   return t;
 }
@@ -183,7 +190,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
       out.offsets[b + 1] = int32_t(out.offsets[b] + pre + n);
     }
   }
-  const int Tp = int(rects.size()), A = out.offsets[B];
+  const int Tp = int(rects.size());
+  int A = out.offsets[B];  // active tokens: shrinks at every early exit
   st.dense_tokens = int64_t(cells) + int64_t(B) * pre;
   st.input_tokens = A;
 
@@ -249,24 +257,34 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   }
   st.ms.emplace_back("embed", since_ms(t0));
 
-  // Encoder blocks: x += ls1 * proj(attn(norm1(x))); x += ls2 * fc2(gelu(fc1(norm2(x)))).
+  // rect_of_row: the rect each active row carries (-1 for prefix tokens); compacted with the rows.
+  std::vector<int32_t> rect_of_row(A, -1);
+  for (int j = 0; j < Tp; ++j) rect_of_row[j + (rects[j].image + 1) * pre] = j;
+  const int K = c.num_classes;
+  Tensor rect_logits({Tp, K});                   // (Tp, K) logits of each rect, from its exit or the head
+  out.rect_exit.assign(Tp, c.depth);             // blocks each token went through
+  std::vector<int> exits = in.prune.enabled ? in.prune.layers : std::vector<int>{};
+
+  // Encoder blocks: x += ls1 * proj(attn(norm1(x))); x += ls2 * fc2(gelu(fc1(norm2(x)))), with an
+  // early exit after every block listed in exits: halted tokens file their logits and leave the list.
   t0 = clock::now();
   Tensor h({A, C}), qkv({A, 3 * C}), att({A, C}), mlp({A, c.mlp_hidden});
-  int64_t sum_t2 = 0;
-  for (int b = 0; b < B; ++b) sum_t2 += int64_t(out.offsets[b + 1] - out.offsets[b]) * (out.offsets[b + 1] - out.offsets[b]);
-  auto linear = [&](const Tensor& a, int K, const std::string& name, int N, Tensor& dst, Epilogue ep,
+  auto linear = [&](const Tensor& a, int Kdim, const std::string& name, int N, Tensor& dst, Epilogue ep,
                     const float* scale) {
     GemmParams g;
-    g.M = A, g.N = N, g.K = K, g.a = a.data(), g.lda = K;
+    g.M = A, g.N = N, g.K = Kdim, g.a = a.data(), g.lda = Kdim;
     g.w = w(name + ".weight").data(), g.bias = w_or_null(name + ".bias");
     g.epilogue = ep, g.residual = ep == Epilogue::kResidual ? dst.data() : nullptr, g.col_scale = scale;
     g.c = dst.data(), g.ldc = N;
     backend.gemm(g);
     gemm_flops(g.M, g.N, g.K);
   };
+  int group_start = 0;
   for (int i = 0; i < c.depth; ++i) {
     const std::string blk = "blocks." + std::to_string(i) + ".";
     st.per_block.push_back(A);
+    int64_t sum_t2 = 0;
+    for (int b = 0; b < B; ++b) sum_t2 += int64_t(out.offsets[b + 1] - out.offsets[b]) * (out.offsets[b + 1] - out.offsets[b]);
     layernorm(x, blk + "norm1", h);
     linear(h, C, blk + "attn.qkv", 3 * C, qkv, Epilogue::kNone, nullptr);
     AttentionParams ap;
@@ -279,21 +297,61 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     linear(h, C, blk + "mlp.fc1", c.mlp_hidden, mlp, Epilogue::kGelu, nullptr);
     linear(mlp, c.mlp_hidden, blk + "mlp.fc2", C, x, Epilogue::kResidual, w_or_null(blk + "ls2.gamma"));
     capture("block_" + std::to_string(i), x, A);
+
+    if (std::find(exits.begin(), exits.end(), i + 1) == exits.end()) continue;
+    // Early exit after block i: exit head (LayerNorm + linear), halting, filing, compaction.
+    const std::string ex = "exit_heads." + std::to_string(i + 1) + ".";
+    Tensor exit_logits({A, K});
+    layernorm(x, ex + "norm", h);
+    linear(h, C, ex + "head", K, exit_logits, Epilogue::kNone, nullptr);
+    std::vector<uint8_t> halt(A);
+    TokenHaltParams th;
+    th.batch = B, th.K = K, th.prefix = pre, th.offsets = out.offsets.data(), th.logits = exit_logits.data();
+    th.threshold = in.prune.threshold, th.top_k = in.prune.top_k, th.halt = halt.data();
+    backend.token_halt(th);
+    TokenScatterParams sc;
+    sc.rows = A, sc.K = K, sc.src = exit_logits.data(), sc.index = rect_of_row.data(), sc.mask = halt.data();
+    sc.table = rect_logits.data();
+    backend.token_scatter(sc);
+    std::vector<int32_t> new_offsets(B + 1), src_row(A);
+    Tensor kept({A, C});
+    TokenCompactParams tc;
+    tc.batch = B, tc.C = C, tc.offsets = out.offsets.data(), tc.halt = halt.data(), tc.x = x.data();
+    tc.out = kept.data(), tc.new_offsets = new_offsets.data(), tc.src_row = src_row.data();
+    backend.token_compact(tc);
+    int64_t halted = 0;
+    for (int r = 0; r < A; ++r)
+      if (halt[r] && rect_of_row[r] >= 0) out.rect_exit[rect_of_row[r]] = i + 1, ++halted;
+    st.halted.push_back(halted);
+    const int new_a = new_offsets[B];
+    std::vector<int32_t> new_rect_of_row(new_a);
+    for (int r = 0; r < new_a; ++r) new_rect_of_row[r] = rect_of_row[src_row[r]];
+    rect_of_row.swap(new_rect_of_row);
+    out.offsets.swap(new_offsets);
+    A = new_a;
+    x = std::move(kept);
+    x.reset({A, C});
+    st.ms.emplace_back("blocks " + std::to_string(group_start) + "-" + std::to_string(i), since_ms(t0));
+    t0 = clock::now();
+    group_start = i + 1;
   }
   out.tokens.reset({A, C});
   layernorm(x, "norm", out.tokens);
   capture("final_norm", out.tokens, A);
-  st.ms.emplace_back("encoder", since_ms(t0));
+  st.ms.emplace_back(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" + std::to_string(c.depth - 1),
+                     since_ms(t0));
 
-  // Segmentation head on every token, then unsharing to the patch grids.
-  if (c.num_classes > 0) {
+  // Segmentation head on the tokens still active, then unsharing of every rect's logits.
+  if (K > 0) {
     t0 = clock::now();
-    const int K = c.num_classes;
-    Tensor logits({A, K});  // (A, K); prefix rows are computed and never read
+    Tensor logits({A, K});  // (A, K); prefix rows are computed and never filed
     linear(out.tokens, C, "decoder.head", K, logits, Epilogue::kNone, nullptr);
+    TokenScatterParams sc;
+    sc.rows = A, sc.K = K, sc.src = logits.data(), sc.index = rect_of_row.data(), sc.table = rect_logits.data();
+    backend.token_scatter(sc);
     out.grid_logits.reset({cells, K});
     UnshareParams u;
-    u.K = K, u.tokens = Tp, u.rects = rects.data(), u.prefix = pre, u.logits = logits.data();
+    u.K = K, u.tokens = Tp, u.rects = rects.data(), u.logits = rect_logits.data();
     u.grid_offset = out.grid_offset.data(), u.grid_w = grid_w.data(), u.grid = out.grid_logits.data();
     backend.unshare(u);
     st.ms.emplace_back("head", since_ms(t0));

@@ -21,6 +21,7 @@ struct VitConfig {
   float norm_eps = 1e-6f;
   int grid_h = 0, grid_w = 0;  // patch grid the position embeddings were trained for
   int num_classes = 0;         // 0: no segmentation head (features only)
+  std::vector<int> exit_layers;  // early-exit heads after these blocks (1-based count of blocks run)
   int prefix() const { return (class_token ? 1 : 0) + reg_tokens; }
 };
 
@@ -40,8 +41,17 @@ std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* 
 struct ForwardStats {
   int64_t dense_tokens = 0, input_tokens = 0;
   std::vector<int64_t> per_block;  // active tokens entering each block
+  std::vector<int64_t> halted;     // tokens halted at each exit taken
   double gflops = 0;
   std::vector<std::pair<std::string, double>> ms;  // stage name, milliseconds
+};
+
+// Early pruning for one forward: exits after these blocks (a subset of VitConfig::exit_layers).
+struct PruneSettings {
+  bool enabled = false;
+  std::vector<int> layers;
+  float threshold = 1.f;
+  int top_k = 5;
 };
 
 struct EncoderInput {
@@ -51,13 +61,15 @@ struct EncoderInput {
   std::vector<TokenRect> rects;           // token rects of every image, in image order, each image's
                                           // covering its grid exactly once; empty: dense (one per patch)
   bool capture = false;                   // keep patch_embed, tokens_0, block_N, final_norm copies
+  PruneSettings prune;
 };
 
 struct EncoderOutput {
   std::vector<int32_t> offsets;  // (B + 1) rows of each image in tokens
-  Tensor tokens;                 // (A, C) after the final norm, prefix tokens first per image
+  Tensor tokens;                 // (A, C) final-norm tokens still active, prefix tokens first per image
   Tensor grid_logits;            // (sum of gh * gw, K) per-patch logits after unsharing, if a head exists
   std::vector<int32_t> grid_offset;  // (B) first cell of each image in grid_logits
+  std::vector<int32_t> rect_exit;    // (rects) blocks each token went through before it halted (depth: none)
   std::vector<std::pair<std::string, Tensor>> captured;
   ForwardStats stats;
 };

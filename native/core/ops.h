@@ -159,17 +159,56 @@ struct TokenPosEmbedParams {
 };
 
 // ---- unshare ------------------------------------------------------------------------------------
-// After the head: each token's logits are copied to every patch its rect covers, giving dense
+// After the heads: each token's logits are copied to every patch its rect covers, giving dense
 // patch-grid logits per image (grids laid out as in TokenPosEmbedParams).
 struct UnshareParams {
   int K = 0;
   int tokens = 0;
   const TokenRect* rects = nullptr;      // (tokens)
-  int prefix = 0;                        // prefix tokens per image in the packed list
-  const float* logits = nullptr;         // (A, K) packed list; rects[t] is row t + (rects[t].image + 1) * prefix
+  const float* logits = nullptr;         // (tokens, K): row t holds the logits of rects[t]
   const int32_t* grid_offset = nullptr;  // (B) first cell of each image's grid
   const int32_t* grid_w = nullptr;       // (B) grid columns of each image
   float* grid = nullptr;                 // (sum over b of gh_b * gw_b, K)
+};
+
+// ---- token_halt ---------------------------------------------------------------------------------
+// Early exits (STEP's pruning half, after DToP): a token halts when its confidence, the largest
+// softmax probability of its exit-head logits, is >= threshold; but for each class, the top_k most
+// confident halting tokens of each image (argmax = that class, ties to the lower row) stay active as
+// context. Prefix tokens never halt.
+struct TokenHaltParams {
+  int batch = 0, K = 0, prefix = 0;
+  const int32_t* offsets = nullptr;  // (B + 1) rows of each image in the active list
+  const float* logits = nullptr;     // (A, K) exit-head logits of every active row
+  float threshold = 1.f;
+  int top_k = 5;
+  uint8_t* halt = nullptr;           // (A) 1 = halts here, 0 = stays active
+};
+
+// ---- token_compact ------------------------------------------------------------------------------
+// Removes halted rows from the packed list, keeping order, and rewrites the per-image offsets:
+// new row r of image b is the r-th kept row of b. `src_row` maps new rows to old ones (for gathers
+// of other per-row data, e.g. the token's rect).
+struct TokenCompactParams {
+  int batch = 0, C = 0;
+  const int32_t* offsets = nullptr;  // (B + 1) before
+  const uint8_t* halt = nullptr;     // (A) rows to drop
+  const float* x = nullptr;          // (A, C)
+  float* out = nullptr;              // (A', C), A' = rows kept; must not alias x
+  int32_t* new_offsets = nullptr;    // (B + 1) after
+  int32_t* src_row = nullptr;        // (A') old row of each kept row
+};
+
+// ---- token_scatter ------------------------------------------------------------------------------
+// Writes rows into a table by index: table[index[r]] = rows[r] where index[r] >= 0 and (when mask is
+// set) mask[r] != 0. Used to file each token's logits under its rect, from the exit that halted it
+// or from the final head.
+struct TokenScatterParams {
+  int rows = 0, K = 0;
+  const float* src = nullptr;        // (rows, K)
+  const int32_t* index = nullptr;    // (rows) destination row, or -1 (prefix tokens)
+  const uint8_t* mask = nullptr;     // (rows) or null
+  float* table = nullptr;            // (table rows, K)
 };
 
 // ---- pos_resample -------------------------------------------------------------------------------

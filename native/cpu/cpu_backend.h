@@ -1,5 +1,5 @@
 // cpu_backend.h: the reference backend. float32 on the host, multithreaded with parallel.h; each op
-// family lives in its own file (gemm.cpp, conv.cpp, norm.cpp, attention.cpp, token_merge.cpp, elementwise.cpp,
+// family lives in its own file (gemm.cpp, conv.cpp, norm.cpp, attention.cpp, token_merge.cpp, token_compact.cpp, elementwise.cpp,
 // upsample.cpp) and is the specification the CUDA backend is tested against.
 #pragma once
 #include "../core/backend.h"
@@ -15,6 +15,9 @@ void superpatch_select(const SuperpatchSelectParams& p);
 void patch_gather(const PatchGatherParams& p);
 void token_pos_embed(const TokenPosEmbedParams& p);
 void unshare(const UnshareParams& p);
+void token_halt(const TokenHaltParams& p);
+void token_compact(const TokenCompactParams& p);
+void token_scatter(const TokenScatterParams& p);
 void pos_resample(const PosResampleParams& p);
 void image_normalize(const ImageNormalizeParams& p);
 void upsample(const UpsampleParams& p);
@@ -34,6 +37,9 @@ class CpuBackend final : public Backend {
   void patch_gather(const PatchGatherParams& p) override { cpu::patch_gather(p); }
   void token_pos_embed(const TokenPosEmbedParams& p) override { cpu::token_pos_embed(p); }
   void unshare(const UnshareParams& p) override { cpu::unshare(p); }
+  void token_halt(const TokenHaltParams& p) override { cpu::token_halt(p); }
+  void token_compact(const TokenCompactParams& p) override { cpu::token_compact(p); }
+  void token_scatter(const TokenScatterParams& p) override { cpu::token_scatter(p); }
   void pos_resample(const PosResampleParams& p) override { cpu::pos_resample(p); }
   void image_normalize(const ImageNormalizeParams& p) override { cpu::image_normalize(p); }
   void upsample(const UpsampleParams& p) override { cpu::upsample(p); }

@@ -86,7 +86,7 @@ void unshare(const UnshareParams& p) {
   parallel_for(p.tokens, 64, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const TokenRect& r = p.rects[t];
-      const float* src = p.logits + (t + int64_t(r.image + 1) * p.prefix) * K;  // (K)
+      const float* src = p.logits + t * K;  // (K)
       for (int dy = 0; dy < r.size; ++dy)
         for (int dx = 0; dx < r.size; ++dx) {
           const int64_t cell = p.grid_offset[r.image] + int64_t(r.row + dy) * p.grid_w[r.image] + r.col + dx;

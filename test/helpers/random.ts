@@ -60,6 +60,8 @@ export interface VitSpec {
   inputSize?: number;
   dtype?: 'F32' | 'F16';
   seed?: number;
+  /** Exit heads after these blocks, with a `prune` config (threshold 0.95, keep_top_k 5 unless set). */
+  exitLayers?: number[];
   extraConfig?: Record<string, unknown>;
 }
 
@@ -97,12 +99,16 @@ export function randomVit(spec: VitSpec): {
     shapes['decoder.head.weight'] = [K, C];
     shapes['decoder.head.bias'] = [K];
   }
+  for (const layer of spec.exitLayers ?? []) {
+    const e = `exit_heads.${layer}.`;
+    Object.assign(shapes, { [e + 'norm.weight']: [C], [e + 'norm.bias']: [C], [e + 'head.weight']: [K, C], [e + 'head.bias']: [K] });
+  }
   const tensors: Record<string, Float32Array> = {};
   const out: Record<string, { dtype: 'F32' | 'F16'; shape: number[]; data: Float32Array | Uint16Array }> = {};
   for (const [name, shape] of Object.entries(shapes)) {
     const n = shape.reduce((a, b) => a * b, 1);
     let data: Float32Array;
-    if (name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name === 'norm.weight') {
+    if (name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name.endsWith('norm.weight')) {
       data = randn(n, rand, 0.1).map((v) => 1 + v);
     } else if (name.endsWith('.weight')) {
       const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
@@ -132,6 +138,7 @@ export function randomVit(spec: VitSpec): {
     pixel_std: [0.229, 0.224, 0.225],
     ...(K ? { class_names: spec.classNames, num_classes: K, decoder: { type: 'linear' } } : {}),
     ...(spec.inputSize ? { input_size: spec.inputSize } : {}),
+    ...(spec.exitLayers ? { prune: { exit_layers: spec.exitLayers, threshold: 0.95, keep_top_k: 5 } } : {}),
     ...spec.extraConfig,
   };
   return { buffer: encodeSafetensors(out, { config: JSON.stringify(config) }), config, tensors, shapes };

@@ -141,7 +141,7 @@ test('bad inputs are BadInputError with what was expected', async () => {
   await rejectsWith(model.segment({ data: new Uint8Array(32), width: 4, height: 4, channels: 2 as 3 }), BadInputError, /channels/);
   await rejectsWith(model.segment(42 as never), BadInputError, /Expected a file path, an encoded image Buffer or raw pixels/);
   await rejectsWith(model.segment(demo, { size: 5 }), BadInputError, /Expected an integer from 16 to 8192 for options\.size but received 5/);
-  await rejectsWith(model.segment(demo, { prune: false } as never), BadInputError, /options\.prune/);
+  await rejectsWith(model.segment(demo, { tile: 2 } as never), BadInputError, /options\.tile/);
   await rejectsWith(model.segmentBatch([]), BadInputError, /non-empty array/);
   const dims = [1, 3, 32, 32];
   const nan = new Float32Array(3 * 32 * 32);

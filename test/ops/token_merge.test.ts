@@ -139,13 +139,13 @@ test('patch_gather: a superpatch is its area average; token_pos_embed adds the m
 test("unshare paints each token's logits on every patch it covers", () => {
   const K = 3, gh = 4, gw = 4;
   const rectList = [[0, 0, 0, 2], [0, 0, 2, 1], [0, 0, 3, 1], [0, 1, 2, 1], [0, 1, 3, 1], [0, 2, 0, 2], [0, 2, 2, 2]];
-  const logits = Float32Array.from({ length: (rectList.length + 1) * K }, (_, i) => i); // row 0: the prefix token
+  const logits = Float32Array.from({ length: rectList.length * K }, (_, i) => i);
   const grid = new Float32Array(gh * gw * K).fill(NaN);
-  ops.unshare({ K, tokens: rectList.length, rects: Int32Array.from(rectList.flat()), prefix: 1, logits, gridOffset: Int32Array.from([0]), gridW: Int32Array.from([gw]), grid });
+  ops.unshare({ K, tokens: rectList.length, rects: Int32Array.from(rectList.flat()), logits, gridOffset: Int32Array.from([0]), gridW: Int32Array.from([gw]), grid });
   rectList.forEach(([, r, c, s], t) => {
     for (let dy = 0; dy < s; dy++)
       for (let dx = 0; dx < s; dx++)
-        for (let k = 0; k < K; k++) assert.is(grid[((r + dy) * gw + c + dx) * K + k], (t + 1) * K + k);
+        for (let k = 0; k < K; k++) assert.is(grid[((r + dy) * gw + c + dx) * K + k], t * K + k);
   });
 });
 
