@@ -31,29 +31,6 @@ namespace {
 // Multiply-adds per parallel chunk below which more threads cost more than they save.
 constexpr int64_t kMinMacsPerChunk = 1 << 16;
 
-// y += x * w, elementwise over n channels. __restrict lets the compiler vectorise without a
-// run-time overlap test.
-inline void madd(float* __restrict y, const float* __restrict x, const float* __restrict w, int n) {
-  for (int c = 0; c < n; ++c) y[c] += x[c] * w[c];
-}
-// y += v * w over n channels (dense conv: one input channel value times a row of output weights).
-inline void madd_scalar(float* __restrict y, float v, const float* __restrict w, int n) {
-  for (int c = 0; c < n; ++c) y[c] += v * w[c];
-}
-
-inline void start(float* __restrict y, const float* __restrict bias, int n) {
-  if (bias) {
-    for (int c = 0; c < n; ++c) y[c] = bias[c];
-  } else {
-    for (int c = 0; c < n; ++c) y[c] = 0.f;
-  }
-}
-
-inline void activate(float* y, Activation act, int n) {
-  if (act == Activation::kRelu6)
-    for (int c = 0; c < n; ++c) y[c] = std::min(std::max(y[c], 0.f), 6.f);
-}
-
 // The taps of an output coordinate that fall inside the image: k in [begin, end).
 struct TapRange {
   int origin, begin, end;  // origin: input coordinate of tap 0 (may be negative)
@@ -63,61 +40,86 @@ inline TapRange tap_range(int out, int stride, int pad, int kernel, int in) {
   return {origin, std::max(0, -origin), std::min(kernel, in - origin)};
 }
 
-void conv_depthwise(const ConvParams& p) {
-  const int C = p.in_c, k = p.kernel;
-  std::vector<float> w(size_t(k) * k * C);  // (k, k, C)
-  for (int c = 0; c < C; ++c)
-    for (int t = 0; t < k * k; ++t) w[size_t(t) * C + c] = p.w[size_t(c) * k * k + t];
+inline float activate(float v, Activation act) { return act == Activation::kRelu6 ? std::min(std::max(v, 0.f), 6.f) : v; }
 
+// Channels [c0, c0 + N) of one output pixel of a depthwise convolution. The N sums stay in registers
+// over all taps (N = 32 is eight SSE registers), so each tap costs two loads per 4 channels and no
+// store: 1.2-1.4x faster than accumulating into y in memory for k = 5 (Zen 4, one thread).
+template <int N>
+inline void depthwise_channels(const ConvParams& p, const float* x, const float* w, const float* bias, TapRange ty,
+                               TapRange tx, int c0, float* y) {
+  // x: (in_h, in_w, C) image; w: (k, k, C); bias: (C); y: (C) the output pixel
+  const int C = p.in_c, k = p.kernel;
+  float acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = bias[c0 + j];
+  for (int ky = ty.begin; ky < ty.end; ++ky)
+    for (int kx = tx.begin; kx < tx.end; ++kx) {
+      const float* xp = x + (int64_t(ty.origin + ky) * p.in_w + tx.origin + kx) * C + c0;  // (N)
+      const float* wp = w + int64_t(ky * k + kx) * C + c0;                                   // (N)
+      for (int j = 0; j < N; ++j) acc[j] += xp[j] * wp[j];
+    }
+  for (int j = 0; j < N; ++j) y[c0 + j] = activate(acc[j], p.act);
+}
+
+// Channels [c0, c0 + N) of one output pixel of a dense convolution, sums in registers as above.
+template <int N>
+inline void dense_channels(const ConvParams& p, const float* x, const float* w, const float* bias, TapRange ty,
+                           TapRange tx, int c0, float* y) {
+  // x: (in_h, in_w, in_c) image; w: (k, k, in_c, out_c); bias: (out_c); y: (out_c) the output pixel
+  const int Ci = p.in_c, Co = p.out_c, k = p.kernel;
+  float acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = bias[c0 + j];
+  for (int ky = ty.begin; ky < ty.end; ++ky)
+    for (int kx = tx.begin; kx < tx.end; ++kx) {
+      const float* xp = x + (int64_t(ty.origin + ky) * p.in_w + tx.origin + kx) * Ci;  // (in_c)
+      const float* wp = w + int64_t(ky * k + kx) * Ci * Co + c0;                        // (in_c, out_c) from c0
+      for (int ci = 0; ci < Ci; ++ci)
+        for (int j = 0; j < N; ++j) acc[j] += xp[ci] * wp[int64_t(ci) * Co + j];
+    }
+  for (int j = 0; j < N; ++j) y[c0 + j] = activate(acc[j], p.act);
+}
+
+// Runs fn(ty, tx, x, y) for every output pixel, rows in parallel: ty, tx the valid taps, x the
+// pixel's image (in_h, in_w, in_c), y the output pixel (out_c).
+template <typename PixelFn>
+void for_each_pixel(const ConvParams& p, int64_t macs_per_pixel, const PixelFn& fn) {
   const int64_t rows = int64_t(p.batch) * p.out_h;
-  const int64_t macs_per_row = int64_t(p.out_w) * C * k * k;
-  parallel_for(rows, std::max<int64_t>(1, kMinMacsPerChunk / macs_per_row), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerChunk / std::max<int64_t>(1, macs_per_pixel * p.out_w));
+  parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / p.out_h;
-      const TapRange ty = tap_range(int(r % p.out_h), p.stride, p.pad, k, p.in_h);
-      const float* x = p.x + b * p.in_h * p.in_w * C;    // (in_h, in_w, C) image b
-      float* y_row = p.y + r * p.out_w * C;               // (out_w, C)
-      for (int ox = 0; ox < p.out_w; ++ox) {
-        const TapRange tx = tap_range(ox, p.stride, p.pad, k, p.in_w);
-        float* y = y_row + int64_t(ox) * C;  // (C)
-        start(y, p.bias, C);
-        for (int ky = ty.begin; ky < ty.end; ++ky)
-          for (int kx = tx.begin; kx < tx.end; ++kx)
-            madd(y, x + (int64_t(ty.origin + ky) * p.in_w + tx.origin + kx) * C, w.data() + size_t(ky * k + kx) * C, C);
-        activate(y, p.act, C);
-      }
+      const TapRange ty = tap_range(int(r % p.out_h), p.stride, p.pad, p.kernel, p.in_h);
+      const float* x = p.x + (r / p.out_h) * p.in_h * p.in_w * p.in_c;  // (in_h, in_w, in_c)
+      float* y_row = p.y + r * p.out_w * p.out_c;                       // (out_w, out_c)
+      for (int ox = 0; ox < p.out_w; ++ox)
+        fn(ty, tap_range(ox, p.stride, p.pad, p.kernel, p.in_w), x, y_row + int64_t(ox) * p.out_c);
     }
   });
 }
 
-void conv_dense(const ConvParams& p) {
+void conv_depthwise(const ConvParams& p, const float* bias) {
+  const int C = p.in_c, k = p.kernel;
+  std::vector<float> w(size_t(k) * k * C);  // (k, k, C)
+  for (int c = 0; c < C; ++c)
+    for (int t = 0; t < k * k; ++t) w[size_t(t) * C + c] = p.w[size_t(c) * k * k + t];
+  for_each_pixel(p, int64_t(C) * k * k, [&](TapRange ty, TapRange tx, const float* x, float* y) {
+    int c0 = 0;
+    for (; c0 + 32 <= C; c0 += 32) depthwise_channels<32>(p, x, w.data(), bias, ty, tx, c0, y);
+    for (; c0 + 8 <= C; c0 += 8) depthwise_channels<8>(p, x, w.data(), bias, ty, tx, c0, y);
+    for (; c0 < C; ++c0) depthwise_channels<1>(p, x, w.data(), bias, ty, tx, c0, y);
+  });
+}
+
+void conv_dense(const ConvParams& p, const float* bias) {
   const int Ci = p.in_c, Co = p.out_c, k = p.kernel;
   std::vector<float> w(size_t(k) * k * Ci * Co);  // (k, k, in_c, out_c)
   for (int co = 0; co < Co; ++co)
     for (int ci = 0; ci < Ci; ++ci)
       for (int t = 0; t < k * k; ++t) w[(size_t(t) * Ci + ci) * Co + co] = p.w[(size_t(co) * Ci + ci) * k * k + t];
-
-  const int64_t rows = int64_t(p.batch) * p.out_h;
-  const int64_t macs_per_row = int64_t(p.out_w) * Ci * Co * k * k;
-  parallel_for(rows, std::max<int64_t>(1, kMinMacsPerChunk / macs_per_row), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / p.out_h;
-      const TapRange ty = tap_range(int(r % p.out_h), p.stride, p.pad, k, p.in_h);
-      const float* x = p.x + b * p.in_h * p.in_w * Ci;  // (in_h, in_w, in_c) image b
-      float* y_row = p.y + r * p.out_w * Co;             // (out_w, out_c)
-      for (int ox = 0; ox < p.out_w; ++ox) {
-        const TapRange tx = tap_range(ox, p.stride, p.pad, k, p.in_w);
-        float* y = y_row + int64_t(ox) * Co;  // (out_c)
-        start(y, p.bias, Co);
-        for (int ky = ty.begin; ky < ty.end; ++ky)
-          for (int kx = tx.begin; kx < tx.end; ++kx) {
-            const float* xp = x + (int64_t(ty.origin + ky) * p.in_w + tx.origin + kx) * Ci;  // (in_c)
-            const float* wp = w.data() + size_t(ky * k + kx) * Ci * Co;                      // (in_c, out_c)
-            for (int ci = 0; ci < Ci; ++ci) madd_scalar(y, xp[ci], wp + size_t(ci) * Co, Co);
-          }
-        activate(y, p.act, Co);
-      }
-    }
+  for_each_pixel(p, int64_t(Ci) * Co * k * k, [&](TapRange ty, TapRange tx, const float* x, float* y) {
+    int c0 = 0;
+    for (; c0 + 32 <= Co; c0 += 32) dense_channels<32>(p, x, w.data(), bias, ty, tx, c0, y);
+    for (; c0 + 8 <= Co; c0 += 8) dense_channels<8>(p, x, w.data(), bias, ty, tx, c0, y);
+    for (; c0 < Co; ++c0) dense_channels<1>(p, x, w.data(), bias, ty, tx, c0, y);
   });
 }
 
@@ -131,10 +133,13 @@ void conv(const ConvParams& p) {
              "conv: output size does not match input, kernel, stride and pad");
   const bool depthwise = p.groups == p.in_c && p.out_c == p.in_c;
   STEP_CHECK(p.groups == 1 || depthwise, "conv: only groups = 1 or depthwise (groups = in_c = out_c)");
+  std::vector<float> zeros;
+  if (!p.bias) zeros.assign(p.out_c, 0.f);
+  const float* bias = p.bias ? p.bias : zeros.data();  // (out_c)
   if (depthwise)
-    conv_depthwise(p);
+    conv_depthwise(p, bias);
   else
-    conv_dense(p);
+    conv_dense(p, bias);
 }
 
 }  // namespace step::cpu

@@ -1,0 +1,124 @@
+// token_halt, token_compact and token_scatter against plain references, with the compaction edge
+// cases (none halted, all halted, one token left) and attention over a compacted list compared with
+// attention computed densely over exactly the kept tokens.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { loadBinding } from '../../lib/binding';
+import { relL2 } from '../helpers/compare';
+import { randn, rng } from '../helpers/random';
+
+const { ops } = loadBinding().binding;
+
+function haltRef(logits: Float32Array, offsets: number[], K: number, prefix: number, threshold: number, topK: number): Uint8Array {
+  const halt = new Uint8Array(offsets[offsets.length - 1]);
+  for (let b = 0; b + 1 < offsets.length; b++) {
+    const cands: { cls: number; conf: number; row: number }[] = [];
+    for (let r = offsets[b] + prefix; r < offsets[b + 1]; r++) {
+      const l = Array.from(logits.subarray(r * K, r * K + K));
+      const best = l.indexOf(Math.max(...l));
+      const conf = 1 / l.reduce((a, v) => a + Math.exp(v - l[best]), 0);
+      if (conf >= threshold) cands.push({ cls: best, conf, row: r });
+    }
+    for (let c = 0; c < K; c++) {
+      const mine = cands.filter((x) => x.cls === c).sort((x, y) => y.conf - x.conf || x.row - y.row);
+      mine.slice(topK).forEach((x) => (halt[x.row] = 1));
+    }
+  }
+  return halt;
+}
+
+function compact(x: Float32Array, C: number, offsets: number[], halt: Uint8Array) {
+  const A = offsets[offsets.length - 1];
+  const out = new Float32Array(A * C).fill(NaN), newOffsets = new Int32Array(offsets.length).fill(-1), srcRow = new Int32Array(A).fill(-1);
+  ops.tokenCompact({ batch: offsets.length - 1, C, offsets: Int32Array.from(offsets), halt, x, out, newOffsets, srcRow });
+  const kept = newOffsets[offsets.length - 1];
+  return { out: out.subarray(0, kept * C), newOffsets: [...newOffsets], srcRow: srcRow.subarray(0, kept) };
+}
+
+test('token_halt: threshold, top-k context per class and image, prefix never halts', () => {
+  const rand = rng(2);
+  for (const [lengths, K, prefix, threshold, topK] of [
+    [[40, 3, 77], 4, 1, 0.5, 2],
+    [[30], 3, 0, 0, 0],
+    [[25, 25], 5, 2, 0.0, 3],
+    [[10], 2, 1, 1.01, 5],
+  ] as [number[], number, number, number, number][]) {
+    const offsets = [0];
+    for (const n of lengths) offsets.push(offsets[offsets.length - 1] + n);
+    const A = offsets[offsets.length - 1];
+    const logits = randn(A * K, rand, 2);
+    const halt = new Uint8Array(A).fill(9);
+    ops.tokenHalt({ batch: lengths.length, K, prefix, offsets: Int32Array.from(offsets), logits, threshold, topK, halt });
+    assert.equal([...halt], [...haltRef(logits, offsets, K, prefix, threshold, topK)]);
+    for (let b = 0; b < lengths.length; b++) for (let r = 0; r < prefix; r++) assert.is(halt[offsets[b] + r], 0);
+    if (threshold > 1) assert.ok(halt.every((h) => h === 0));
+  }
+});
+
+test('token_compact: order kept, offsets rewritten; none halted, all halted, one token left', () => {
+  const rand = rng(4);
+  const C = 6;
+  const offsets = [0, 5, 5, 12, 13];
+  const A = 13;
+  const x = randn(A * C, rand);
+  const cases: [string, Uint8Array][] = [
+    ['none halted', new Uint8Array(A)],
+    ['all halted', new Uint8Array(A).fill(1)],
+    ['one token left', Uint8Array.from({ length: A }, (_, i) => (i === 7 ? 0 : 1))],
+    ['random', Uint8Array.from({ length: A }, () => (rand() < 0.5 ? 1 : 0))],
+  ];
+  for (const [name, halt] of cases) {
+    const { out, newOffsets, srcRow } = compact(x, C, offsets, halt);
+    const keptRows = [...Array(A).keys()].filter((r) => !halt[r]);
+    assert.equal([...srcRow], keptRows, name);
+    const expectOffsets = offsets.map((o) => keptRows.filter((r) => r < o).length);
+    assert.equal(newOffsets, expectOffsets, name);
+    keptRows.forEach((r, i) => assert.equal([...out.subarray(i * C, i * C + C)], [...x.subarray(r * C, r * C + C)], name));
+  }
+});
+
+test('token_scatter files rows under their index, skipping -1 and masked rows', () => {
+  const K = 3;
+  const src = Float32Array.from({ length: 5 * K }, (_, i) => i + 1);
+  const table = new Float32Array(4 * K).fill(NaN);
+  ops.tokenScatter({ rows: 5, K, src, index: Int32Array.from([-1, 2, 0, 3, 1]), mask: Uint8Array.from([1, 1, 1, 0, 1]), table });
+  assert.equal([...table.subarray(0, K)], [7, 8, 9]);
+  assert.equal([...table.subarray(K, 2 * K)], [13, 14, 15]);
+  assert.equal([...table.subarray(2 * K, 3 * K)], [4, 5, 6]);
+  assert.ok(table.subarray(3 * K).every(Number.isNaN));
+});
+
+test('attention over a compacted list equals attention over exactly the kept tokens', () => {
+  const rand = rng(8);
+  const H = 2, D = 8, C = H * D;
+  const offsets = [0, 20, 21, 60];
+  const A = 60;
+  const qkv = randn(A * 3 * C, rand, 1.5);
+  const halt = Uint8Array.from({ length: A }, (_, i) => (i === 20 ? 0 : rand() < 0.6 ? 1 : 0));
+  const { out: packed, newOffsets } = compact(qkv, 3 * C, offsets, halt);
+  const kept = newOffsets[3];
+  const got = new Float32Array(kept * C).fill(NaN);
+  ops.attention({ batch: 3, offsets: Int32Array.from(newOffsets), heads: H, headDim: D, scale: 1 / Math.sqrt(D), qkv: packed, out: got });
+  // reference: per image, attention among its kept rows of the original qkv only
+  const ref = new Float64Array(kept * C);
+  let row = 0;
+  for (let b = 0; b < 3; b++) {
+    const rows = [...Array(A).keys()].filter((r) => r >= offsets[b] && r < offsets[b + 1] && !halt[r]);
+    for (const i of rows) {
+      for (let h = 0; h < H; h++) {
+        const s = rows.map((j) => {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += qkv[i * 3 * C + h * D + d] * qkv[j * 3 * C + C + h * D + d];
+          return dot / Math.sqrt(D);
+        });
+        const mx = Math.max(...s), e = s.map((v) => Math.exp(v - mx)), sum = e.reduce((a, v) => a + v, 0);
+        for (let d = 0; d < D; d++) ref[row * C + h * D + d] = rows.reduce((a, j, n) => a + e[n] * qkv[j * 3 * C + 2 * C + h * D + d], 0) / sum;
+      }
+      row++;
+    }
+  }
+  assert.ok(relL2(got, ref) < 1e-5);
+});
+
+test.run();
