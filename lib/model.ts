@@ -41,8 +41,10 @@ export interface SegmentStats {
     /** Tokens halted at each exit taken (`prune`), for the whole batch. */
     halted: number[];
   };
-  /** GFLOPs of the work actually done for the whole batch (GEMMs and attention). */
+  /** GFLOPs of the work actually done for the whole batch (GEMMs and attention, after merging and pruning). */
   gflops: number;
+  /** GFLOPs the dense model (no merging, no pruning) would spend on the same batch. */
+  gflopsDense: number;
   /** Milliseconds per stage for the whole call: decode, normalize, embed, encoder, head, upsample, total. */
   ms: Record<string, number>;
   /** Images in the call these figures come from. */
@@ -349,6 +351,7 @@ export class Model {
         throw fromNative(err);
       }
       const total = decodeMs + performance.now() - t1;
+      const gflopsDense = this.#denseGflops(out.map((r) => r.tokenMap.gh * r.tokenMap.gw));
       return out.map((r, i) => {
         const p = prepared[i];
         const result: SegmentResult = {
@@ -356,7 +359,7 @@ export class Model {
           height: p.height,
           labels: r.labels,
           classes: this.config.classNames,
-          stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length),
+          stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
           tokenMap: r.tokenMap,
         };
         const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
@@ -369,11 +372,25 @@ export class Model {
     });
   }
 
-  #stats(s: NativeStats, ms: Record<string, number>, batchSize: number): SegmentStats {
+  // GFLOPs of a dense forward over images of `patches` patches each (counted as the engine counts).
+  #denseGflops(patchCounts: number[]): number {
+    const c = this.config, C = c.embedDim, hidden = C * c.mlpRatio, pre = c.regTokens + (c.classToken ? 1 : 0);
+    let flops = 0;
+    for (const n of patchCounts) {
+      const T = n + pre;
+      flops += 2 * n * C * 3 * c.patchSize * c.patchSize;
+      flops += c.depth * (2 * T * (4 * C * C + 2 * C * hidden) + 4 * T * T * C);
+      flops += 2 * T * C * c.numClasses;
+    }
+    return flops * 1e-9;
+  }
+
+  #stats(s: NativeStats, ms: Record<string, number>, batchSize: number, gflopsDense: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
       tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },
       gflops: s.gflops,
+      gflopsDense,
       ms,
       batchSize,
     };

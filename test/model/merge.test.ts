@@ -25,6 +25,9 @@ test('merge: false and thresholds that accept nothing both give the dense model 
   assert.equal(none.logits!.data, dense.logits!.data);
   assert.ok(dense.tokenMap.size.every((s) => s === 1));
   assert.ok(dense.tokenMap.index.every((t, i) => t === i));
+  assert.ok(Math.abs(dense.stats.gflops - dense.stats.gflopsDense) < 1e-9, 'a dense run costs the dense GFLOPs');
+  const merged = await model.segment(demo);
+  assert.ok(merged.stats.gflops < dense.stats.gflops && merged.stats.gflopsDense === dense.stats.gflopsDense);
 });
 
 test('the default merges the demo photo: fewer tokens, every patch carried once', async () => {
