@@ -126,7 +126,7 @@ export async function prepareImage(input: ImageInput, size: number, name = 'imag
     const { data, info } = await pipeline
       .removeAlpha()
       .toColourspace('srgb')
-      .resize(rw, rh, { fit: 'fill' })
+      .resize(rw, rh, { fit: 'fill', fastShrinkOnLoad: false }) // the same resampling for every format
       .raw()
       .toBuffer({ resolveWithObject: true });
     if (info.channels !== 3 || info.width !== rw || info.height !== rh)

@@ -405,7 +405,8 @@ export class Model {
     const hidden = c.embedDim * c.mlpRatio;
     const floats = A * (7 * c.embedDim + hidden + c.numClasses) + patches * (3 * c.patchSize * c.patchSize + c.embedDim) + extraFloats;
     const bytes = floats * 4;
-    const available = Math.max(os.freemem(), os.totalmem() * 0.5);
+    const limit = Number(process.env.STEP_SEG_MEMORY_LIMIT_MB) * 2 ** 20;
+    const available = limit > 0 ? limit : Math.max(os.freemem(), os.totalmem() * 0.5);
     if (bytes > available)
       throw new OutOfMemoryError(
         `this input needs about ${Math.round(bytes / 2 ** 20)} MiB (${A} tokens) but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,

@@ -272,7 +272,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
 
   std::vector<Tensor> features;
   features.reserve(kFeatures);
-  Tensor stem;  // (B, h, w, 32)
+  Tensor stem;  // (B, ceil(H / 2), ceil(W / 2), 32)
   conv(x, H, W, 3, "conv_stem", kStemChannels, 3, 2, false, stem);
   int ih = int(stem.dim(1)), iw = int(stem.dim(2));  // the current map's height and width
   Tensor own = std::move(stem);   // the current map while it is not a feature map
@@ -294,7 +294,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
       pointwise(mid.data(), rows_out, b.mid, b.name + "conv_pwl", b.out, project, b.skip ? cur : nullptr, y.data());
     }
     ih = oh, iw = ow;
-    // Tensor data never moves with the Tensor object, so `cur` stays valid as `features` grows.
+    // Moving a Tensor keeps its buffer, so `cur` stays valid as `features` grows.
     if (b.feature >= 0) {
       features.push_back(std::move(y));
       cur = features.back().data();

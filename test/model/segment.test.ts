@@ -7,7 +7,7 @@ import sharp from 'sharp';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { BadInputError, BadModelError, DisposedError, loadModel, type Model } from '../../lib/index';
+import { BadInputError, BadModelError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../../lib/index';
 import { repoRoot, sharedImages, fixturesDir } from '../helpers/compare';
 import { rng } from '../helpers/random';
 
@@ -61,6 +61,29 @@ test('the bundled model segments the demo image from a path, a Buffer and raw pi
   }
   const fromRgba = await model.segment({ data: rgba, width: info.width, height: info.height, channels: 4 });
   assert.equal(fromRgba.labels, fromPath.labels);
+});
+
+test('PNG and WebP buffers decode like the JPEG they were made from', async () => {
+  const { data, info } = await sharp(demo).raw().toBuffer({ resolveWithObject: true });
+  const raw = { raw: { width: info.width, height: info.height, channels: 3 as const } };
+  const fromRaw = await model.segment({ data, width: info.width, height: info.height, channels: 3 }, { size: 256 });
+  const png = await model.segment(await sharp(data, raw).png().toBuffer(), { size: 256 });
+  const webp = await model.segment(await sharp(data, raw).webp({ lossless: true }).toBuffer(), { size: 256 });
+  assert.equal(png.labels, fromRaw.labels);
+  assert.equal(webp.labels, fromRaw.labels);
+});
+
+test('an input too large for the memory limit is an OutOfMemoryError before any work', async () => {
+  process.env.STEP_SEG_MEMORY_LIMIT_MB = '4';
+  try {
+    await model.segment(demo, { size: 2048 });
+    assert.unreachable();
+  } catch (err) {
+    assert.instance(err, OutOfMemoryError);
+    assert.match((err as Error).message, /needs about \d+ MiB .* but about 4 MiB is available/);
+  } finally {
+    delete process.env.STEP_SEG_MEMORY_LIMIT_MB;
+  }
 });
 
 test('sizes and aspect ratios: labels always come back at the image size', async () => {
