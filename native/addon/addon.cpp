@@ -543,7 +543,11 @@ Napi::Value op_gemm(const Napi::CallbackInfo& info) {
   p.a = typed_data<float>(o.Get("a")), p.lda = get_int(o, "lda"), p.w = typed_data<float>(o.Get("w"));
   p.bias = typed_data<float>(o.Get("bias")), p.col_scale = typed_data<float>(o.Get("colScale"));
   std::string ep = o.Get("epilogue").As<Napi::String>().Utf8Value();
-  p.epilogue = ep == "gelu" ? step::Epilogue::kGelu : ep == "residual" ? step::Epilogue::kResidual : step::Epilogue::kNone;
+  p.epilogue = ep == "gelu"       ? step::Epilogue::kGelu
+               : ep == "residual" ? step::Epilogue::kResidual
+               : ep == "relu6"    ? step::Epilogue::kRelu6
+               : ep == "sigmoid"  ? step::Epilogue::kSigmoid
+                                  : step::Epilogue::kNone;
   p.c = typed_data<float>(o.Get("c")), p.ldc = get_int(o, "ldc");
   p.residual = p.epilogue == step::Epilogue::kResidual ? typed_data<float>(o.Get("residual")) : nullptr;
   step::cpu::gemm(p);

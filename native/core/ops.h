@@ -24,6 +24,7 @@ enum class Epilogue {
   kGelu,      // c = gelu_erf(acc + bias)                     (timm's nn.GELU, exact erf form)
   kResidual,  // c = residual + scale * (acc + bias)           (scale = 1 unless col_scale is set)
   kRelu6,     // c = min(max(acc + bias, 0), 6)                (EfficientNet-Lite's activation)
+  kSigmoid,   // c = 1 / (1 + exp(-(acc + bias)))              (merge-policy heads)
 };
 struct GemmParams {
   int M = 0, N = 0, K = 0;

@@ -12,7 +12,7 @@
 //     them out through the fused epilogue. Across K blocks c itself carries the partial sum:
 //       first block:  c = residual + scale * bias + scale * acc   (residual only for kResidual)
 //       later blocks: c = c + scale * acc
-//       last block:   GELU applied after the add for kGelu
+//       last block:   the activation (kGelu, kRelu6, kSigmoid) applied after the add
 //     which equals the spec in ops.h because the residual epilogue is linear in acc. The residual
 //     is read only in the first block, element by element before c is written, so it may alias c.
 //   - Micro-kernels, chosen once at run time: AVX-512 (14 x 32), AVX2+FMA (6 x 16), and a portable
@@ -29,6 +29,7 @@
 // stride ldc. Buffers for packing are thread_local and grow to the largest call seen; nothing else
 // is shared between calls, so concurrent calls on different data are safe.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -82,8 +83,17 @@ struct TileOut {
   int ldc;
   int rows, cols;           // valid part of the MR x NR micro-tile
   bool first;               // first K block: start from residual + shift instead of c
-  bool gelu;                // last K block of a kGelu product
+  Epilogue act;             // kGelu, kRelu6 or kSigmoid on the last K block, else kNone
 };
+
+inline float activate_scalar(Epilogue act, float v) {
+  switch (act) {
+    case Epilogue::kGelu: return gelu_scalar(v);
+    case Epilogue::kRelu6: return std::min(std::max(v, 0.f), 6.f);
+    case Epilogue::kSigmoid: return 1.f / (1.f + std::exp(-v));
+    default: return v;
+  }
+}
 
 // Writes a micro-tile held in memory (acc[i * acc_ld + j]); used by the portable kernel and by the
 // SIMD kernels for tiles cut by the right edge of c.
@@ -94,7 +104,7 @@ void write_tile_scalar(const float* acc, int acc_ld, const TileOut& o) {
     for (int j = 0; j < o.cols; ++j) {
       float base = o.first ? o.shift[j] + (r ? r[j] : 0.f) : c[j];
       float v = o.scale[j] * acc[i * acc_ld + j] + base;
-      c[j] = o.gelu ? gelu_scalar(v) : v;
+      c[j] = activate_scalar(o.act, v);
     }
   }
 }
@@ -196,12 +206,19 @@ STEP_TARGET_AVX512 void kernel_avx512(int kc, const float* a, const float* b, co
       base1 = h1;
     }
     __m512 v0 = _mm512_fmadd_ps(s0, acc[i][0], base0), v1 = _mm512_fmadd_ps(s1, acc[i][1], base1);
-    if (o.gelu) {
+    if (o.act == Epilogue::kGelu) {
       v0 = gelu_avx512(v0);
       v1 = gelu_avx512(v1);
+    } else if (o.act == Epilogue::kRelu6) {
+      // masked forms: GCC 12 warns about the undefined source register of the unmasked ones
+      const __m512 zero = _mm512_set1_ps(0.f), six = _mm512_set1_ps(6.f);
+      v0 = _mm512_mask_min_ps(v0, 0xffff, _mm512_mask_max_ps(v0, 0xffff, v0, zero), six);
+      v1 = _mm512_mask_min_ps(v1, 0xffff, _mm512_mask_max_ps(v1, 0xffff, v1, zero), six);
     }
     _mm512_storeu_ps(c, v0);
     _mm512_storeu_ps(c + 16, v1);
+    if (o.act == Epilogue::kSigmoid)  // only the small policy heads use it: scalar is enough
+      for (int j = 0; j < 32; ++j) c[j] = activate_scalar(o.act, c[j]);
   }
 }
 
@@ -263,12 +280,18 @@ STEP_TARGET_AVX2 void kernel_avx2(int kc, const float* a, const float* b, const 
       base1 = h1;
     }
     __m256 v0 = _mm256_fmadd_ps(s0, acc[i][0], base0), v1 = _mm256_fmadd_ps(s1, acc[i][1], base1);
-    if (o.gelu) {
+    if (o.act == Epilogue::kGelu) {
       v0 = gelu_avx2(v0);
       v1 = gelu_avx2(v1);
+    } else if (o.act == Epilogue::kRelu6) {
+      const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+      v0 = _mm256_min_ps(_mm256_max_ps(v0, zero), six);
+      v1 = _mm256_min_ps(_mm256_max_ps(v1, zero), six);
     }
     _mm256_storeu_ps(c, v0);
     _mm256_storeu_ps(c + 8, v1);
+    if (o.act == Epilogue::kSigmoid)
+      for (int j = 0; j < 16; ++j) c[j] = activate_scalar(o.act, c[j]);
   }
 }
 
@@ -403,7 +426,8 @@ void gemm(const GemmParams& p) {
   tiles_m = std::min(units_m, ceil_div(rounded, tiles_n));
   if (tiles_m * tiles_n < threads) tiles_n = std::min(units_n, ceil_div(threads, tiles_m));
 
-  const bool epilogue_gelu = p.epilogue == Epilogue::kGelu;
+  // The activation runs on the last K block only; kResidual has none (it is linear in acc).
+  const Epilogue act = p.epilogue == Epilogue::kResidual ? Epilogue::kNone : p.epilogue;
   const int64_t tiles = int64_t(tiles_m) * tiles_n;
   parallel_for(tiles, threads > 1 ? 1 : tiles, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> a_storage;
@@ -426,7 +450,7 @@ void gemm(const GemmParams& p) {
             int64_t at = int64_t(m) * p.ldc + n;
             TileOut o{p.c + at, residual && p.residual ? p.residual + at : nullptr, scale + n,
                       shift + n, p.ldc, std::min(mr, m1 - m), std::min(nr, n1 - n), kb == 0,
-                      epilogue_gelu && kb == k_blocks - 1};
+                      kb == k_blocks - 1 ? act : Epilogue::kNone};
             kern.run(kc, packed_a + int64_t(m - m0) * kc, b, o);
           }
         }

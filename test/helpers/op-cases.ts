@@ -11,7 +11,7 @@ export interface GemmCase {
   M: number;
   N: number;
   K: number;
-  epilogue: 'none' | 'gelu' | 'residual';
+  epilogue: 'none' | 'gelu' | 'residual' | 'relu6' | 'sigmoid';
   bias: boolean;
   colScale: boolean;
   lda?: number;
@@ -32,6 +32,9 @@ export function gemmCases(): GemmCase[] {
   });
   cases.push({ M: 50, N: 40, K: 30, epilogue: 'residual', bias: true, colScale: true, lda: 37, ldc: 45 });
   cases.push({ M: 129, N: 65, K: 70, epilogue: 'gelu', bias: true, colScale: false, lda: 71, ldc: 66 });
+  // EfficientNet's pointwise convolutions and the merge-policy heads; K past one K block (384)
+  for (const [M, N, K] of [[97, 40, 17], [640, 96, 16], [33, 1, 320], [70, 33, 1000]] as const)
+    for (const epilogue of ['relu6', 'sigmoid'] as const) cases.push({ M, N, K, epilogue, bias: true, colScale: false });
   return cases;
 }
 
@@ -55,7 +58,7 @@ const erf = (x: number): number => {
 export function runGemmCase(c: GemmCase, seed: number): number {
   const rand = rng(seed);
   const lda = c.lda ?? c.K, ldc = c.ldc ?? c.N;
-  const a = randn(c.M * lda, rand), w = randn(c.N * c.K, rand, 1 / Math.sqrt(c.K));
+  const a = randn(c.M * lda, rand), w = randn(c.N * c.K, rand, (c.epilogue === 'relu6' ? 4 : 1) / Math.sqrt(c.K)); // relu6: reach the clamp
   const bias = c.bias ? randn(c.N, rand) : undefined;
   const colScale = c.colScale ? randn(c.N, rand) : undefined;
   const residual = randn(c.M * ldc, rand);
@@ -68,6 +71,8 @@ export function runGemmCase(c: GemmCase, seed: number): number {
       for (let k = 0; k < c.K; k++) acc += a[m * lda + k] * w[n * c.K + k];
       if (c.epilogue === 'gelu') acc = 0.5 * acc * (1 + erf(acc / Math.SQRT2));
       if (c.epilogue === 'residual') acc = residual[m * ldc + n] + (colScale ? colScale[n] : 1) * acc;
+      if (c.epilogue === 'relu6') acc = Math.min(Math.max(acc, 0), 6);
+      if (c.epilogue === 'sigmoid') acc = 1 / (1 + Math.exp(-acc));
       ref[m * c.N + n] = acc;
     }
   ops.gemm({ M: c.M, N: c.N, K: c.K, a, lda, w, bias, colScale, epilogue: c.epilogue, residual: out, c: out, ldc });
