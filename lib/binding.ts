@@ -22,6 +22,8 @@ export interface NativeConfig {
   gridW: number;
   numClasses: number;
   exitLayers: number[];
+  policyLevels: number[];
+  policyOutputs: number;
 }
 
 export interface NativeTensorEntry {

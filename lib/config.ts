@@ -12,7 +12,11 @@
  * `palette` (K [r, g, b] triples), `input_size` (the long side images are resized to; default: the
  * long side of img_size), `decoder` ({ "type": "linear" }: `decoder.head.weight` [K, C] and
  * `decoder.head.bias` [K] over the final-norm tokens).
- * Merging: `merge` (false, or { policy, levels, thresholds, color_tau, texture_tau }: see MergeConfig).
+ * Merging: `merge` (false, or { policy, levels, thresholds, color_tau, texture_tau, head_outputs }: see
+ * MergeConfig). With policy "learned" the weights hold the policy: `policy.trunk.*` (timm
+ * efficientnet_lite0 names, BatchNorm with running stats) and, for every window side S of `levels`,
+ * `policy.heads.<S>.weight` [O, 320] and `policy.heads.<S>.bias` [O], O = head_outputs (1: sigmoid,
+ * 2: softmax with class 1 = merge) over the stride-32 map average-pooled to the window grid.
  * Pruning: `prune` ({ exit_layers, threshold, keep_top_k }), with weights `exit_heads.<layer>.norm.*`
  * [C] and `exit_heads.<layer>.head.weight` [K, C] / `.bias` [K] for every exit layer.
  */
@@ -76,6 +80,8 @@ export interface ModelConfig {
   inputSize: number;
   /** Default merging for segment(); per-call options override it. */
   merge: MergeConfig | false;
+  /** The learned merge policy in the weights: window sides with heads, and outputs per head. */
+  policy: { levels: number[]; outputs: 1 | 2 } | false;
   /** Exit heads in the weights and the default pruning (false: the model has no exit heads). */
   prune: PruneConfig | false;
   /** The config as read, for fields this version does not interpret. */
@@ -182,6 +188,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   }
   const inputSize = int(r, 'input_size', where, Math.max(...imgSize));
   let merge: MergeConfig | false = kDefaultMerge;
+  let policy: ModelConfig['policy'] = false;
   if (r.merge === false) merge = false;
   else if (r.merge !== undefined) {
     const m = r.merge as Record<string, unknown>;
@@ -191,6 +198,13 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
       kDefaultMerge,
       (field, expected, value) => fail(where, `merge.${field}`, expected, value),
     );
+    if (merge.policy === 'learned') {
+      const outputs = m.head_outputs ?? 1;
+      if (outputs !== 1 && outputs !== 2) fail(where, 'merge.head_outputs', '1 (sigmoid) or 2 (softmax)', outputs);
+      if (!merge.levels.every((side) => (side * patchSize) % 32 === 0))
+        fail(where, 'merge.levels', 'window sides that are multiples of 32 px (the policy map stride)', merge.levels);
+      policy = { levels: merge.levels, outputs: outputs as 1 | 2 };
+    }
   }
 
   let prune: PruneConfig | false = false;
@@ -230,6 +244,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     palette,
     inputSize,
     merge,
+    policy,
     prune,
     raw: r,
   };
@@ -253,6 +268,8 @@ export function toNativeConfig(c: ModelConfig): NativeConfig {
     gridW: c.imgSize[1] / c.patchSize,
     numClasses: c.numClasses,
     exitLayers: c.prune ? c.prune.exitLayers : [],
+    policyLevels: c.policy ? c.policy.levels : [],
+    policyOutputs: c.policy ? c.policy.outputs : 1,
   };
 }
 

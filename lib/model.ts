@@ -313,6 +313,7 @@ export class Model {
       size: this.config.inputSize,
       patch: this.config.patchSize,
       merge: this.config.merge,
+      policy: this.config.policy,
       prune: this.config.prune,
     });
     if (this.config.numClasses === 0)

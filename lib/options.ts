@@ -72,7 +72,13 @@ export interface CheckedSegmentOptions {
 
 export function checkSegmentOptions(
   options: unknown,
-  defaults: { size: number; patch: number; merge: MergeConfig | false; prune: PruneConfig | false },
+  defaults: {
+    size: number;
+    patch: number;
+    merge: MergeConfig | false;
+    policy: { levels: number[] } | false;
+    prune: PruneConfig | false;
+  },
 ): CheckedSegmentOptions {
   const o = checkObject(options, 'options');
   checkKeys(o, ['size', 'probabilities', 'logits', 'merge', 'prune'], 'options');
@@ -88,6 +94,12 @@ export function checkSegmentOptions(
     merge = checkMerge(m, defaults.merge || kDefaultMerge, (field, expected, value) => {
       throw invalidParameter(`options.merge.${field}`, expected, value);
     });
+    if (merge.policy === 'learned') {
+      if (!defaults.policy) throw invalidParameter('options.merge.policy', "'similarity': this model has no learned policy", 'learned');
+      const heads = defaults.policy.levels;
+      if (!merge.levels.every((side) => heads.includes(side)))
+        throw invalidParameter('options.merge.levels', `levels among the policy's heads [${heads.join(', ')}]`, merge.levels);
+    }
   }
   let prune = defaults.prune;
   if (o.prune === false) prune = false;

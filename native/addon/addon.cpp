@@ -185,9 +185,8 @@ class CreateModelJob : public Job {
     }
     if (data_offset_ > size)
       throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
-    auto weights = step::load_weights(cfg_, data + data_offset_, size - data_offset_, entries_);
     state_ = std::make_shared<ModelState>();
-    state_->model = std::make_unique<step::VitModel>(cfg_, std::move(weights));
+    state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
   }
   Napi::Value result(Napi::Env) override {
     Napi::Object obj = NativeModel::constructor->New({});
@@ -219,6 +218,9 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   cfg.grid_h = get_int(c, "gridH"), cfg.grid_w = get_int(c, "gridW"), cfg.num_classes = get_int(c, "numClasses");
   Napi::Array exits = c.Get("exitLayers").As<Napi::Array>();
   for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(exits.Get(i).As<Napi::Number>().Int32Value());
+  Napi::Array policy = c.Get("policyLevels").As<Napi::Array>();
+  for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(policy.Get(i).As<Napi::Number>().Int32Value());
+  cfg.policy_outputs = get_int(c, "policyOutputs");
 
   Napi::Array list = info[1].As<Napi::Array>();
   std::vector<step::TensorEntry> entries;
@@ -331,7 +333,7 @@ class SegmentJob : public Job {
     for (int b = 0; b < B; ++b)
       merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, in.grids[b].first,
                               in.grids[b].second});
-    plan_ = step::plan_merge(backend, merge_images, P, merge_);
+    plan_ = step::plan_merge(backend, merge_images, P, merge_, model.policy());
     in.rects = plan_.rects;
     in.prune = prune_;
 

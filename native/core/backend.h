@@ -12,6 +12,7 @@ class Backend {
   virtual const char* name() const = 0;
   virtual void gemm(const GemmParams& p) = 0;
   virtual void conv(const ConvParams& p) = 0;
+  virtual void avg_pool(const AvgPoolParams& p) = 0;
   virtual void layernorm(const LayerNormParams& p) = 0;
   virtual void attention(const AttentionParams& p) = 0;
   virtual void window_score(const WindowScoreParams& p) = 0;

@@ -113,49 +113,6 @@ bool ignorable(const std::string& name) {
   return starts("conv_head.") || starts("bn2.") || starts("classifier.") || is_counter;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// Checks one entry (shape, dtype, byte range, finite values) and converts it to float32. The same
-// checks and wording as load_weights in model.cpp.
-Tensor read_tensor(const TensorEntry& e, const std::vector<int64_t>& shape, const uint8_t* data, size_t size) {
-  if (e.shape != shape)
-    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has shape " + shape_str(e.shape) +
-                                          " but efficientnet_lite0 needs " + shape_str(shape));
-  const size_t elem = e.dtype == "F32" ? 4 : (e.dtype == "F16" || e.dtype == "BF16") ? 2 : 0;
-  if (elem == 0)
-    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has dtype " + e.dtype + ": expected F32, F16 or BF16");
-  uint64_t numel = 1;
-  for (int64_t d : shape) numel *= uint64_t(d);
-  if (e.end < e.begin || e.end - e.begin != numel * elem)
-    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " spans " + std::to_string(e.end - e.begin) + " bytes but " +
-                                          e.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem));
-  if (e.end > size)
-    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " ends at byte " + std::to_string(e.end) +
-                                          " of the data section but the file holds only " + std::to_string(size) +
-                                          " bytes there: the file is truncated");
-  Tensor t(shape);
-  float* out = t.data();
-  const uint8_t* src = data + e.begin;
-  if (e.dtype == "F32") {
-    std::memcpy(out, src, numel * 4);
-  } else {
-    const bool bf16 = e.dtype == "BF16";
-    for (size_t i = 0; i < numel; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      out[i] = bf16 ? bf16_to_float(h) : half_to_float(h);
-    }
-  }
-  for (size_t i = 0; i < numel; ++i)
-    if (!std::isfinite(out[i]))
-      throw Error(ErrorCode::kBadModel, "tensor " + e.name + " holds a non-finite value (NaN or infinity) at element " +
-                                            std::to_string(i) + ": the weights are corrupt");
-  return t;
-}
 
 // Output size of a k x k convolution with symmetric padding (k - 1) / 2.
 int conv_out(int n, int kernel, int stride) { return (n + 2 * ((kernel - 1) / 2) - kernel) / stride + 1; }
@@ -186,7 +143,7 @@ std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, con
     auto it = by_name.find(name);
     if (it == by_name.end())
       throw Error(ErrorCode::kBadModel, "missing tensor " + prefix + name + ": expected shape " + shape_str(shape));
-    raw.emplace(name, read_tensor(*it->second, shape, data, size));
+    raw.emplace(name, read_tensor(*it->second, shape, data, size, "efficientnet_lite0"));
   }
 
   // Fold each BatchNorm into its convolution, in double: w' = w * s, b' = beta - mean * s.
@@ -236,7 +193,7 @@ const Tensor& EffNetTrunk::w(const std::string& name) const {
   return it->second;
 }
 
-std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B, int H, int W) const {
+std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B, int H, int W, double* gflops) const {
   if (B < 1 || H < 1 || W < 1)
     throw Error(ErrorCode::kBadInput, "Expected at least one image of at least 1 x 1 pixels for the policy trunk "
                                       "but received " + std::to_string(B) + " images of " + std::to_string(H) + " x " +
@@ -258,6 +215,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     out.reset({B, c.out_h, c.out_w, out_c});
     c.y = out.data();
     backend.conv(c);
+    if (gflops) *gflops += 2e-9 * double(B) * c.out_h * c.out_w * out_c * (in_c / c.groups) * kernel * kernel;
   };
   // 1 x 1 convolution of (rows, in_c) `in` into (rows, out_c) `out`; residual (rows, out_c) or null.
   auto pointwise = [&](const float* in, int64_t rows, int in_c, const std::string& name, int out_c, Epilogue ep,
@@ -268,6 +226,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     g.epilogue = ep, g.residual = residual;
     g.c = out, g.ldc = out_c;
     backend.gemm(g);
+    if (gflops) *gflops += 2e-9 * double(rows) * in_c * out_c;
   };
 
   std::vector<Tensor> features;

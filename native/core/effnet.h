@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "backend.h"
-#include "model.h"
 #include "tensor.h"
+#include "weights.h"
 
 namespace step {
 
@@ -45,7 +45,7 @@ class EffNetTrunk {
   // Returns the kFeatures maps, feature i (B, h_i, w_i, kFeatureChannels[i]) float32 NHWC, where each
   // stride-2 convolution maps n to (n - 1) / 2 + 1 (so h_i = ceil(H / kFeatureStrides[i]) ).
   // Throws kBadInput when B, H or W is below 1.
-  std::vector<Tensor> forward(Backend& backend, const float* x, int B, int H, int W) const;
+  std::vector<Tensor> forward(Backend& backend, const float* x, int B, int H, int W, double* gflops = nullptr) const;
 
  private:
   const Tensor& w(const std::string& name) const;

@@ -12,13 +12,53 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s) {
+namespace {
+
+// Learned scores of every level for one image: trunk on the padded image (normalised with mean = std =
+// 127.5, channels last), then per level: pool the stride-32 map to the window grid, head, sigmoid.
+void learned_scores(Backend& backend, const MergeImage& im, int patch, const MergeSettings& s, const MergePolicyNet& net,
+                    float* scores, double* gflops) {
+  const int H = im.gh * patch, W = im.gw * patch;
+  Tensor x({H, W, 3});  // (H, W, 3)
+  ImageNormalizeParams n;
+  n.src = im.rgb, n.h = im.h, n.w = im.w, n.channels = im.channels;
+  for (int c = 0; c < 3; ++c) n.mean[c] = 127.5f, n.std[c] = 127.5f;
+  n.out_h = H, n.out_w = W, n.channels_last = true, n.out = x.data();
+  backend.image_normalize(n);
+  std::vector<Tensor> maps = net.trunk.forward(backend, x.data(), 1, H, W, gflops);
+  const Tensor& top = maps.back();  // (1, ch, cw, 320) stride 32
+  const int ch = int(top.dim(1)), cw = int(top.dim(2)), C = int(top.dim(3));
+  for (size_t l = 0; l < s.sizes.size(); ++l) {
+    const int S = s.sizes[l], factor = S * patch / 32, wh = im.gh / S, ww = im.gw / S;
+    STEP_CHECK(factor >= 1 && factor * 32 == S * patch, "learned policy: window side must be a multiple of 32 px");
+    Tensor pooled({std::max(wh * ww, 1), C});  // (wh, ww, C)
+    if (wh * ww > 0) {
+      AvgPoolParams ap;
+      ap.in_h = ch, ap.in_w = cw, ap.C = C, ap.factor = factor, ap.out_h = wh, ap.out_w = ww;
+      ap.x = top.data(), ap.y = pooled.data();
+      backend.avg_pool(ap);
+      GemmParams g;
+      g.M = wh * ww, g.N = 1, g.K = C, g.a = pooled.data(), g.lda = C;
+      g.w = net.head_w.at(S).data(), g.bias = net.head_b.at(S).data(), g.epilogue = Epilogue::kSigmoid;
+      g.c = scores, g.ldc = 1;
+      backend.gemm(g);
+      *gflops += 2e-9 * double(wh) * ww * C;
+    }
+    scores += int64_t(wh) * ww;
+  }
+}
+
+}  // namespace
+
+MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s,
+                     const MergePolicyNet* policy) {
   using clock = std::chrono::steady_clock;
   MergePlan plan;
   const int levels = s.policy == MergePolicy::kNone ? 0 : int(s.sizes.size());
   STEP_CHECK(levels == 0 || s.thresholds.size() == s.sizes.size(), "merge: one threshold per level");
-  if (s.policy == MergePolicy::kLearned)
-    throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights, which this model does not have");
+  if (s.policy == MergePolicy::kLearned && !policy)
+    throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights (policy.trunk.*, policy.heads.*), "
+                                      "which this model does not have: use policy 'similarity'");
   for (size_t b = 0; b < images.size(); ++b) {
     const MergeImage& im = images[b];
     const int cells = im.gh * im.gw;
@@ -26,7 +66,9 @@ MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, in
     for (int l = 0; l < levels; ++l) scores.resize(scores.size() + size_t(im.gh / s.sizes[l]) * (im.gw / s.sizes[l]));
 
     auto t0 = clock::now();
-    if (levels > 0) {
+    if (s.policy == MergePolicy::kLearned) {
+      learned_scores(backend, im, patch, s, *policy, scores.data(), &plan.gflops);
+    } else if (levels > 0) {
       WindowScoreParams w;
       w.image = im.rgb, w.h = im.h, w.w = im.w, w.channels = im.channels, w.patch = patch;
       w.gh = im.gh, w.gw = im.gw, w.levels = levels, w.sizes = s.sizes.data();

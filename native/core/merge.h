@@ -4,11 +4,24 @@
 #include <cstdint>
 #include <vector>
 
+#include <map>
+
 #include "backend.h"
+#include "effnet.h"
 
 namespace step {
 
 enum class MergePolicy { kNone, kSimilarity, kLearned };
+
+// The learned scorer: an EfficientNet-Lite0 trunk and one head per level on its stride-32 map. For a
+// window side S (patches of P = 16 px, so S / 2 cells of 32 px), the map is average-pooled over
+// S/2 x S/2 cells to the window grid and the head gives one logit per window: score = sigmoid(logit).
+// (A two-output softmax head is stored as the difference of its rows: softmax(l)[1] = sigmoid(l1 - l0).)
+struct MergePolicyNet {
+  EffNetTrunk trunk;
+  std::map<int, Tensor> head_w;  // per level side S: (1, 320)
+  std::map<int, Tensor> head_b;  // per level side S: (1)
+};
 
 struct MergeSettings {
   MergePolicy policy = MergePolicy::kNone;
@@ -30,7 +43,8 @@ struct MergePlan {
   double score_ms = 0, select_ms = 0, gflops = 0;
 };
 
-// Plans one batch. kNone gives the dense plan (one token per patch, row-major).
-MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s);
+// Plans one batch. kNone gives the dense plan (one token per patch, row-major). kLearned needs `policy`.
+MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s,
+                     const MergePolicyNet* policy);
 
 }  // namespace step

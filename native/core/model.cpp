@@ -12,11 +12,6 @@
 namespace step {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // The tensors a config needs, with their shapes.
 std::map<std::string, std::vector<int64_t>> expected_tensors(const VitConfig& c) {
@@ -47,6 +42,10 @@ std::map<std::string, std::vector<int64_t>> expected_tensors(const VitConfig& c)
     t["decoder.head.weight"] = {c.num_classes, C};
     t["decoder.head.bias"] = {c.num_classes};
   }
+  for (int side : c.policy_levels) {
+    t["policy.heads." + std::to_string(side) + ".weight"] = {c.policy_outputs, 320};
+    t["policy.heads." + std::to_string(side) + ".bias"] = {c.policy_outputs};
+  }
   for (int layer : c.exit_layers) {
     const std::string e = "exit_heads." + std::to_string(layer) + ".";
     t[e + "norm.weight"] = t[e + "norm.bias"] = {C};
@@ -61,27 +60,6 @@ bool ignorable(const std::string& name) {
   return name == "head.weight" || name == "head.bias" || name == "fc_norm.weight" || name == "fc_norm.bias";
 }
 
-Tensor convert(const TensorEntry& e, const uint8_t* data) {
-  Tensor t(e.shape);
-  const size_t n = t.numel();
-  float* out = t.data();
-  const uint8_t* src = data + e.begin;
-  if (e.dtype == "F32") {
-    std::memcpy(out, src, n * 4);
-  } else {
-    const bool bf16 = e.dtype == "BF16";
-    for (size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
-      out[i] = bf16 ? bf16_to_float(h) : half_to_float(h);
-    }
-  }
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(out[i]))
-      throw Error(ErrorCode::kBadModel, "tensor " + e.name + " holds a non-finite value (NaN or infinity) at element " +
-                                            std::to_string(i) + ": the weights are corrupt");
-  return t;
-}
 
 double since_ms(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -96,7 +74,8 @@ std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* 
   for (const TensorEntry& e : entries) {
     if (!by_name.emplace(e.name, &e).second)
       throw Error(ErrorCode::kBadModel, "tensor " + e.name + " appears twice in the weights file");
-    if (!expected.count(e.name) && !ignorable(e.name))
+    const bool trunk = !cfg.policy_levels.empty() && e.name.rfind("policy.trunk.", 0) == 0;  // load_effnet_weights
+    if (!expected.count(e.name) && !ignorable(e.name) && !trunk)
       throw Error(ErrorCode::kBadModel, "unexpected tensor " + e.name + " " + shape_str(e.shape) +
                                             ": the config does not describe it (depth " + std::to_string(cfg.depth) +
                                             ", class_token " + (cfg.class_token ? "true" : "false") +
@@ -107,29 +86,35 @@ std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* 
     auto it = by_name.find(name);
     if (it == by_name.end())
       throw Error(ErrorCode::kBadModel, "missing tensor " + name + ": expected shape " + shape_str(shape));
-    const TensorEntry& e = *it->second;
-    if (e.shape != shape)
-      throw Error(ErrorCode::kBadModel, "tensor " + name + " has shape " + shape_str(e.shape) + " but the config needs " +
-                                            shape_str(shape));
-    size_t elem = e.dtype == "F32" ? 4 : (e.dtype == "F16" || e.dtype == "BF16") ? 2 : 0;
-    if (elem == 0)
-      throw Error(ErrorCode::kBadModel, "tensor " + name + " has dtype " + e.dtype + ": expected F32, F16 or BF16");
-    uint64_t numel = 1;
-    for (int64_t d : shape) numel *= uint64_t(d);
-    if (e.end < e.begin || e.end - e.begin != numel * elem)
-      throw Error(ErrorCode::kBadModel, "tensor " + name + " spans " + std::to_string(e.end - e.begin) + " bytes but " +
-                                            e.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem));
-    if (e.end > size)
-      throw Error(ErrorCode::kBadModel, "tensor " + name + " ends at byte " + std::to_string(e.end) +
-                                            " of the data section but the file holds only " + std::to_string(size) +
-                                            " bytes there: the file is truncated");
-    weights.emplace(name, convert(e, data));
+    weights.emplace(name, read_tensor(*it->second, shape, data, size, "the config"));
   }
   return weights;
 }
 
-VitModel::VitModel(VitConfig cfg, std::map<std::string, Tensor> weights)
-    : cfg_(cfg), weights_(std::move(weights)) {}
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
+                                         const std::vector<TensorEntry>& entries) {
+  auto weights = load_weights(cfg, data, size, entries);
+  std::unique_ptr<MergePolicyNet> policy;
+  if (!cfg.policy_levels.empty()) {
+    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", data, size, entries, EffNetConfig{}));
+    policy = std::make_unique<MergePolicyNet>(MergePolicyNet{std::move(trunk), {}, {}});
+    for (int side : cfg.policy_levels) {
+      const std::string name = "policy.heads." + std::to_string(side);
+      Tensor w = std::move(weights.at(name + ".weight")), b = std::move(weights.at(name + ".bias"));
+      weights.erase(name + ".weight"), weights.erase(name + ".bias");
+      Tensor hw({1, 320}), hb({1});
+      for (int k = 0; k < 320; ++k)  // softmax over 2: p(merge) = sigmoid(l1 - l0)
+        hw.data()[k] = cfg.policy_outputs == 2 ? w.data()[320 + k] - w.data()[k] : w.data()[k];
+      hb.data()[0] = cfg.policy_outputs == 2 ? b.data()[1] - b.data()[0] : b.data()[0];
+      policy->head_w.emplace(side, std::move(hw));
+      policy->head_b.emplace(side, std::move(hb));
+    }
+  }
+  return std::make_unique<VitModel>(cfg, std::move(weights), std::move(policy));
+}
+
+VitModel::VitModel(VitConfig cfg, std::map<std::string, Tensor> weights, std::unique_ptr<MergePolicyNet> policy)
+    : cfg_(cfg), weights_(std::move(weights)), policy_(std::move(policy)) {}
 
 const Tensor& VitModel::w(const std::string& name) const {
   auto it = weights_.find(name);

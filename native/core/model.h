@@ -4,13 +4,16 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "backend.h"
+#include "merge.h"
 #include "tensor.h"
+#include "weights.h"
 
 namespace step {
 
@@ -22,20 +25,17 @@ struct VitConfig {
   int grid_h = 0, grid_w = 0;  // patch grid the position embeddings were trained for
   int num_classes = 0;         // 0: no segmentation head (features only)
   std::vector<int> exit_layers;  // early-exit heads after these blocks (1-based count of blocks run)
+  std::vector<int> policy_levels;  // window sides with learned merge-policy heads (empty: no policy)
+  int policy_outputs = 1;          // 1: sigmoid heads; 2: two-way softmax heads (class 1 = merge)
   int prefix() const { return (class_token ? 1 : 0) + reg_tokens; }
 };
 
-// One tensor of a safetensors file: byte range relative to the start of the data section.
-struct TensorEntry {
-  std::string name, dtype;  // dtype: "F32", "F16" or "BF16"
-  std::vector<int64_t> shape;
-  uint64_t begin = 0, end = 0;
-};
-
 // Checks every entry against the config (names, shapes, dtypes, byte ranges) and converts the
-// tensors the model uses to float32. Errors are kBadModel and name the tensor.
+// tensors the model uses to float32. Errors are kBadModel and name the tensor. The merge-policy trunk
+// (policy.trunk.*) is left to load_effnet_weights.
 std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
                                            const std::vector<TensorEntry>& entries);
+
 
 // Timings and token counts of one forward.
 struct ForwardStats {
@@ -76,8 +76,9 @@ struct EncoderOutput {
 
 class VitModel {
  public:
-  VitModel(VitConfig cfg, std::map<std::string, Tensor> weights);
+  VitModel(VitConfig cfg, std::map<std::string, Tensor> weights, std::unique_ptr<MergePolicyNet> policy);
   const VitConfig& config() const { return cfg_; }
+  const MergePolicyNet* policy() const { return policy_.get(); }
   EncoderOutput forward(Backend& backend, const EncoderInput& in);
 
  private:
@@ -88,8 +89,13 @@ class VitModel {
 
   VitConfig cfg_;
   std::map<std::string, Tensor> weights_;
+  std::unique_ptr<MergePolicyNet> policy_;
   std::mutex pos_mutex_;
   std::map<std::pair<int, int>, Tensor> pos_cache_;
 };
+
+// The whole model: backbone, heads, and the merge policy when the config has one.
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
+                                         const std::vector<TensorEntry>& entries);
 
 }  // namespace step

@@ -58,6 +58,15 @@ struct ConvParams {
   float* y = nullptr;           // (B, out_h, out_w, out_c)
 };
 
+// ---- avg_pool -----------------------------------------------------------------------------------
+// Average over aligned factor x factor blocks of an NHWC map: y[i, j] = mean of x[i*f .. i*f+f-1,
+// j*f .. j*f+f-1]; only whole blocks (out_h * f <= in_h, out_w * f <= in_w).
+struct AvgPoolParams {
+  int in_h = 0, in_w = 0, C = 0, factor = 1, out_h = 0, out_w = 0;
+  const float* x = nullptr;  // (in_h, in_w, C)
+  float* y = nullptr;        // (out_h, out_w, C)
+};
+
 // ---- layernorm ----------------------------------------------------------------------------------
 // y[r] = (x[src(r)] - mean) / sqrt(var + eps) * gamma + beta, over C; src(r) = rows_index ? rows_index[r] : r.
 struct LayerNormParams {
@@ -231,7 +240,8 @@ struct ImageNormalizeParams {
   int h = 0, w = 0, channels = 3;
   float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};  // in 0..255 pixel units
   int out_h = 0, out_w = 0;       // padded size, >= h, w
-  float* out = nullptr;           // (3, out_h, out_w)
+  bool channels_last = false;     // false: out is (3, out_h, out_w); true: (out_h, out_w, 3)
+  float* out = nullptr;
 };
 
 // ---- upsample -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // conv.cpp: k x k convolution over NHWC maps with bias and activation fused, the CPU reference of
 // ConvParams (EfficientNet-Lite's stem and depthwise convolutions; its 1 x 1 convolutions are gemms).
+// avg_pool (the merge policy pools its stride-32 map to each window grid) lives here too.
 //
 // Algorithm: direct convolution, one output row (image b, row oy) per parallel_for item. Each output
 // pixel starts from the bias and accumulates its k x k taps; taps that fall in the zero padding are
@@ -146,6 +147,23 @@ void conv(const ConvParams& p) {
     conv_depthwise(p, bias);
   else
     conv_dense(p, bias);
+}
+
+void avg_pool(const AvgPoolParams& p) {
+  const float inv = 1.f / float(p.factor * p.factor);
+  parallel_for(p.out_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int j = 0; j < p.out_w; ++j) {
+        float* y = p.y + (i * p.out_w + j) * p.C;  // (C)
+        for (int c = 0; c < p.C; ++c) y[c] = 0.f;
+        for (int dy = 0; dy < p.factor; ++dy)
+          for (int dx = 0; dx < p.factor; ++dx) {
+            const float* x = p.x + ((i * p.factor + dy) * p.in_w + j * p.factor + dx) * p.C;
+            for (int c = 0; c < p.C; ++c) y[c] += x[c];
+          }
+        for (int c = 0; c < p.C; ++c) y[c] *= inv;
+      }
+  });
 }
 
 }  // namespace step::cpu

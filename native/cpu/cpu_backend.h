@@ -8,6 +8,7 @@ namespace step::cpu {
 
 void gemm(const GemmParams& p);
 void conv(const ConvParams& p);
+void avg_pool(const AvgPoolParams& p);
 void layernorm(const LayerNormParams& p);
 void attention(const AttentionParams& p);
 void window_score(const WindowScoreParams& p);
@@ -30,6 +31,7 @@ class CpuBackend final : public Backend {
   const char* name() const override { return "cpu"; }
   void gemm(const GemmParams& p) override { cpu::gemm(p); }
   void conv(const ConvParams& p) override { cpu::conv(p); }
+  void avg_pool(const AvgPoolParams& p) override { cpu::avg_pool(p); }
   void layernorm(const LayerNormParams& p) override { cpu::layernorm(p); }
   void attention(const AttentionParams& p) override { cpu::attention(p); }
   void window_score(const WindowScoreParams& p) override { cpu::window_score(p); }

@@ -1,0 +1,56 @@
+// weights.cpp: checked reading of one safetensors tensor into float32 (see weights.h).
+#include "weights.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "errors.h"
+
+namespace step {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Checks one entry (shape, dtype, byte range, finite values) and converts it to float32. The same
+// checks and wording as load_weights in model.cpp.
+Tensor read_tensor(const TensorEntry& e, const std::vector<int64_t>& shape, const uint8_t* data, size_t size,
+                   const std::string& who) {
+  if (e.shape != shape)
+    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has shape " + shape_str(e.shape) +
+                                          " but " + who + " needs " + shape_str(shape));
+  const size_t elem = e.dtype == "F32" ? 4 : (e.dtype == "F16" || e.dtype == "BF16") ? 2 : 0;
+  if (elem == 0)
+    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has dtype " + e.dtype + ": expected F32, F16 or BF16");
+  uint64_t numel = 1;
+  for (int64_t d : shape) numel *= uint64_t(d);
+  if (e.end < e.begin || e.end - e.begin != numel * elem)
+    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " spans " + std::to_string(e.end - e.begin) + " bytes but " +
+                                          e.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem));
+  if (e.end > size)
+    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " ends at byte " + std::to_string(e.end) +
+                                          " of the data section but the file holds only " + std::to_string(size) +
+                                          " bytes there: the file is truncated");
+  Tensor t(shape);
+  float* out = t.data();
+  const uint8_t* src = data + e.begin;
+  if (e.dtype == "F32") {
+    std::memcpy(out, src, numel * 4);
+  } else {
+    const bool bf16 = e.dtype == "BF16";
+    for (size_t i = 0; i < numel; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      out[i] = bf16 ? bf16_to_float(h) : half_to_float(h);
+    }
+  }
+  for (size_t i = 0; i < numel; ++i)
+    if (!std::isfinite(out[i]))
+      throw Error(ErrorCode::kBadModel, "tensor " + e.name + " holds a non-finite value (NaN or infinity) at element " +
+                                            std::to_string(i) + ": the weights are corrupt");
+  return t;
+}
+
+}  // namespace step
