@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 
 export interface NativeConfig {
+  arch: 'vit' | 'efficientnet_lite0';
   patchSize: number;
   embedDim: number;
   depth: number;
@@ -67,7 +68,12 @@ export interface NativeModel {
     pixels: Float32Array,
     dims: readonly number[],
     capture: boolean,
-  ): Promise<{ tokens: Float32Array; captured: Record<string, Float32Array>; stats: NativeStats }>;
+  ): Promise<{
+    tokens: Float32Array;
+    captured: Record<string, Float32Array>;
+    stages?: { data: Float32Array; dims: number[] }[];
+    stats: NativeStats;
+  }>;
   segment(
     images: NativeSegmentImage[],
     options: {

@@ -58,6 +58,8 @@ export interface PruneConfig {
 }
 
 export interface ModelConfig {
+  /** 'vit': a segmentation ViT; 'efficientnet_lite0': a bare merge-policy trunk (forwardFeatures only). */
+  kind: 'vit' | 'efficientnet_lite0';
   arch: string;
   imgSize: [number, number];
   patchSize: number;
@@ -133,6 +135,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new BadModelError(`${where}: the config is not a JSON object`);
   const r = raw as Record<string, unknown>;
   const arch = (r.arch ?? 'timm.VisionTransformer') as string;
+  if (typeof arch === 'string' && /efficientnet_lite0/i.test(arch)) return parseTrunkConfig(r, arch, where);
   if (typeof arch !== 'string' || !/VisionTransformer/i.test(arch))
     throw new BadModelError(`${where}: config arch ${JSON.stringify(r.arch)} is not supported: expected a timm VisionTransformer`);
   const img = r.img_size;
@@ -223,6 +226,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   }
 
   return {
+    kind: 'vit',
     arch,
     imgSize,
     patchSize,
@@ -250,8 +254,43 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   };
 }
 
+// A bare timm efficientnet_lite0 (features_only) trunk: only its normalisation matters here;
+// pixel_mean / pixel_std are in 0..255 units (127.5 for the policy), as the fixture's config gives them.
+function parseTrunkConfig(r: Record<string, unknown>, arch: string, where: string): ModelConfig {
+  const pixelMean = triple(r, 'pixel_mean', where, [127.5, 127.5, 127.5]);
+  const pixelStd = triple(r, 'pixel_std', where, [127.5, 127.5, 127.5]);
+  return {
+    kind: 'efficientnet_lite0',
+    arch,
+    imgSize: [1, 1],
+    patchSize: 1,
+    embedDim: 320,
+    depth: 0,
+    numHeads: 1,
+    mlpRatio: 1,
+    qkvBias: false,
+    classToken: false,
+    regTokens: 0,
+    noEmbedClass: false,
+    preNorm: false,
+    layerScale: false,
+    normEps: (r.bn_eps ?? 1e-5) as number,
+    pixelMean,
+    pixelStd,
+    numClasses: 0,
+    classNames: [],
+    palette: [],
+    inputSize: 512,
+    merge: false,
+    policy: false,
+    prune: false,
+    raw: r,
+  };
+}
+
 export function toNativeConfig(c: ModelConfig): NativeConfig {
   return {
+    arch: c.kind,
     patchSize: c.patchSize,
     embedDim: c.embedDim,
     depth: c.depth,

@@ -73,10 +73,12 @@ export interface SegmentResult {
 }
 
 export interface FeaturesResult extends Tensor {
-  /** dims `[N, T, C]`: prefix tokens first, then patches row-major, as timm's forward_features. */
-  dims: [number, number, number];
+  /** ViTs: dims `[N, T, C]`, prefix tokens first, then patches row-major, as timm's forward_features. */
+  dims: number[];
   /** With `intermediates: true`: `patch_embed` [N, patches, C], `tokens_0`, `block_N`, `final_norm` [N, T, C]. */
   intermediates?: Record<string, Tensor>;
+  /** EfficientNet trunks: the five stage maps, `[N, C, h, w]` at strides 2, 4, 8, 16, 32 (data/dims: the last). */
+  stages?: Tensor[];
   stats: { gflops: number; ms: Record<string, number> };
 }
 
@@ -257,7 +259,8 @@ export class Model {
     if (!(data instanceof Float32Array)) throw invalidParameter('pixels.data', 'a Float32Array', data);
     if (!Array.isArray(dims) || dims.length !== 4 || !dims.every((d) => Number.isInteger(d) && d > 0) || dims[1] !== 3)
       throw invalidParameter('pixels.dims', '[N, 3, H, W] with positive integers', dims);
-    if (dims[2] % P || dims[3] % P) throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
+    if (this.config.kind === 'vit' && (dims[2] % P || dims[3] % P))
+      throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
     if (data.length !== numel(dims))
       throw new BadInputError(`Expected ${numel(dims)} values for pixels.data (dims [${dims.join(', ')}]) but received ${data.length}`);
     for (let i = 0; i < data.length; i++)
@@ -265,7 +268,7 @@ export class Model {
     const [N, , H, W] = dims;
     const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
     const C = this.config.embedDim;
-    this.#checkMemory(N, (H / P) * (W / P), N * 3 * H * W);
+    this.#checkMemory(N, Math.ceil(H / P) * Math.ceil(W / P), N * 3 * H * W * (this.config.kind === 'vit' ? 1 : 12));
     return this.#enqueue(async () => {
       let out;
       try {
@@ -273,7 +276,13 @@ export class Model {
       } catch (err) {
         throw fromNative(err);
       }
-      const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats: { gflops: out.stats.gflops, ms: out.stats.ms } };
+      const stats = { gflops: out.stats.gflops, ms: out.stats.ms };
+      if (out.stages) {
+        const stages: Tensor[] = out.stages.map((st) => ({ type: 'float32', data: st.data, dims: st.dims }));
+        const last = stages[stages.length - 1];
+        return { type: 'float32', data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
+      }
+      const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats };
       if (opts.intermediates) {
         result.intermediates = {};
         for (const [name, t] of Object.entries(out.captured))
@@ -317,7 +326,11 @@ export class Model {
       prune: this.config.prune,
     });
     if (this.config.numClasses === 0)
-      throw new BadModelError('this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()');
+      throw new BadModelError(
+        this.config.kind === 'vit'
+          ? 'this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()'
+          : `this model is a bare ${this.config.kind} trunk: use forwardFeatures()`,
+      );
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();

@@ -251,7 +251,7 @@ function layout(items: LegendItem[], width: number, m: Metrics): { placed: Place
     if (item.newRow && placed.length) (row++, (x = m.pad));
     else if (x > m.pad && x + w > width - m.pad) (row++, (x = m.pad));
     placed.push({ item, x, row });
-    x += w + Math.round(2 * m.charW);
+    x += w + Math.round(1.5 * m.charW);
   }
   return { placed, rows: row + 1 };
 }
@@ -262,7 +262,7 @@ async function appendLegend(photo: Buffer, w: number, h: number, items: LegendIt
   const fontSize = Math.min(18, Math.max(10, Math.round(w / 48)));
   const scale = Math.max(1, Math.round(fontSize / 9)); // built-in glyphs: 5 x 7 cells, scaled
   const m: Metrics = system
-    ? { charW: 0.62 * fontSize, lineH: Math.round(1.6 * fontSize), swatch: Math.round(0.8 * fontSize), pad: Math.round(0.6 * fontSize) }
+    ? { charW: 0.58 * fontSize, lineH: Math.round(1.6 * fontSize), swatch: Math.round(0.8 * fontSize), pad: Math.round(0.6 * fontSize) }
     : { charW: 6 * scale, lineH: 12 * scale, swatch: 7 * scale, pad: 4 * scale };
   const { placed, rows } = layout(items, w, m);
   const lh = rows * m.lineH + m.pad;

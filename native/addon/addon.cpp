@@ -7,6 +7,7 @@
 // for the op tests).
 #include <napi.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -17,6 +18,7 @@
 
 #include "../core/device.h"
 #include "../core/file_map.h"
+#include "../core/effnet.h"
 #include "../core/merge.h"
 #include "../core/model.h"
 #include "../cpu/cpu_backend.h"
@@ -125,7 +127,8 @@ class Job : public Napi::AsyncWorker {
 
 // What a NativeModel owns; jobs share it, so dispose() during a run frees it when the run ends.
 struct ModelState {
-  std::unique_ptr<step::VitModel> model;
+  std::unique_ptr<step::VitModel> model;     // a ViT segmentation model, or
+  std::unique_ptr<step::EffNetTrunk> trunk;  // a bare EfficientNet-Lite0 trunk (features only)
   std::mutex run_mutex;  // one forward at a time per model (lib/ queues calls too)
 };
 
@@ -164,9 +167,9 @@ Napi::FunctionReference* NativeModel::constructor = nullptr;
 // createModel(config, tensors, source, dataOffset): source is a path or a Buffer.
 class CreateModelJob : public Job {
  public:
-  CreateModelJob(Napi::Env env, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
+  CreateModelJob(Napi::Env env, bool effnet, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
                  Napi::Buffer<uint8_t> buffer, uint64_t data_offset)
-      : Job(env), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset) {
+      : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset) {
     if (!buffer.IsEmpty()) {
       buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
       buffer_data_ = buffer.Data();
@@ -186,7 +189,11 @@ class CreateModelJob : public Job {
     if (data_offset_ > size)
       throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
     state_ = std::make_shared<ModelState>();
-    state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
+    if (effnet_)
+      state_->trunk = std::make_unique<step::EffNetTrunk>(
+          step::EffNetConfig{}, step::load_effnet_weights("", data + data_offset_, size - data_offset_, entries_, {}));
+    else
+      state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
   }
   Napi::Value result(Napi::Env) override {
     Napi::Object obj = NativeModel::constructor->New({});
@@ -195,6 +202,7 @@ class CreateModelJob : public Job {
   }
 
  private:
+  bool effnet_;
   step::VitConfig cfg_;
   std::vector<step::TensorEntry> entries_;
   std::string path_;
@@ -209,6 +217,8 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object c = info[0].As<Napi::Object>();
   step::VitConfig cfg;
+  const bool effnet = c.Get("arch").ToString().Utf8Value() == "efficientnet_lite0";
+  if (!effnet) {
   cfg.patch = get_int(c, "patchSize"), cfg.embed_dim = get_int(c, "embedDim"), cfg.depth = get_int(c, "depth");
   cfg.heads = get_int(c, "numHeads"), cfg.mlp_hidden = get_int(c, "mlpHidden");
   cfg.qkv_bias = get_bool(c, "qkvBias"), cfg.class_token = get_bool(c, "classToken");
@@ -221,6 +231,7 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Array policy = c.Get("policyLevels").As<Napi::Array>();
   for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(policy.Get(i).As<Napi::Number>().Int32Value());
   cfg.policy_outputs = get_int(c, "policyOutputs");
+  }
 
   Napi::Array list = info[1].As<Napi::Array>();
   std::vector<step::TensorEntry> entries;
@@ -238,7 +249,8 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Buffer<uint8_t> buffer;
   if (info[2].IsString()) path = info[2].As<Napi::String>().Utf8Value();
   else buffer = info[2].As<Napi::Buffer<uint8_t>>();
-  auto* job = new CreateModelJob(env, cfg, std::move(entries), path, buffer, uint64_t(info[3].As<Napi::Number>().Int64Value()));
+  auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
+                                 uint64_t(info[3].As<Napi::Number>().Int64Value()));
   job->Queue();
   return job->promise();
 }
@@ -253,14 +265,51 @@ class ForwardJob : public Job {
  protected:
   void run() override {
     std::lock_guard<std::mutex> lock(state_->run_mutex);
+    if (state_->trunk) return run_trunk();
     const int P = state_->model->config().patch;
     step::EncoderInput in;
     in.images = n_, in.height = h_, in.width = w_, in.pixels = pixels_.data(), in.capture = capture_;
     in.grids.assign(n_, {h_ / P, w_ / P});
     out_ = state_->model->forward(cpu_backend(), in);
   }
+  // EfficientNet trunk: NCHW in, NHWC inside, the five stage maps back as NCHW (timm's layout).
+  void run_trunk() {
+    using clock = std::chrono::steady_clock;
+    auto t0 = clock::now();
+    const int64_t plane = int64_t(h_) * w_;
+    step::Tensor x({n_, h_, w_, 3});
+    for (int b = 0; b < n_; ++b)
+      for (int64_t i = 0; i < plane; ++i)
+        for (int c = 0; c < 3; ++c) x.data()[(b * plane + i) * 3 + c] = pixels_[(int64_t(b) * 3 + c) * plane + i];
+    std::vector<step::Tensor> maps = state_->trunk->forward(cpu_backend(), x.data(), n_, h_, w_, &out_.stats.gflops);
+    for (step::Tensor& m : maps) {
+      const int64_t hh = m.dim(1), ww = m.dim(2), C = m.dim(3);
+      step::Tensor nchw({n_, C, hh, ww});
+      for (int b = 0; b < n_; ++b)
+        for (int64_t i = 0; i < hh * ww; ++i)
+          for (int64_t c = 0; c < C; ++c) nchw.data()[(b * C + c) * hh * ww + i] = m.data()[(b * hh * ww + i) * C + c];
+      stage_dims_.push_back({C, hh, ww});
+      stages_.push_back(std::move(nchw));
+    }
+    out_.stats.ms.emplace_back("trunk", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
   Napi::Value result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
+    if (!stages_.empty()) {
+      Napi::Array stages = Napi::Array::New(env, stages_.size());
+      for (size_t i = 0; i < stages_.size(); ++i) {
+        Napi::Object st = Napi::Object::New(env);
+        st.Set("data", to_js(env, stages_[i].data(), stages_[i].numel()));
+        Napi::Array dims = Napi::Array::New(env, 4);
+        dims.Set(0u, n_), dims.Set(1u, double(stage_dims_[i][0])), dims.Set(2u, double(stage_dims_[i][1]));
+        dims.Set(3u, double(stage_dims_[i][2]));
+        st.Set("dims", dims);
+        stages.Set(uint32_t(i), st);
+      }
+      o.Set("stages", stages);
+      o.Set("stats", stats_to_js(env, out_.stats));
+      return o;
+    }
     o.Set("tokens", to_js(env, out_.tokens.data(), out_.tokens.numel()));
     Napi::Object captured = Napi::Object::New(env);
     for (auto& [name, t] : out_.captured) captured.Set(name, to_js(env, t.data(), t.numel()));
@@ -275,6 +324,8 @@ class ForwardJob : public Job {
   int n_, h_, w_;
   bool capture_;
   step::EncoderOutput out_;
+  std::vector<step::Tensor> stages_;
+  std::vector<std::array<int64_t, 3>> stage_dims_;
 };
 
 Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
@@ -445,6 +496,7 @@ class SegmentJob : public Job {
 Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto state = live(env);
+  if (!state->model) throw Napi::Error::New(env, "segment() needs a ViT segmentation model");
   Napi::Array list = info[0].As<Napi::Array>();
   Napi::Object opts = info[1].As<Napi::Object>();
   std::vector<SegmentJob::Image> images;

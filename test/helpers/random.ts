@@ -143,3 +143,41 @@ export function randomVit(spec: VitSpec): {
   };
   return { buffer: encodeSafetensors(out, { config: JSON.stringify(config) }), config, tensors, shapes };
 }
+
+/** Random timm efficientnet_lite0 trunk tensors (BatchNorm with running stats), names under `prefix`. */
+export function randomEffnet(prefix: string, seed = 1): Record<string, { shape: number[]; data: Float32Array }> {
+  const rand = rng(seed);
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+  const conv = (name: string, shape: number[]) => {
+    const fanIn = shape[1] * shape[2] * shape[3];
+    out[prefix + name + '.weight'] = { shape, data: randn(shape.reduce((a, b) => a * b, 1), rand, 1.5 / Math.sqrt(fanIn)) };
+  };
+  const bn = (name: string, c: number) => {
+    out[prefix + name + '.weight'] = { shape: [c], data: randn(c, rand, 0.1).map((v) => 1 + v) };
+    out[prefix + name + '.bias'] = { shape: [c], data: randn(c, rand, 0.1) };
+    out[prefix + name + '.running_mean'] = { shape: [c], data: randn(c, rand, 0.1) };
+    out[prefix + name + '.running_var'] = { shape: [c], data: randn(c, rand, 0.1).map((v) => 1 + Math.abs(v)) };
+  };
+  conv('conv_stem', [32, 3, 3, 3]);
+  bn('bn1', 32);
+  conv('blocks.0.0.conv_dw', [32, 1, 3, 3]);
+  bn('blocks.0.0.bn1', 32);
+  conv('blocks.0.0.conv_pw', [16, 32, 1, 1]);
+  bn('blocks.0.0.bn2', 16);
+  let inC = 16;
+  // (repeats, kernel, out) of timm's efficientnet_lite0 inverted-residual stages, expansion 6
+  const stages: [number, number, number][] = [[2, 3, 24], [2, 5, 40], [3, 3, 80], [3, 5, 112], [4, 5, 192], [1, 3, 320]];
+  stages.forEach(([repeats, k, c], s) => {
+    for (let r = 0; r < repeats; r++) {
+      const b = `blocks.${s + 1}.${r}.`, mid = inC * 6;
+      conv(b + 'conv_pw', [mid, inC, 1, 1]);
+      bn(b + 'bn1', mid);
+      conv(b + 'conv_dw', [mid, 1, k, k]);
+      bn(b + 'bn2', mid);
+      conv(b + 'conv_pwl', [c, mid, 1, 1]);
+      bn(b + 'bn3', c);
+      inC = c;
+    }
+  });
+  return out;
+}

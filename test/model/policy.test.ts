@@ -1,0 +1,136 @@
+// The learned merge policy: the EfficientNet-Lite0 trunk against timm (effnet-a fixture, from
+// ../shared), any input size, and a ViT whose policy (trunk + level heads) picks the superpatches the
+// pooled stride-32 map and the heads say it should.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { BadInputError, loadModel } from '../../lib/index';
+import { loadBinding } from '../../lib/binding';
+import { encodeSafetensors } from '../../lib/safetensors';
+import { readSafetensors, relL2, sharedDir } from '../helpers/compare';
+import { randn, randomEffnet, randomVit, rng } from '../helpers/random';
+
+const effnetDir = path.join(sharedDir, 'fixtures', 'effnet-a');
+
+test('efficientnet_lite0 trunk: every stage matches timm to 1e-4 (effnet-a)', async () => {
+  if (!fs.existsSync(effnetDir)) return console.log('  skipped: ../shared/fixtures/effnet-a is absent');
+  const io = readSafetensors(path.join(effnetDir, 'io.safetensors'));
+  const model = await loadModel(effnetDir, { device: 'cpu' });
+  assert.is(model.config.kind, 'efficientnet_lite0');
+  const x = io.input_nchw_f32;
+  const out = await model.forwardFeatures({ data: x.data as Float32Array, dims: x.dims });
+  assert.is(out.stages!.length, 5);
+  out.stages!.forEach((stage, i) => {
+    const ref = io[`stage_${i}`];
+    assert.equal(stage.dims, [1, ...ref.dims]);
+    const err = relL2(stage.data, ref.data);
+    assert.ok(err < 1e-4, `stage_${i}: relative L2 error ${err}`);
+  });
+  // any input size: ceil(n / stride) per stage
+  const odd = await model.forwardFeatures({ data: randn(2 * 3 * 77 * 131, rng(1)), dims: [2, 3, 77, 131] });
+  assert.equal(odd.stages!.map((s) => s.dims.slice(2)), [[39, 66], [20, 33], [10, 17], [5, 9], [3, 5]]);
+  assert.ok(odd.stages!.every((s) => (s.data as Float32Array).every(Number.isFinite)));
+  model.dispose();
+});
+
+// A ViT with a learned policy: random trunk and heads for window sides 4 and 2 (sigmoid heads).
+const C = 32, classes = ['a', 'b', 'c'];
+const vit = randomVit({ embedDim: C, depth: 2, numHeads: 2, imgSize: [64, 64], classNames: classes, inputSize: 128, seed: 9 });
+const trunk = randomEffnet('policy.trunk.', 4);
+const rand = rng(33);
+const heads: Record<string, { shape: number[]; data: Float32Array }> = {};
+for (const side of [4, 2]) {
+  heads[`policy.heads.${side}.weight`] = { shape: [1, 320], data: randn(320, rand, 0.01) };
+  heads[`policy.heads.${side}.bias`] = { shape: [1], data: Float32Array.of(0.3) };
+}
+function policyModel(outputs: 1 | 2) {
+  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [name, data] of Object.entries(vit.tensors)) tensors[name] = { dtype: 'F32', shape: vit.shapes[name], data };
+  for (const [name, t] of Object.entries(trunk)) tensors[name] = { dtype: 'F32', ...t };
+  for (const [name, t] of Object.entries(heads)) {
+    if (outputs === 1) tensors[name] = { dtype: 'F32', ...t };
+    else {
+      // softmax head [2, 320] whose class-1 minus class-0 logit is the sigmoid head's logit
+      const zeros = new Float32Array(t.data.length);
+      tensors[name] = { dtype: 'F32', shape: [2, ...t.shape.slice(1)], data: Float32Array.from([...zeros, ...t.data]) };
+    }
+  }
+  const config = { ...vit.config, merge: { policy: 'learned', levels: [4, 2], thresholds: [0.47, 0.45], head_outputs: outputs } };
+  return encodeSafetensors(tensors, { config: JSON.stringify(config) });
+}
+
+test('learned policy: the superpatches are those the trunk, pooling and heads select', async () => {
+  const model = await loadModel(policyModel(1), { device: 'cpu' });
+  assert.ok(model.config.policy);
+  const w = 128, h = 96;
+  const img = { data: new Uint8Array(w * h * 3), width: w, height: h, channels: 3 as const };
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) img.data.set(x < 64 ? [200, 180, 160] : [(x * 7 + y * 13) % 256, (x * y) % 256, 90], 3 * (y * w + x));
+  const r = await model.segment(img, { size: 128 });
+
+  // the same trunk as a bare model: stage 4 of the image normalised with mean = std = 127.5
+  const bare: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [name, t] of Object.entries(trunk)) bare[name.replace('policy.trunk.', '')] = { dtype: 'F32', ...t };
+  const trunkModel = await loadModel(encodeSafetensors(bare, { config: JSON.stringify({ arch: 'timm.efficientnet_lite0' }) }), { device: 'cpu' });
+  const pixels = new Float32Array(3 * h * w);
+  for (let c = 0; c < 3; c++) for (let i = 0; i < h * w; i++) pixels[c * h * w + i] = (img.data[3 * i + c] - 127.5) / 127.5;
+  const feats = await trunkModel.forwardFeatures({ data: pixels, dims: [1, 3, h, w] });
+  const [, Cm, ch, cw] = feats.dims;
+  const map = feats.data as Float32Array; // (320, ch, cw)
+  const gh = h / 16, gw = w / 16;
+  const scores: number[] = [];
+  for (const side of [4, 2]) {
+    const f = side / 2, wh = Math.floor(gh / side), ww = Math.floor(gw / side);
+    const hw = heads[`policy.heads.${side}.weight`].data, hb = heads[`policy.heads.${side}.bias`].data[0];
+    for (let i = 0; i < wh; i++)
+      for (let j = 0; j < ww; j++) {
+        let logit = hb;
+        for (let c = 0; c < Cm; c++) {
+          let sum = 0;
+          for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) sum += map[(c * ch + i * f + dy) * cw + j * f + dx];
+          logit += (hw[c] * sum) / (f * f);
+        }
+        scores.push(1 / (1 + Math.exp(-logit)));
+      }
+  }
+  const rects = new Int32Array(gh * gw * 4), count = new Int32Array(1), tokenOfPatch = new Int32Array(gh * gw);
+  loadBinding().binding.ops.superpatchSelect({
+    image: 0, gh, gw, levels: 2, sizes: Int32Array.of(4, 2), thresholds: Float32Array.of(0.47, 0.45), scores: Float32Array.from(scores), rects, count, tokenOfPatch,
+  });
+  // thresholds sit away from the scores, so float rounding cannot flip a decision
+  for (const s of scores) assert.ok(Math.abs(s - 0.47) > 1e-4 && Math.abs(s - 0.45) > 1e-4);
+  assert.equal(r.tokenMap.index, tokenOfPatch);
+  assert.is(r.stats.tokens.input, count[0] + 1);
+  assert.ok(count[0] < gh * gw && count[0] > 0, `some windows merge, not all: ${scores.map((s) => s.toFixed(3))}`);
+  assert.ok(r.stats.gflops > 0);
+
+  // a two-output softmax head whose logit difference is the same gives the same superpatches
+  const soft = await loadModel(policyModel(2), { device: 'cpu' });
+  assert.equal((await soft.segment(img, { size: 128 })).tokenMap.index, r.tokenMap.index);
+  // per call: similarity still available; learned levels must have heads
+  const sim = await model.segment(img, { size: 128, merge: { policy: 'similarity' } });
+  assert.ok(sim.stats.tokens.input > 0);
+  try {
+    await model.segment(img, { merge: { policy: 'learned', levels: [8, 4], thresholds: [0.5, 0.5] } });
+    assert.unreachable();
+  } catch (err) {
+    assert.instance(err, BadInputError);
+    assert.match((err as Error).message, /levels among the policy's heads \[4, 2\]/);
+  }
+  for (const m of [model, soft, trunkModel]) m.dispose();
+});
+
+test('a model without a policy refuses the learned scorer', async () => {
+  const plain = await loadModel(undefined, { device: 'cpu' });
+  try {
+    await plain.segment({ data: new Uint8Array(48), width: 4, height: 4, channels: 3 }, { merge: { policy: 'learned' } });
+    assert.unreachable();
+  } catch (err) {
+    assert.match((err as Error).message, /this model has no learned policy/);
+  }
+  plain.dispose();
+});
+
+test.run();
