@@ -60,7 +60,7 @@ export interface NativeSegmentResult {
   probs?: Float32Array;
   logits?: Float32Array;
   logitsDims?: [number, number, number];
-  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number };
+  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number };
 }
 
 export interface NativeModel {

@@ -6,7 +6,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeStats } from './binding';
+import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
 import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, fromNative, invalidParameter } from './errors';
 import { prepareImage, type ImageInput, type PreparedImage } from './image';
@@ -45,6 +45,8 @@ export interface SegmentStats {
   gflops: number;
   /** GFLOPs the dense model (no merging, no pruning) would spend on the same batch. */
   gflopsDense: number;
+  /** Of `gflops`, what the learned merge policy (trunk and heads) spent; 0 for the similarity scorer. */
+  gflopsPolicy: number;
   /** Milliseconds per stage for the whole call: decode, normalize, embed, encoder, head, upsample, total. */
   ms: Record<string, number>;
   /** Images in the call these figures come from. */
@@ -399,12 +401,13 @@ export class Model {
     return flops * 1e-9;
   }
 
-  #stats(s: NativeStats, ms: Record<string, number>, batchSize: number, gflopsDense: number): SegmentStats {
+  #stats(s: NativeSegmentResult['stats'], ms: Record<string, number>, batchSize: number, gflopsDense: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
       tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },
       gflops: s.gflops,
       gflopsDense,
+      gflopsPolicy: s.gflopsPolicy,
       ms,
       batchSize,
     };

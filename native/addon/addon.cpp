@@ -464,6 +464,7 @@ class SegmentJob : public Job {
       Napi::Object stats = stats_to_js(env, out_.stats);
       stats.Set("denseTokens", double(r.dense));
       stats.Set("inputTokens", double(r.input));
+      stats.Set("gflopsPolicy", plan_.gflops);
       stats.Set("batchDenseTokens", double(out_.stats.dense_tokens));
       stats.Set("batchInputTokens", double(out_.stats.input_tokens));
       o.Set("stats", stats);

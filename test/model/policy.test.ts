@@ -104,7 +104,7 @@ test('learned policy: the superpatches are those the trunk, pooling and heads se
   assert.equal(r.tokenMap.index, tokenOfPatch);
   assert.is(r.stats.tokens.input, count[0] + 1);
   assert.ok(count[0] < gh * gw && count[0] > 0, `some windows merge, not all: ${scores.map((s) => s.toFixed(3))}`);
-  assert.ok(r.stats.gflops > 0);
+  assert.ok(r.stats.gflopsPolicy > 0 && r.stats.gflops > r.stats.gflopsPolicy);
 
   // a two-output softmax head whose logit difference is the same gives the same superpatches
   const soft = await loadModel(policyModel(2), { device: 'cpu' });
