@@ -1,7 +1,8 @@
 /**
  * The typed seam to the native addon: everything the `.node` file exports is declared here, and this
- * is the only module that loads it. The loader looks in `prebuilds/<platform>-<arch>/` first (the
- * binary shipped in the npm package), then in `build/Release` (a local build).
+ * is the only module that loads it. node-gyp-build picks `build/Release` (a local build) when there
+ * is one, else `prebuilds/<platform>-<arch>/` (the binary shipped in the npm package, which has no
+ * build folder); `STEP_SEG_BINARY` names a file to load instead.
  */
 import * as path from 'node:path';
 
@@ -124,8 +125,8 @@ export function loadBinding(): { binding: Binding; file: string } {
   let file: string | undefined = process.env.STEP_SEG_BINARY ? path.resolve(process.env.STEP_SEG_BINARY) : undefined;
   if (!file) {
     try {
-      // node-gyp-build finds prebuilds/<platform>-<arch>/*.node (matching the N-API and libc tags)
-      // before build/Release/*.node.
+      // node-gyp-build: build/Release/*.node, else prebuilds/<platform>-<arch>/*.node matching the
+      // N-API and libc tags.
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       file = (require('node-gyp-build') as { resolve(dir: string): string }).resolve(packageRoot);
     } catch (err) {

@@ -20,6 +20,8 @@ export {
 export type { StepErrorCode } from './errors';
 export { encodeSafetensors } from './safetensors';
 export { colorize } from './palette';
+export { overlay, tokenPicture, exitColor } from './pictures';
+export type { OverlayOptions, TokenPictureOptions, TokenMap } from './pictures';
 
 import { loadBinding } from './binding';
 

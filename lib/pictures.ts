@@ -282,9 +282,8 @@ async function appendLegend(photo: Buffer, w: number, h: number, items: LegendIt
     }
     texts.push({ x: tx, y: top(row), text: item.text });
   }
-  if (!system) for (const t of texts) drawText(legend, w, lh, t.x, t.y + Math.round((m.lineH - 7 * scale) / 2), t.text, scale);
-  const all = sharp(Buffer.concat([photo, legend]), { raw: { width: w, height: h + lh, channels: 3 } });
   if (system) {
+    // librsvg draws the text on a transparent layer; blended here so that the PNG stays RGB
     const baseline = (y: number) => Math.round(y + m.lineH / 2 + 0.35 * fontSize);
     const svg =
       `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${lh}">` +
@@ -292,9 +291,14 @@ async function appendLegend(photo: Buffer, w: number, h: number, items: LegendIt
         .map((t) => `<text x="${t.x}" y="${baseline(t.y)}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="${fontSize}" fill="rgb(${kLegendText.join(',')})">${escapeXml(t.text)}</text>`)
         .join('') +
       `</svg>`;
-    all.composite([{ input: Buffer.from(svg), top: h, left: 0 }]);
-  }
-  return all.png().toBuffer();
+    const { data: layer, info } = await sharp(Buffer.from(svg)).ensureAlpha().raw().toBuffer({ resolveWithObject: true }); // (lh, w, 4)
+    if (info.width !== w || info.height !== lh) throw new Error(`the legend text layer is ${info.width} x ${info.height}, expected ${w} x ${lh}`);
+    for (let i = 0, j = 0; i < legend.length; i += 3, j += 4) {
+      const a = layer[j + 3] / 255;
+      if (a > 0) for (let c = 0; c < 3; c++) legend[i + c] = Math.round((1 - a) * legend[i + c] + a * layer[j + c]);
+    }
+  } else for (const t of texts) drawText(legend, w, lh, t.x, t.y + Math.round((m.lineH - 7 * scale) / 2), t.text, scale);
+  return sharp(Buffer.concat([photo, legend]), { raw: { width: w, height: h + lh, channels: 3 } }).png().toBuffer();
 }
 
 let fontProbe: Promise<boolean> | undefined;

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #include <nvtx3/nvToolsExt.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -63,13 +64,19 @@ inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<ui
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
-// Sets a kernel's dynamic shared memory limit once per kernel (opt-in above 48 KB on sm_80+).
-// Called by launchers before their first launch; the function-local static makes it once per
-// instantiation and thread-safe. It is not a stream operation, so it is allowed during capture.
+// Opts `kernel` into `bytes` of dynamic shared memory when that is more than the default 48 KB
+// (sm_80+ allow up to 163 / 99 / 227 KB per block), once per device: bit d of `done` records device d.
+// Launchers keep one `static std::atomic<uint64_t>` per kernel instantiation. cudaFuncSetAttribute
+// is not a stream operation, so this is allowed while a stream is being captured.
 template <typename Kernel>
-void set_max_dynamic_smem(Kernel kernel, int bytes) {
+void ensure_dynamic_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
   if (bytes <= 48 * 1024) return;
+  int device = 0;
+  STEP_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (done.load(std::memory_order_acquire) & bit) return;
   STEP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit, std::memory_order_release);
 }
 
 // ---- reductions ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@
 // mma.sync); c and residual (M, N) row stride ldc.
 // Tile choices are not measured yet (no GPU where this was written): they follow the usual Ampere
 // shapes (CUTLASS's 128 x 128 x 32, 3 stages), with smaller tiles when the big ones leave SMs idle.
-#include <atomic>
 
 #include "common.cuh"
 #include "cuda_ops.h"
@@ -267,17 +266,6 @@ void gemm_launch_simple(const GemmArgs<TOut>& g, cudaStream_t stream) {
   const dim3 grid(ceil_div(g.M_bound, kSimpleTile), ceil_div(g.N, kSimpleTile));
   gemm_kernel_simple<TOut><<<grid, kSimpleThreads, 0, stream>>>(g);
   STEP_CUDA_CHECK_LAUNCH();
-}
-
-// Opts the kernel into more than 48 KB of dynamic shared memory, once per device (bit d of `done`).
-template <typename Kernel>
-void ensure_dynamic_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
-  int device = 0;
-  STEP_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = uint64_t(1) << (device & 63);
-  if (done.load(std::memory_order_acquire) & bit) return;
-  set_max_dynamic_smem(kernel, bytes);
-  done.fetch_or(bit, std::memory_order_release);
 }
 
 template <class Cfg, typename TOut>
