@@ -168,7 +168,7 @@ const median = (xs: number[]) => {
 };
 
 async function timeRuns(warmup: number, runs: number, once: () => Promise<Float32Array>) {
-  let out = new Float32Array(0);
+  let out: Float32Array = new Float32Array(0);
   for (let i = 0; i < warmup; i++) out = await once();
   const ms: number[] = [];
   for (let i = 0; i < runs; i++) {
