@@ -299,8 +299,10 @@ export class Model {
    * @param image a file path, an encoded image (PNG, JPEG, WebP, ...) in a Buffer, or raw pixels
    *   `{ data: Uint8Array, width, height, channels: 3 | 4 }`.
    * @param options `size` (long side for inference, default the model's `input_size`, 16..8192),
-   *   `probabilities` (default false), `logits` (default false).
-   * @returns labels at the image's own size, with the class names and stats.
+   *   `probabilities` (default false), `logits` (default false), `merge` (superpatch merging: false
+   *   or settings over the model's; default the model's, the similarity scorer for most models),
+   *   `prune` (early exits: false or settings over the model's; default the model's).
+   * @returns labels at the image's own size, with the class names, the token map and stats.
    * @throws {BadInputError} an unreadable or corrupt image, wrong raw dimensions, bad options.
    * @throws {OutOfMemoryError} when the work would not fit in memory.
    * @throws {DisposedError} after `dispose()`.
@@ -336,11 +338,13 @@ export class Model {
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
-    const decoding = Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image')));
+    let decodeMs = 0;
+    const decoding = Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image'))).then(
+      (prepared) => ((decodeMs = performance.now() - t0), prepared),
+    );
     decoding.catch(() => undefined); // rejection is reported through the queued work below
     return this.#enqueue(async () => {
       const prepared = await decoding;
-      const decodeMs = performance.now() - t0;
       this.#checkSegmentMemory(prepared, opts);
       const t1 = performance.now();
       let out;
