@@ -222,8 +222,9 @@ struct TokenScatterParams {
 };
 
 // ---- pos_resample -------------------------------------------------------------------------------
-// Bicubic resampling of a grid of position embeddings, as timm's resample_abs_pos_embed does
-// (torch interpolate, mode bicubic, align_corners False, no antialias, A = -0.75, clamped borders).
+// Bicubic resampling of a grid of position embeddings, as timm's resample_abs_pos_embed does:
+// torch interpolate(mode bicubic, align_corners False, antialias True), i.e. PIL's separable filter
+// (cubic a = -0.5, support 2 * max(scale, 1), weights renormalised at the borders).
 struct PosResampleParams {
   int C = 0;
   int src_h = 0, src_w = 0;

@@ -1,0 +1,92 @@
+// The engine against PyTorch on a model that export.py wrote: StepSeg.infer (scripts/step_model.py,
+// float64) is the reference for segment() with merging and pruning off and on, the learned policy
+// included. Fixture: test/fixtures/step-small (scripts/make_step_fixture.py). Its learned-policy case
+// uses the trunk of randomEffnet('policy.trunk.', 4), which the fixture script reproduces bit for bit,
+// so the 3M-parameter trunk need not be stored.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { loadModel, type Model, type SegmentOptions } from '../../lib/index';
+import { encodeSafetensors, readHeaderFromBuffer } from '../../lib/safetensors';
+import { fixturesDir, readSafetensors, relL2 } from '../helpers/compare';
+import { randomEffnet } from '../helpers/random';
+
+const dir = path.join(fixturesDir, 'step-small');
+const ref = readSafetensors(path.join(dir, 'reference.safetensors'));
+const meta = readHeaderFromBuffer(fs.readFileSync(path.join(dir, 'reference.safetensors'))).metadata;
+const cases = JSON.parse(meta.cases) as Record<string, Pick<SegmentOptions, 'merge' | 'prune'>>;
+const trunkSpec = JSON.parse(meta.trunk) as { prefix: string; seed: number };
+const images = Array.from({ length: Number(meta.images) }, (_, i) => {
+  const t = ref[`image_${i}`];
+  const [height, width] = t.dims;
+  return { data: t.data as Uint8Array, width, height, channels: 3 as const };
+});
+
+// The fixture's weights as stored (float16), plus the policy trunk and heads, as one in-memory model.
+function learnedModelBuffer(): Buffer {
+  const bytes = fs.readFileSync(path.join(dir, 'model.safetensors'));
+  const header = readHeaderFromBuffer(bytes);
+  type Entry = { dtype: 'F32' | 'F16'; shape: number[]; data: Float32Array | Uint16Array };
+  const tensors: Record<string, Entry> = {};
+  for (const t of header.tensors) {
+    const copy = new Uint8Array(bytes.subarray(header.dataOffset + t.begin, header.dataOffset + t.end));
+    const data = t.dtype === 'F16' ? new Uint16Array(copy.buffer) : new Float32Array(copy.buffer);
+    tensors[t.name] = { dtype: t.dtype as 'F32' | 'F16', shape: t.shape, data };
+  }
+  for (const [name, t] of Object.entries(randomEffnet(trunkSpec.prefix, trunkSpec.seed))) tensors[name] = { dtype: 'F32', ...t };
+  for (const name of Object.keys(ref).filter((n) => n.startsWith('policy.heads.')))
+    tensors[name] = { dtype: 'F32', shape: ref[name].dims, data: ref[name].data as Float32Array };
+  const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  const merge = cases.learned.merge as { levels: number[]; thresholds: number[] };
+  config.merge = { policy: 'learned', levels: merge.levels, thresholds: merge.thresholds, head_outputs: 1 };
+  return encodeSafetensors(tensors, { config: JSON.stringify(config) });
+}
+
+let model: Model, learned: Model;
+test.before(async () => {
+  model = await loadModel(dir, { device: 'cpu' });
+  learned = await loadModel(learnedModelBuffer(), { device: 'cpu' });
+});
+test.after(() => {
+  model.dispose();
+  learned.dispose();
+});
+
+test('the exported model loads with its merge and prune defaults', () => {
+  assert.is(model.config.numClasses, 11);
+  assert.equal(model.config.prune && model.config.prune.exitLayers, [1, 2]);
+  assert.is(model.config.merge && model.config.merge.policy, 'similarity');
+  assert.equal(learned.config.policy, { levels: [4, 2], outputs: 1 });
+});
+
+for (const [name, options] of Object.entries(cases)) {
+  test(`${name}: logits, token map and exit layers equal PyTorch's`, async () => {
+    for (let i = 0; i < images.length; i++) {
+      const img = images[i];
+      const m = name === 'learned' ? learned : model;
+      const r = await m.segment(img, { size: Math.max(img.width, img.height), logits: true, ...options });
+      const logits = ref[`${i}.${name}.logits`];
+      assert.equal(r.logits!.dims, logits.dims, `image ${i}: logits dims`);
+      const err = relL2(r.logits!.data, logits.data);
+      assert.ok(err < 1e-4, `image ${i}: logits relative L2 error ${err}`);
+      const { gh, gw, index, size, exitLayer } = r.tokenMap;
+      assert.equal([gh, gw], logits.dims.slice(1));
+      assert.equal(Array.from(index), Array.from(ref[`${i}.${name}.index`].data), `image ${i}: token index`);
+      assert.equal(Array.from(size), Array.from(ref[`${i}.${name}.size`].data), `image ${i}: token size`);
+      assert.equal(Array.from(exitLayer), Array.from(ref[`${i}.${name}.exit_layer`].data), `image ${i}: exit layer`);
+    }
+  });
+}
+
+test('merging and pruning do happen in the fixture (the parity above is not vacuous)', async () => {
+  for (const name of ['merge', 'step', 'learned'])
+    assert.ok(images.some((_, i) => Array.from(ref[`${i}.${name}.size`].data).some((s) => s > 1)), `${name} merges`);
+  for (const name of ['prune', 'step', 'learned'])
+    for (const layer of [1, 2])
+      assert.ok(images.some((_, i) => Array.from(ref[`${i}.${name}.exit_layer`].data).includes(layer)), `${name} halts at ${layer}`);
+});
+
+test.run();
