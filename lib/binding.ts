@@ -111,6 +111,8 @@ export interface Binding {
   cpuInfo(): { threads: number; gemmKernel: string };
   setNumThreads(n: number): void;
   ops: Record<string, (params: Record<string, unknown>) => void>;
+  /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
+  cudaOps?: Record<string, (...args: unknown[]) => unknown>;
 }
 
 /** Package root: lib/ compiles to dist/, both one level below it. */

@@ -6,8 +6,10 @@
 #   node_modules/                 at least tsx and uvu (the tests and the bench run through them)
 #   .device/node.xz               a stripped, xz-compressed node binary (unpacked here with xz -d)
 # Steps: GPU facts (nvidia-smi), the CUDA op tests (uvu files matching "cuda"), the CUDA benchmark
-# (scripts/bench-cuda.ts, when it exists); a table of step, result and seconds at the end. Logs go to
-# $OUT/gpu-check/ when $OUT is set (the device runner's output folder), else bench-out/gpu-check/.
+# (scripts/bench-cuda.ts, when it exists: our GEMM and attention beside PyTorch's); a table of step,
+# result and seconds at the end, then the benchmark's table. Logs go to $OUT/gpu-check/ when $OUT is set
+# (the device runner's output folder), else bench-out/gpu-check/; the benchmark table to bench-cuda.txt there.
+# STEP_SEG_REQUIRE_CUDA=1 is exported: here a test or benchmark that finds no usable GPU fails, never skips.
 # Options: --sanitize  also run the CUDA op tests under compute-sanitizer (memcheck; slow).
 #
 # Profiling one op's kernels (its host launchers open an NVTX range named after the op):
@@ -26,8 +28,10 @@ for arg in "$@"; do
   esac
 done
 
+export STEP_SEG_REQUIRE_CUDA=1
 logs="${OUT:-bench-out}/gpu-check"
 mkdir -p "$logs"
+rm -f "$logs/bench-cuda.txt"  # never show a table of an earlier run
 results=()
 failed=0
 
@@ -86,7 +90,7 @@ if [ -n "$node_bin" ] && [ -f build/Release/step_seg.node ] && [ -d node_modules
     skip tests "no *.test.ts with cuda in its path under test/"
   fi
   if [ -f scripts/bench-cuda.ts ]; then
-    run bench "$node_bin" --import tsx scripts/bench-cuda.ts
+    run bench "$node_bin" --import tsx scripts/bench-cuda.ts --out "$logs/bench-cuda.txt"
   else
     skip bench "scripts/bench-cuda.ts does not exist yet"
   fi
@@ -102,5 +106,6 @@ for r in ${results[@]+"${results[@]}"}; do
   IFS='|' read -r name result secs <<<"$r"
   printf '%-10s %-56s %8s\n' "$name" "$result" "$secs"
 done
+[ -f "$logs/bench-cuda.txt" ] && { echo; cat "$logs/bench-cuda.txt"; }
 echo "logs: $logs"
 [ "$failed" -eq 0 ] && [ "${#missing[@]}" -eq 0 ]

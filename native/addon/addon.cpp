@@ -24,6 +24,10 @@
 #include "../cpu/cpu_backend.h"
 #include "../cpu/parallel.h"
 
+#ifdef STEP_SEG_HAVE_CUDA
+void register_cuda_ops(Napi::Env env, Napi::Object exports);  // cuda_binding.cpp: exports.cudaOps (tests, bench)
+#endif
+
 namespace {
 
 using step::Error;
@@ -757,6 +761,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   ops.Set("tokenCompact", Napi::Function::New(env, op_token_compact));
   ops.Set("tokenScatter", Napi::Function::New(env, op_token_scatter));
   exports.Set("ops", ops);
+#ifdef STEP_SEG_HAVE_CUDA
+  register_cuda_ops(env, exports);
+#endif
   return exports;
 }
 

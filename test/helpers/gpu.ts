@@ -1,0 +1,163 @@
+// The CUDA op seam for the CUDA op test and the CUDA benchmark: the type of `cudaOps` (exported by
+// native/addon/cuda_binding.cpp when the CUDA backend is compiled in; not part of the package API, so
+// it is declared here rather than in lib/binding.ts), finding it or the reason it cannot run, and
+// bfloat16 conversions (round to nearest even, as __float2bfloat16_rn).
+import { loadBinding } from '../../lib/binding';
+import { cudaStatus } from '../../lib/index';
+
+export type Epilogue = 'none' | 'gelu' | 'residual' | 'relu6' | 'sigmoid';
+export type GemmKernelName = 'auto' | 'simple' | 'mma128x128' | 'mma128x64' | 'mma64x64';
+export type AttentionKernelName = 'auto' | 'naive' | 'flash';
+export type LayerNormKernelName = 'auto' | 'simple' | 'vec';
+
+/** Every typed array is copied to the device; outputs come back whole (untouched elements included). */
+export interface CudaGemmParams {
+  M: number; // upper bound of the rows when mDevice is set
+  N: number;
+  K: number;
+  a: Uint16Array; // (M, K) bf16, row stride lda (default K)
+  lda?: number;
+  w: Uint16Array; // (N, K) bf16
+  bias?: Float32Array; // (N)
+  epilogue?: Epilogue;
+  residual?: Float32Array; // (M, N) row stride ldc; may be the same array as c
+  colScale?: Float32Array; // (N)
+  c?: Float32Array; // (M, N) row stride ldc (default N); exactly one of c and cBf16
+  cBf16?: Uint16Array;
+  ldc?: number;
+  mDevice?: number; // the real row count, read on the device
+  kernel?: GemmKernelName;
+}
+export interface CudaAttentionParams {
+  batch: number;
+  offsets: Int32Array; // (B + 1)
+  heads: number;
+  headDim: number;
+  scale: number;
+  qkv?: Float32Array; // (A, 3, H, D); exactly one of qkv and qkvBf16
+  qkvBf16?: Uint16Array;
+  out?: Float32Array; // (A, H, D); exactly one of out and outBf16
+  outBf16?: Uint16Array;
+  maxSeqlen?: number; // default: the largest T of offsets
+  kernel?: AttentionKernelName;
+}
+export interface CudaLayerNormParams {
+  rows: number; // upper bound when rowsDevice is set
+  C: number;
+  eps?: number;
+  x: Float32Array;
+  rowsIndex?: Int32Array;
+  gamma: Float32Array;
+  beta: Float32Array;
+  y?: Float32Array; // at least one of y and yBf16
+  yBf16?: Uint16Array;
+  rowsDevice?: number;
+  kernel?: LayerNormKernelName;
+}
+export interface CudaImageNormalizeParams {
+  src: Uint8Array; // (h, w, channels)
+  h: number;
+  w: number;
+  channels: 3 | 4;
+  mean: number[]; // 3, in 0..255 pixel units
+  std: number[];
+  outH?: number;
+  outW?: number;
+  out: Float32Array; // (3, outH, outW)
+  channelsLast?: boolean; // cpuImageNormalize only
+}
+export interface CudaPatchGatherParams {
+  images: number;
+  height: number;
+  width: number;
+  patch: number;
+  pixels: Float32Array; // (B, 3, H, W)
+  tokens: number; // upper bound when tokensDevice is set
+  rects: Int32Array; // (tokens, 4): image, row, col, size
+  out?: Float32Array; // (tokens, 3 P P)
+  outBf16?: Uint16Array;
+  tokensDevice?: number;
+}
+export interface CudaTokenPosEmbedParams {
+  batch: number;
+  C: number;
+  prefix: number;
+  prefixTokens?: Float32Array;
+  posPrefix?: Float32Array;
+  posGrid: Float32Array;
+  gridOffset: Int32Array;
+  gridW: Int32Array;
+  offsets: Int32Array;
+  rects: Int32Array;
+  embedded: Float32Array;
+  out: Float32Array; // (A, C) or more
+  rowsBound?: number; // default A
+}
+
+export interface CudaOpParams {
+  gemm: CudaGemmParams;
+  attention: CudaAttentionParams;
+  layernorm: CudaLayerNormParams;
+  convertToBf16: { x: Float32Array; y: Uint16Array };
+  imageNormalize: CudaImageNormalizeParams;
+  patchGather: CudaPatchGatherParams;
+  tokenPosEmbed: CudaTokenPosEmbedParams;
+}
+
+export interface CudaOps {
+  gemm(p: CudaGemmParams): void;
+  attention(p: CudaAttentionParams): void;
+  layernorm(p: CudaLayerNormParams): void;
+  convertToBf16(p: { x: Float32Array; y: Uint16Array }): void;
+  imageNormalize(p: CudaImageNormalizeParams): void;
+  patchGather(p: CudaPatchGatherParams): void;
+  tokenPosEmbed(p: CudaTokenPosEmbedParams): void;
+  /** Median ms of `iterations` runs (after 2 warm-ups), enqueued back to back, timed with CUDA events. */
+  time<K extends keyof CudaOpParams>(name: K, params: CudaOpParams[K], iterations: number): number;
+  chooseGemm(M: number, N: number, K: number, aligned?: boolean): Exclude<GemmKernelName, 'auto'>;
+  chooseAttention(D: number, aligned?: boolean): Exclude<AttentionKernelName, 'auto'>;
+  chooseLayernorm(C: number, aligned?: boolean): Exclude<LayerNormKernelName, 'auto'>;
+  /** The CPU image_normalize on the same params (the bit-identity reference). */
+  cpuImageNormalize(p: CudaImageNormalizeParams): void;
+}
+
+/** `cudaOps` when this binary has them and cudaStatus() finds a usable GPU; else why not. */
+export async function findCudaOps(): Promise<{ ops: CudaOps; device: string } | { reason: string }> {
+  const { binding, file } = loadBinding();
+  const status = await cudaStatus();
+  if (!status.compiled || !status.usable) return { reason: status.reason };
+  const ops = (binding as unknown as { cudaOps?: CudaOps }).cudaOps;
+  if (!ops) return { reason: `${file} has the CUDA backend but no cudaOps (built before native/addon/cuda_binding.cpp)` };
+  return { ops, device: `${status.name} (sm_${status.computeCapability}, driver ${status.driverVersion})` };
+}
+
+/** STEP_SEG_REQUIRE_CUDA=1 (set by scripts/gpu-check.sh): a missing GPU is a failure, not a skip. */
+export const cudaRequired = !!process.env.STEP_SEG_REQUIRE_CUDA && process.env.STEP_SEG_REQUIRE_CUDA !== '0';
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** float32 -> bf16 bits, round to nearest even (overflow to inf); NaN -> 0x7fff (CUDA's canonical NaN). */
+export function toBf16(x: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    f32[0] = x[i];
+    const b = u32[0];
+    out[i] = Number.isNaN(f32[0]) ? 0x7fff : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+  return out;
+}
+
+/** bf16 bits -> float32 (exact). */
+export function fromBf16(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  const u = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) u[i] = bits[i] << 16;
+  return out;
+}
+
+/** The float32 values of x rounded to bf16. */
+export const roundBf16 = (x: ArrayLike<number>): Float32Array => fromBf16(toBf16(x));
+
+/** A quiet NaN in bf16, for poisoning bf16 outputs. */
+export const kBf16NaN = 0x7fc0;
