@@ -1,0 +1,82 @@
+// mIoU on CamVid val with the engine (not PyTorch): one confusion matrix over the whole split, per
+// setting and size, with tokens, GFLOPs and ms per image, as one table.
+//   node --import tsx scripts/eval-camvid.ts [--model DIR] [--data ../shared/data/camvid]
+//        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,learned,learned+prune]
+// Sizes are the long side: 480 is CamVid's own 480 x 360, 960 is 960 x 720 (2x), 1024 a 1024-px long
+// side. Labels: 0..10 the classes, 11 void (ignored). Settings a model cannot run (learned without a
+// policy, pruning without exit heads) are skipped with a line saying so.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import sharp from 'sharp';
+
+import { loadModel, type SegmentOptions } from '../lib/index';
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const data = flag('--data', path.join(__dirname, '..', '..', 'shared', 'data', 'camvid'));
+const sizes = flag('--sizes', '480,960,1024').split(',').map(Number);
+const limit = Number(flag('--limit', '0'));
+const settings = flag('--settings', 'dense,similarity,learned,learned+prune').split(',');
+const K = 11, VOID = 11;
+
+function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>>): SegmentOptions | undefined {
+  const hasPolicy = !!model.config.policy, hasExits = !!model.config.prune;
+  switch (setting) {
+    case 'dense': return { merge: false, prune: false };
+    case 'similarity': return { merge: { policy: 'similarity' }, prune: false };
+    case 'similarity+prune': return hasExits ? { merge: { policy: 'similarity' } } : undefined;
+    case 'learned': return hasPolicy ? { merge: { policy: 'learned' }, prune: false } : undefined;
+    case 'learned+prune': return hasPolicy && hasExits ? { merge: { policy: 'learned' } } : undefined;
+    default: throw new Error(`unknown setting ${setting}`);
+  }
+}
+
+(async () => {
+  if (!fs.existsSync(path.join(data, 'val.txt'))) {
+    console.log(`eval-camvid: no CamVid at ${data} (pass --data)`);
+    return;
+  }
+  const names = fs.readdirSync(path.join(data, 'val')).filter((f) => f.endsWith('.png')).sort();
+  const files = limit > 0 ? names.slice(0, limit) : names;
+  const model = await loadModel(args.includes('--model') ? flag('--model', '') : undefined, { device: 'cpu' });
+  if (model.config.numClasses !== K) console.log(`note: the model has ${model.config.numClasses} classes, CamVid ${K}`);
+  console.log(`${files.length} val images from ${data}`);
+  console.log('setting           size     mIoU   tokens  dense  GFLOPs   ms/img');
+  for (const setting of settings) {
+    const options = optionsFor(setting, model);
+    if (!options) {
+      console.log(`${setting.padEnd(16)}  skipped: the model has no ${setting.includes('learned') ? 'learned policy' : 'exit heads'}`);
+      continue;
+    }
+    for (const size of sizes) {
+      const confusion = new Float64Array(K * K);
+      let tokens = 0, dense = 0, gflops = 0, ms = 0;
+      for (const name of files) {
+        const label = await sharp(path.join(data, 'valannot', name)).extractChannel(0).raw().toBuffer();
+        const r = await model.segment(path.join(data, 'val', name), { ...options, size });
+        for (let i = 0; i < label.length; i++) if (label[i] !== VOID && label[i] < K) confusion[label[i] * K + r.labels[i]]++;
+        tokens += r.stats.tokens.input;
+        dense += r.stats.tokens.dense;
+        gflops += r.stats.gflops;
+        ms += r.stats.ms.total;
+      }
+      let iou = 0;
+      for (let k = 0; k < K; k++) {
+        let row = 0, col = 0;
+        for (let j = 0; j < K; j++) row += confusion[k * K + j], col += confusion[j * K + k];
+        const union = row + col - confusion[k * K + k];
+        iou += union > 0 ? confusion[k * K + k] / union : 0;
+      }
+      const n = files.length;
+      console.log(
+        `${setting.padEnd(16)} ${String(size).padStart(5)} ${((100 * iou) / K).toFixed(1).padStart(8)} ${(tokens / n).toFixed(0).padStart(8)} ` +
+          `${(dense / n).toFixed(0).padStart(6)} ${(gflops / n).toFixed(2).padStart(7)} ${(ms / n).toFixed(0).padStart(8)}`,
+      );
+    }
+  }
+  model.dispose();
+})();
