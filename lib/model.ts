@@ -270,7 +270,10 @@ export class Model {
     const [N, , H, W] = dims;
     const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
     const C = this.config.embedDim;
-    this.#checkMemory(N, Math.ceil(H / P) * Math.ceil(W / P), N * 3 * H * W * (this.config.kind === 'vit' ? 1 : 12));
+    if (this.config.kind === 'vit') this.#checkMemory(N, (H / P) * (W / P), N * 3 * H * W);
+    // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
+    // the five stage maps: about 80 floats per input pixel.
+    else this.#checkMemory(0, 0, N * H * W * 80);
     return this.#enqueue(async () => {
       let out;
       try {
@@ -430,7 +433,7 @@ export class Model {
     const available = limit > 0 ? limit : Math.max(os.freemem(), os.totalmem() * 0.5);
     if (bytes > available)
       throw new OutOfMemoryError(
-        `this input needs about ${Math.round(bytes / 2 ** 20)} MiB (${A} tokens) but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,
+        `this input needs about ${Math.round(bytes / 2 ** 20)} MiB${A ? ` (${A} tokens)` : ""} but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,
       );
   }
 
