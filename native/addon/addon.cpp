@@ -740,6 +740,30 @@ Napi::Value op_token_scatter(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value op_conv(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::ConvParams p;
+  p.batch = get_int(o, "batch"), p.in_h = get_int(o, "inH"), p.in_w = get_int(o, "inW"), p.in_c = get_int(o, "inC");
+  p.out_h = get_int(o, "outH"), p.out_w = get_int(o, "outW"), p.out_c = get_int(o, "outC");
+  p.kernel = get_int(o, "kernel"), p.stride = get_int(o, "stride"), p.pad = get_int(o, "pad"), p.groups = get_int(o, "groups");
+  const Napi::Value act = o.Get("act");
+  p.act = act.IsString() && act.As<Napi::String>().Utf8Value() == "relu6" ? step::Activation::kRelu6 : step::Activation::kNone;
+  p.x = typed_data<float>(o.Get("x")), p.w = typed_data<float>(o.Get("w")), p.bias = typed_data<float>(o.Get("bias"));
+  p.y = typed_data<float>(o.Get("y"));
+  step::cpu::conv(p);
+  return info.Env().Undefined();
+}
+
+Napi::Value op_avg_pool(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::AvgPoolParams p;
+  p.in_h = get_int(o, "inH"), p.in_w = get_int(o, "inW"), p.C = get_int(o, "C"), p.factor = get_int(o, "factor");
+  p.out_h = get_int(o, "outH"), p.out_w = get_int(o, "outW");
+  p.x = typed_data<float>(o.Get("x")), p.y = typed_data<float>(o.Get("y"));
+  step::cpu::avg_pool(p);
+  return info.Env().Undefined();
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeModel", NativeModel::define(env));
   exports.Set("createModel", Napi::Function::New(env, create_model));
@@ -760,6 +784,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   ops.Set("tokenHalt", Napi::Function::New(env, op_token_halt));
   ops.Set("tokenCompact", Napi::Function::New(env, op_token_compact));
   ops.Set("tokenScatter", Napi::Function::New(env, op_token_scatter));
+  ops.Set("conv", Napi::Function::New(env, op_conv));
+  ops.Set("avgPool", Napi::Function::New(env, op_avg_pool));
   exports.Set("ops", ops);
 #ifdef STEP_SEG_HAVE_CUDA
   register_cuda_ops(env, exports);

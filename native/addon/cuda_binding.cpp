@@ -26,6 +26,15 @@
 //   patchGather({ images, height, width, patch, pixels, tokens, rects, out?, outBf16?, tokensDevice? })
 //   tokenPosEmbed({ batch, C, prefix, prefixTokens?, posPrefix?, posGrid, gridOffset, gridW, offsets,
 //                   rects, embedded, out, rowsBound? })
+//   windowScore({ image, h, w, channels?, patch, gh, gw, levels, sizes, colorTau?, textureTau?, scores })
+//   superpatchSelect({ image?, gh, gw, levels, sizes, thresholds, scores, rects, count, tokenOfPatch })
+//   unshare({ K, tokens, rects, logits, gridOffset, gridW, grid, tokensDevice? })
+//   tokenHalt({ batch, K, prefix?, offsets, logits, threshold?, topK?, halt, maxSeqlen? })
+//   tokenCompact({ batch, C, offsets, halt, x, out, newOffsets, srcRow, rowsBound? })
+//   tokenScatter({ rows, K, src, index, mask?, table, rowsDevice? })
+//   upsample({ K, gh, gw, patch, logits, validH, validW, outH, outW, labels, probs? })
+//   conv({ batch, inH, inW, inC, outC, kernel, stride, pad, groups?, act?, x, w, bias?, y })   (outH, outW derived)
+//   avgPool({ inH, inW, C, factor, outH?, outW?, x, y })
 //   time(name, params, iterations) -> median ms of cudaOps[name](params) (test_support.h; no copy back)
 //   chooseGemm(M, N, K, aligned?), chooseAttention(D, aligned?), chooseLayernorm(C, aligned?) -> variant
 //   cpuImageNormalize(params): the CPU op on the same params (plus channelsLast?); `ops` does not
@@ -39,6 +48,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -450,6 +460,195 @@ Launch prepare_token_pos_embed(Call& call) {
   return [p, x](void* stream) { cuda::token_pos_embed(p, x, stream); };
 }
 
+// ---- token merging, early exits, upsample, conv ----------------------------------------------------
+
+// Checked offsets (B + 1) of a packed list on the host: starts at 0, never decreases; returns the
+// largest T (and A through *rows).
+int check_offsets(const Call& call, const int32_t* offsets, int batch, int64_t* rows) {
+  if (offsets[0] != 0) call.fail_range("offsets[0] must be 0");
+  int max_t = 0;
+  for (int b = 0; b < batch; ++b) {
+    if (offsets[b + 1] < offsets[b]) call.fail_range("offsets must not decrease");
+    max_t = std::max(max_t, offsets[b + 1] - offsets[b]);
+  }
+  *rows = offsets[batch];
+  return max_t;
+}
+
+// Window sides (levels), each >= 1; returns the number of scores of all levels on a gh x gw grid.
+int64_t check_levels(const Call& call, int levels, int gh, int gw) {
+  const int32_t* sizes = call.host<int32_t>("sizes", levels);
+  int64_t n = 0;
+  for (int l = 0; l < levels; ++l) {
+    if (sizes[l] < 1) call.fail_range("sizes[" + std::to_string(l) + "] must be >= 1");
+    n += int64_t(gh / sizes[l]) * (gw / sizes[l]);
+  }
+  return n;
+}
+
+Launch prepare_window_score(Call& call) {
+  step::WindowScoreParams p;
+  p.h = call.integer("h", 1), p.w = call.integer("w", 1), p.channels = call.integer_or("channels", 3, 3);
+  p.patch = call.integer("patch", 1), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
+  p.levels = call.integer("levels");
+  p.color_tau = call.number_or("colorTau", 8.f), p.texture_tau = call.number_or("textureTau", 16.f);
+  if (int64_t(p.gh) * p.patch < p.h || int64_t(p.gw) * p.patch < p.w) call.fail_range("gh x gw patches must cover h x w");
+  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw);
+  p.image = call.array<uint8_t>("image", int64_t(p.h) * p.w * p.channels, Use::kIn);
+  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
+  p.scores = call.array<float>("scores", scores, Use::kOut);
+  auto workspace = std::make_shared<cuda::DeviceBuffer>(
+      size_t(cuda::window_score_workspace_floats(p.gh, p.gw)) * sizeof(float));
+  cuda::WindowScoreDeviceExtras x;
+  x.workspace = static_cast<float*>(workspace->data());
+  return [p, x, workspace](void* stream) { cuda::window_score(p, x, stream); };
+}
+
+Launch prepare_superpatch_select(Call& call) {
+  step::SuperpatchSelectParams p;
+  p.image = call.integer_or("image", 0), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
+  p.levels = call.integer("levels");
+  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw), cells = int64_t(p.gh) * p.gw;
+  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
+  p.thresholds = call.array<float>("thresholds", p.levels, Use::kIn);
+  p.scores = call.array<float>("scores", scores, Use::kIn);
+  p.rects = reinterpret_cast<step::TokenRect*>(call.array<int32_t>("rects", 4 * cells, Use::kOut));
+  p.count = call.array<int32_t>("count", 1, Use::kOut);
+  p.token_of_patch = call.array<int32_t>("tokenOfPatch", cells, Use::kOut);
+  return [p](void* stream) { cuda::superpatch_select(p, stream); };
+}
+
+Launch prepare_unshare(Call& call) {
+  step::UnshareParams p;
+  p.K = call.integer("K", 1), p.tokens = call.integer("tokens");
+  const int64_t images = call.length<int32_t>("gridOffset");
+  const int32_t* grid_offset = call.host<int32_t>("gridOffset", 0);
+  const int32_t* grid_w = call.host<int32_t>("gridW", images);
+  const int32_t* rects = call.host<int32_t>("rects", 4 * int64_t(p.tokens));
+  int64_t cells = 0;  // cells of grid the rects reach
+  for (int t = 0; t < p.tokens; ++t) {
+    const int32_t image = rects[4 * t], row = rects[4 * t + 1], col = rects[4 * t + 2], size = rects[4 * t + 3];
+    if (image < 0 || image >= images || row < 0 || col < 0 || size < 1 || grid_offset[image] < 0 ||
+        int64_t(col) + size > grid_w[image])
+      call.fail_range("rect " + std::to_string(t) + " does not fit its image's grid");
+    cells = std::max(cells, grid_offset[image] + (int64_t(row) + size - 1) * grid_w[image] + col + size);
+  }
+  p.rects = reinterpret_cast<const step::TokenRect*>(call.array<int32_t>("rects", 4 * int64_t(p.tokens), Use::kIn));
+  p.logits = call.array<float>("logits", int64_t(p.tokens) * p.K, Use::kIn);
+  p.grid_offset = call.array<int32_t>("gridOffset", images, Use::kIn);
+  p.grid_w = call.array<int32_t>("gridW", images, Use::kIn);
+  p.grid = call.array<float>("grid", cells * p.K, Use::kOut);
+  cuda::UnshareDeviceExtras x;
+  x.tokens_device = call.device_count("tokensDevice");
+  return [p, x](void* stream) { cuda::unshare(p, x, stream); };
+}
+
+Launch prepare_token_halt(Call& call) {
+  step::TokenHaltParams p;
+  cuda::TokenHaltDeviceExtras x;
+  p.batch = call.integer("batch"), p.K = call.integer("K", 1), p.prefix = call.integer_or("prefix", 0);
+  p.threshold = call.number_or("threshold", 1.f), p.top_k = call.integer_or("topK", 5);
+  int64_t A = 0;
+  const int max_t = check_offsets(call, call.host<int32_t>("offsets", int64_t(p.batch) + 1), p.batch, &A);
+  x.max_seqlen = call.integer_or("maxSeqlen", max_t);
+  if (x.max_seqlen > cuda::token_halt_max_rows())
+    call.fail_range("maxSeqlen " + std::to_string(x.max_seqlen) + " is above token_halt_max_rows() = " +
+                    std::to_string(cuda::token_halt_max_rows()));
+  p.offsets = call.array<int32_t>("offsets", int64_t(p.batch) + 1, Use::kIn);
+  p.logits = call.array<float>("logits", A * p.K, Use::kIn);
+  p.halt = call.array<uint8_t>("halt", A, Use::kOut);
+  return [p, x](void* stream) { cuda::token_halt(p, x, stream); };
+}
+
+Launch prepare_token_compact(Call& call) {
+  step::TokenCompactParams p;
+  cuda::TokenCompactDeviceExtras x;
+  p.batch = call.integer("batch"), p.C = call.integer("C", 1);
+  int64_t A = 0;
+  check_offsets(call, call.host<int32_t>("offsets", int64_t(p.batch) + 1), p.batch, &A);
+  const uint8_t* halt = call.host<uint8_t>("halt", A);
+  int64_t kept = 0;
+  for (int64_t r = 0; r < A; ++r) kept += halt[r] ? 0 : 1;
+  x.rows_bound = call.integer_or("rowsBound", int(A));
+  p.offsets = call.array<int32_t>("offsets", int64_t(p.batch) + 1, Use::kIn);
+  p.halt = call.array<uint8_t>("halt", A, Use::kIn);
+  p.x = call.array<float>("x", A * p.C, Use::kIn);
+  p.out = call.array<float>("out", kept * p.C, Use::kOut);
+  p.new_offsets = call.array<int32_t>("newOffsets", int64_t(p.batch) + 1, Use::kOut);
+  p.src_row = call.array<int32_t>("srcRow", kept, Use::kOut);
+  return [p, x](void* stream) { cuda::token_compact(p, x, stream); };
+}
+
+Launch prepare_token_scatter(Call& call) {
+  step::TokenScatterParams p;
+  p.rows = call.integer("rows"), p.K = call.integer("K", 1);
+  const int64_t table_rows = call.length<float>("table") / p.K;
+  const int32_t* index = call.host<int32_t>("index", p.rows);
+  for (int r = 0; r < p.rows; ++r)
+    if (index[r] >= table_rows)
+      call.fail_range("index[" + std::to_string(r) + "] = " + std::to_string(index[r]) + " is not a row of table (" +
+                      std::to_string(table_rows) + " rows)");
+  p.src = call.array<float>("src", int64_t(p.rows) * p.K, Use::kIn);
+  p.index = call.array<int32_t>("index", p.rows, Use::kIn);
+  p.mask = call.array<uint8_t>("mask", p.rows, Use::kOptionalIn);
+  p.table = call.array<float>("table", table_rows * p.K, Use::kOut);
+  cuda::TokenScatterDeviceExtras x;
+  x.rows_device = call.device_count("rowsDevice");
+  return [p, x](void* stream) { cuda::token_scatter(p, x, stream); };
+}
+
+Launch prepare_upsample(Call& call) {
+  step::UpsampleParams p;
+  p.K = call.integer("K", 1), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
+  p.patch = call.integer("patch", 1);
+  p.valid_h = call.integer("validH", 1), p.valid_w = call.integer("validW", 1);
+  p.out_h = call.integer("outH"), p.out_w = call.integer("outW");
+  const int64_t pixels = int64_t(p.out_h) * p.out_w;
+  p.logits = call.array<float>("logits", int64_t(p.gh) * p.gw * p.K, Use::kIn);
+  p.labels = call.array<int32_t>("labels", pixels, Use::kOut);
+  p.probs = call.array<float>("probs", pixels * p.K, Use::kOptionalOut);
+  return [p](void* stream) { cuda::upsample(p, stream); };
+}
+
+// Shared by the CUDA op and its CPU reference (cpuConv).
+step::ConvParams read_conv(Call& call) {
+  step::ConvParams p;
+  p.batch = call.integer("batch"), p.in_h = call.integer("inH", 1), p.in_w = call.integer("inW", 1);
+  p.in_c = call.integer("inC", 1), p.out_c = call.integer("outC", 1);
+  p.kernel = call.integer("kernel", 1), p.stride = call.integer("stride", 1), p.pad = call.integer("pad");
+  p.groups = call.integer_or("groups", 1, 1);
+  const std::string act = call.string_or("act", "none");
+  if (act == "relu6") p.act = step::Activation::kRelu6;
+  else if (act != "none") call.fail_type("one of 'none', 'relu6'", "act");
+  if (p.in_h + 2 * p.pad < p.kernel || p.in_w + 2 * p.pad < p.kernel) call.fail_range("kernel larger than the padded map");
+  p.out_h = (p.in_h + 2 * p.pad - p.kernel) / p.stride + 1, p.out_w = (p.in_w + 2 * p.pad - p.kernel) / p.stride + 1;
+  const bool depthwise = p.groups == p.in_c && p.out_c == p.in_c;
+  if (p.groups != 1 && !depthwise) call.fail_range("groups must be 1 or inC = outC (depthwise)");
+  const int64_t w_elems = int64_t(p.out_c) * (p.in_c / p.groups) * p.kernel * p.kernel;
+  p.x = call.array<float>("x", int64_t(p.batch) * p.in_h * p.in_w * p.in_c, Use::kIn);
+  p.w = call.array<float>("w", w_elems, Use::kIn);
+  p.bias = call.array<float>("bias", p.out_c, Use::kOptionalIn);
+  p.y = call.array<float>("y", int64_t(p.batch) * p.out_h * p.out_w * p.out_c, Use::kOut);
+  return p;
+}
+
+Launch prepare_conv(Call& call) {
+  const step::ConvParams p = read_conv(call);
+  return [p](void* stream) { cuda::conv(p, stream); };
+}
+
+Launch prepare_avg_pool(Call& call) {
+  step::AvgPoolParams p;
+  p.in_h = call.integer("inH"), p.in_w = call.integer("inW"), p.C = call.integer("C", 1);
+  p.factor = call.integer("factor", 1);
+  p.out_h = call.integer_or("outH", p.in_h / p.factor), p.out_w = call.integer_or("outW", p.in_w / p.factor);
+  if (int64_t(p.out_h) * p.factor > p.in_h || int64_t(p.out_w) * p.factor > p.in_w)
+    call.fail_range("outH x outW blocks of factor x factor must fit in inH x inW");
+  p.x = call.array<float>("x", int64_t(p.in_h) * p.in_w * p.C, Use::kIn);
+  p.y = call.array<float>("y", int64_t(p.out_h) * p.out_w * p.C, Use::kOut);
+  return [p](void* stream) { cuda::avg_pool(p, stream); };
+}
+
 struct OpEntry {
   const char* name;
   Launch (*prepare)(Call&);
@@ -462,6 +661,15 @@ constexpr OpEntry kOps[] = {
     {"imageNormalize", prepare_image_normalize},
     {"patchGather", prepare_patch_gather},
     {"tokenPosEmbed", prepare_token_pos_embed},
+    {"windowScore", prepare_window_score},
+    {"superpatchSelect", prepare_superpatch_select},
+    {"unshare", prepare_unshare},
+    {"tokenHalt", prepare_token_halt},
+    {"tokenCompact", prepare_token_compact},
+    {"tokenScatter", prepare_token_scatter},
+    {"upsample", prepare_upsample},
+    {"conv", prepare_conv},
+    {"avgPool", prepare_avg_pool},
 };
 
 // ---- exports --------------------------------------------------------------------------------------

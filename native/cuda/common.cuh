@@ -1,5 +1,5 @@
 // common.cuh: what every CUDA op file needs: error checks that throw step::Error, NVTX ranges for
-// the host launchers, ceil_div, warp and block reductions, and bfloat16 helpers.
+// the host launchers, ceil_div, warp and block reductions, a block-wide scan, and bfloat16 helpers.
 //
 // Errors: STEP_CUDA_CHECK(expr) turns a failed cudaError_t into step::Error, with kOutOfMemory for
 // cudaErrorMemoryAllocation and kInternal for everything else; STEP_CUDA_CHECK_LAUNCH() checks the
@@ -103,6 +103,35 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : 0.f;
   return warp_sum(v);
+}
+
+// Exclusive prefix sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), in thread
+// order; *total gets the block's sum, in every thread. `scratch` is 33 ints of shared memory.
+// Contains __syncthreads: call from all threads.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int s = lane < warps ? scratch[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int u = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += u;
+    }
+    if (lane < warps) scratch[lane] = s;  // inclusive sums of the warp totals
+    if (lane == 31) scratch[32] = s;
+  }
+  __syncthreads();
+  *total = scratch[32];
+  return incl - v + (warp > 0 ? scratch[warp - 1] : 0);
 }
 
 // ---- element conversions ------------------------------------------------------------------------

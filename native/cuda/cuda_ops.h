@@ -115,4 +115,61 @@ struct TokenPosEmbedDeviceExtras {
 // to the CPU.
 void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream);
 
+// ---- token merging (token_merge.cu) -------------------------------------------------------------
+// Per-patch statistics of window_score live in a workspace of this many floats ((gh * gw, 3) mean
+// colours, then (gh * gw) textures).
+int64_t window_score_workspace_floats(int gh, int gw);
+struct WindowScoreDeviceExtras {
+  float* workspace = nullptr;  // (window_score_workspace_floats(gh, gw)) float32 device scratch. Required.
+};
+// p: device pointers (image, sizes, scores). Per-patch statistics are the CPU's exactly; scores
+// differ from the CPU's by expf's rounding only (a few ulp).
+void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream);
+
+// One image, one block: p: device pointers (sizes, thresholds, scores, rects, count, token_of_patch);
+// rects, *count and token_of_patch are exactly the CPU's. token_of_patch doubles as the scratch of
+// the owner cells, so every cell of it is written.
+void superpatch_select(const SuperpatchSelectParams& p, void* stream);
+
+struct UnshareDeviceExtras {
+  const int32_t* tokens_device = nullptr;  // (1) int32 real token count (e.g. superpatch_select's count), or
+                                           // null; then UnshareParams::tokens bounds it
+};
+// p: device pointers. Copies only: bit-identical.
+void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream);
+
+// ---- early exits (token_compact.cu) -------------------------------------------------------------
+struct TokenHaltDeviceExtras {
+  int max_seqlen = 0;  // host upper bound of every image's T; sizes shared memory (8 bytes a row). Required:
+                       // an image with more rows halts nothing.
+};
+int token_halt_max_rows();  // the largest max_seqlen token_halt accepts
+// p: device pointers (offsets included). Halt flags equal the CPU's (confidence in double as there).
+void token_halt(const TokenHaltParams& p, const TokenHaltDeviceExtras& x, void* stream);
+
+struct TokenCompactDeviceExtras {
+  int rows_bound = 0;  // host upper bound of A (= offsets[batch]); sizes the copy grid. Required.
+};
+// p: device pointers; new_offsets and src_row are written on the device (A' = new_offsets[batch]
+// is never read back by the host). Copies only: bit-identical.
+void token_compact(const TokenCompactParams& p, const TokenCompactDeviceExtras& x, void* stream);
+
+struct TokenScatterDeviceExtras {
+  const int32_t* rows_device = nullptr;  // (1) int32 real row count, or null; then TokenScatterParams::rows bounds it
+};
+// p: device pointers. Destination rows must be distinct (as on the CPU, where the order of duplicate
+// writes is unspecified).
+void token_scatter(const TokenScatterParams& p, const TokenScatterDeviceExtras& x, void* stream);
+
+// ---- upsample (upsample.cu) ---------------------------------------------------------------------
+// p: device pointers. Labels bit-identical to the CPU's; probs within expf's rounding.
+void upsample(const UpsampleParams& p, void* stream);
+
+// ---- conv and avg_pool (conv.cu) ----------------------------------------------------------------
+// p: device pointers; dense (groups = 1) or depthwise, any k, stride, pad. float32 within rounding of
+// the CPU (fma contraction, same order of the taps).
+void conv(const ConvParams& p, void* stream);
+// p: device pointers. Bit-identical to the CPU.
+void avg_pool(const AvgPoolParams& p, void* stream);
+
 }  // namespace step::cuda

@@ -94,6 +94,113 @@ export interface CudaTokenPosEmbedParams {
   rowsBound?: number; // default A
 }
 
+export interface CudaWindowScoreParams {
+  image: Uint8Array; // (h, w, channels)
+  h: number;
+  w: number;
+  channels?: number; // default 3
+  patch: number;
+  gh: number;
+  gw: number;
+  levels: number;
+  sizes: Int32Array; // (levels)
+  colorTau?: number;
+  textureTau?: number;
+  scores: Float32Array; // levels concatenated
+}
+export interface CudaSuperpatchSelectParams {
+  image?: number;
+  gh: number;
+  gw: number;
+  levels: number;
+  sizes: Int32Array;
+  thresholds: Float32Array;
+  scores: Float32Array;
+  rects: Int32Array; // (gh * gw, 4)
+  count: Int32Array; // (1)
+  tokenOfPatch: Int32Array; // (gh * gw)
+}
+export interface CudaUnshareParams {
+  K: number;
+  tokens: number;
+  rects: Int32Array;
+  logits: Float32Array; // (tokens, K)
+  gridOffset: Int32Array; // (B)
+  gridW: Int32Array; // (B)
+  grid: Float32Array; // (cells, K)
+  tokensDevice?: number; // the real token count, read on the device
+}
+export interface CudaTokenHaltParams {
+  batch: number;
+  K: number;
+  prefix?: number;
+  offsets: Int32Array;
+  logits: Float32Array; // (A, K)
+  threshold?: number;
+  topK?: number;
+  halt: Uint8Array; // (A)
+  maxSeqlen?: number; // default: the largest T of offsets
+}
+export interface CudaTokenCompactParams {
+  batch: number;
+  C: number;
+  offsets: Int32Array;
+  halt: Uint8Array; // (A)
+  x: Float32Array; // (A, C)
+  out: Float32Array; // (A', C) or more
+  newOffsets: Int32Array; // (B + 1)
+  srcRow: Int32Array; // (A') or more
+  rowsBound?: number; // default A
+}
+export interface CudaTokenScatterParams {
+  rows: number;
+  K: number;
+  src: Float32Array; // (rows, K)
+  index: Int32Array; // (rows)
+  mask?: Uint8Array; // (rows)
+  table: Float32Array; // (table rows, K)
+  rowsDevice?: number; // the real row count, read on the device
+}
+export interface CudaUpsampleParams {
+  K: number;
+  gh: number;
+  gw: number;
+  patch: number;
+  logits: Float32Array; // (gh, gw, K)
+  validH: number;
+  validW: number;
+  outH: number;
+  outW: number;
+  labels: Int32Array; // (outH, outW)
+  probs?: Float32Array; // (K, outH, outW)
+}
+export interface CudaConvParams {
+  batch: number;
+  inH: number;
+  inW: number;
+  inC: number;
+  outC: number;
+  kernel: number;
+  stride: number;
+  pad: number;
+  groups?: number; // 1 or inC (depthwise)
+  act?: 'none' | 'relu6';
+  x: Float32Array; // (B, inH, inW, inC)
+  w: Float32Array; // (outC, inC / groups, k, k)
+  bias?: Float32Array; // (outC)
+  y: Float32Array; // (B, outH, outW, outC)
+}
+export interface CudaAvgPoolParams {
+  inH: number;
+  inW: number;
+  C: number;
+  factor: number;
+  outH?: number;
+  outW?: number;
+  x: Float32Array; // (inH, inW, C)
+  y: Float32Array; // (outH, outW, C)
+}
+
 export interface CudaOpParams {
   gemm: CudaGemmParams;
   attention: CudaAttentionParams;
@@ -102,6 +209,15 @@ export interface CudaOpParams {
   imageNormalize: CudaImageNormalizeParams;
   patchGather: CudaPatchGatherParams;
   tokenPosEmbed: CudaTokenPosEmbedParams;
+  windowScore: CudaWindowScoreParams;
+  superpatchSelect: CudaSuperpatchSelectParams;
+  unshare: CudaUnshareParams;
+  tokenHalt: CudaTokenHaltParams;
+  tokenCompact: CudaTokenCompactParams;
+  tokenScatter: CudaTokenScatterParams;
+  upsample: CudaUpsampleParams;
+  conv: CudaConvParams;
+  avgPool: CudaAvgPoolParams;
 }
 
 export interface CudaOps {
@@ -112,6 +228,15 @@ export interface CudaOps {
   imageNormalize(p: CudaImageNormalizeParams): void;
   patchGather(p: CudaPatchGatherParams): void;
   tokenPosEmbed(p: CudaTokenPosEmbedParams): void;
+  windowScore(p: CudaWindowScoreParams): void;
+  superpatchSelect(p: CudaSuperpatchSelectParams): void;
+  unshare(p: CudaUnshareParams): void;
+  tokenHalt(p: CudaTokenHaltParams): void;
+  tokenCompact(p: CudaTokenCompactParams): void;
+  tokenScatter(p: CudaTokenScatterParams): void;
+  upsample(p: CudaUpsampleParams): void;
+  conv(p: CudaConvParams): void;
+  avgPool(p: CudaAvgPoolParams): void;
   /** Median ms of `iterations` runs (after 2 warm-ups), enqueued back to back, timed with CUDA events. */
   time<K extends keyof CudaOpParams>(name: K, params: CudaOpParams[K], iterations: number): number;
   chooseGemm(M: number, N: number, K: number, aligned?: boolean): Exclude<GemmKernelName, 'auto'>;

@@ -462,4 +462,242 @@ gpuTest('token_pos_embed: bit-identical to the CPU (prefix tokens, superpatches,
   }
 });
 
+// ---- token merging, early exits, upsample, conv --------------------------------------------------------
+// Integer outputs (rects, token maps, counts, halt flags, offsets, src_row, labels) must be exactly the
+// CPU's; copies (unshare, token_compact, token_scatter) and avg_pool (the same additions in the same
+// order) bit for bit. Float tolerances:
+//   window_score 1e-5 relative per score: the per-patch statistics are the CPU's exactly (integer sums,
+//     the same double steps); the window loops are the CPU's float steps; only expf vs std::exp differ
+//     (CUDA's expf is within 2 ulp, i.e. 2.4e-7 relative, twice for the product): 1e-5 is 20x that.
+//   upsample probs 1e-6 absolute: the interpolated logits are bit-identical (explicit roundings), so
+//     each probability differs by expf's 2 ulp on each exponential and on their sum, a few 1e-7 of 1.
+//   conv 1e-5 relative L2: at most 27 (stem) or 25 (5 x 5 depthwise) products per output, summed in
+//     the CPU's order but with fma contraction on the GPU: a few float32 roundings of the largest
+//     partial sum (about 1e-7 relative); 1e-5 is 100x that and 100x below a bf16 rounding.
+
+/** Elementwise |got - want| <= rel * |want| (+ a floor for values near zero). */
+function assertClose(got: Float32Array, want: Float32Array, rel: number, abs: number, what: string): void {
+  assert.is(got.length, want.length, `${what}: lengths`);
+  for (let i = 0; i < got.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    if (!(d <= rel * Math.abs(want[i]) + abs))
+      assert.unreachable(`${what}: element ${i}: got ${got[i]}, want ${want[i]} (difference ${d.toExponential(3)})`);
+  }
+}
+
+function assertSameInts(got: ArrayLike<number>, want: ArrayLike<number>, what: string): void {
+  assert.is(got.length, want.length, `${what}: lengths`);
+  for (let i = 0; i < got.length; i++)
+    if (got[i] !== want[i]) assert.unreachable(`${what}: first difference at element ${i}: got ${got[i]}, want ${want[i]}`);
+}
+
+/** An h x w RGB image of flat colour blocks (side `block` pixels) with noise of amplitude `noise`. */
+function blockyImage(h: number, w: number, channels: number, block: number, noise: number, rand: () => number): Uint8Array {
+  const img = new Uint8Array(h * w * channels);
+  const colours = new Map<number, number[]>();
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) {
+      const key = Math.floor(y / block) * 10007 + Math.floor(x / block);
+      if (!colours.has(key)) colours.set(key, [0, 1, 2].map(() => Math.floor(rand() * 256)));
+      const col = colours.get(key)!;
+      for (let c = 0; c < channels; c++) {
+        const v = c < 3 ? col[c] + (rand() - 0.5) * 2 * noise : 255;
+        img[(y * w + x) * channels + c] = Math.max(0, Math.min(255, Math.round(v)));
+      }
+    }
+  return img;
+}
+
+const scoreCount = (gh: number, gw: number, sizes: number[]): number =>
+  sizes.reduce((a, s) => a + Math.floor(gh / s) * Math.floor(gw / s), 0);
+
+gpuTest('window_score: CPU scores within 1e-5 (odd sizes, 4 channels, one patch, levels past the grid)', (ops) => {
+  const rand = rng(8000);
+  for (const [h, w, channels, P, sizes, block, noise] of [
+    [100, 150, 3, 16, [4, 2], 32, 3], // 7 x 10 patches, image edge inside the last patches
+    [224, 224, 4, 16, [8, 4, 2], 64, 0], // flat blocks: many scores exactly 1
+    [37, 53, 3, 14, [2], 20, 40],
+    [9, 5, 3, 16, [1, 2], 4, 10], // a single 1 x 1 patch grid, a level that fits no window
+    [512, 384, 3, 16, [8, 4, 2], 48, 6],
+  ] as [number, number, number, number, number[], number, number][]) {
+    const gh = Math.ceil(h / P), gw = Math.ceil(w / P), n = scoreCount(gh, gw, sizes);
+    const image = blockyImage(h, w, channels, block, noise, rand);
+    const params = { image, h, w, channels, patch: P, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), colorTau: 8, textureTau: 16 };
+    const want = poisonF32(n), got = poisonF32(n);
+    cpu.windowScore({ ...params, scores: want });
+    ops.windowScore({ ...params, scores: got });
+    assertClose(got, want, 1e-5, 1e-30, `${h} x ${w} x ${channels}, P = ${P}, sizes [${sizes}]`);
+  }
+});
+
+gpuTest('superpatch_select: rects, count and token map exactly the CPU (random scores, odd grids, none / all merged)', (ops) => {
+  const rand = rng(8100);
+  const cases: [number, number, number[], number[] | 'random'][] = [
+    [1, 1, [8, 4, 2], 'random'], [7, 13, [8, 4, 2], 'random'], [33, 17, [8, 4, 2], 'random'], [16, 16, [4, 2], 'random'],
+    [9, 30, [6, 3], 'random'], [20, 21, [8, 3, 2], 'random'], [64, 96, [8, 4, 2], 'random'], [130, 70, [8, 4, 2], 'random'],
+    [32, 48, [4, 2], [2, 2]], // nothing merged: the dense patch order
+    [32, 48, [4, 2], [0, 0]], // everything merged at the largest level
+    [33, 47, [4, 2], [0, 0]], // ... and the leftover border at the smaller level and as patches
+    [12, 12, [2, 4], [0.5, 0.5]], // smallest level first: still exact coverage, as the CPU
+  ];
+  for (const [gh, gw, sizes, th] of cases) {
+    const n = scoreCount(gh, gw, sizes);
+    const scores = Float32Array.from({ length: n }, () => rand());
+    if (n > 2) scores[1] = NaN; // never accepted
+    const thresholds = Float32Array.from(th === 'random' ? sizes.map(() => 0.3 + 0.5 * rand()) : th);
+    const run = (fn: (p: Record<string, unknown>) => void) => {
+      const rects = new Int32Array(gh * gw * 4).fill(-7), count = Int32Array.from([-1]), tokenOfPatch = new Int32Array(gh * gw).fill(-9);
+      fn({ image: 2, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), thresholds, scores, rects, count, tokenOfPatch });
+      return { rects, count, tokenOfPatch };
+    };
+    const want = run((p) => cpu.superpatchSelect(p));
+    const got = run((p) => ops.superpatchSelect(p as never));
+    const what = `${gh} x ${gw}, sizes [${sizes}], thresholds ${th}`;
+    assert.is(got.count[0], want.count[0], `${what}: count`);
+    assertSameInts(got.rects.subarray(0, 4 * want.count[0]), want.rects.subarray(0, 4 * want.count[0]), `${what}: rects`);
+    assertSameInts(got.tokenOfPatch, want.tokenOfPatch, `${what}: token of patch`);
+  }
+});
+
+gpuTest('unshare: bit-identical to the CPU (three grids, superpatches, K = 1 and 19), tokens on the device', (ops) => {
+  const rand = rng(8200);
+  for (const K of [1, 19]) {
+    const grids = [[5, 7], [4, 4], [1, 1]];
+    const rects = Int32Array.from(grids.flatMap(([gh, gw], b) => tileRects(b, gh, gw, rand)).flat());
+    const tokens = rects.length / 4;
+    const gridOffset = Int32Array.from([0, 35, 51]), gridW = Int32Array.from(grids.map((g) => g[1]));
+    const logits = randn(tokens * K, rand);
+    for (const tokensDevice of [undefined, 0, Math.floor(tokens / 2), tokens + 4]) {
+      const real = tokensDevice === undefined ? tokens : Math.min(tokensDevice, tokens);
+      const want = poisonF32(52 * K), got = poisonF32(52 * K);
+      cpu.unshare({ K, tokens: real, rects, logits, gridOffset, gridW, grid: want });
+      ops.unshare({ K, tokens, rects, logits, gridOffset, gridW, grid: got, tokensDevice });
+      assertBitIdentical(got, want, `K = ${K}, ${tokens} tokens, tokensDevice ${tokensDevice}`); // cells of later tokens: poison
+    }
+  }
+});
+
+gpuTest('token_halt: flags exactly the CPU (ties, top-k, prefix, none / all halting, uneven batches)', (ops) => {
+  const rand = rng(8300);
+  for (const [lengths, K, prefix, threshold, topK] of [
+    [[40, 3, 77], 4, 1, 0.5, 2],
+    [[30], 3, 0, 0, 0], // every row halts
+    [[25, 25, 0, 1], 5, 1, 0.0, 3], // an empty image and one with only its prefix row
+    [[10], 2, 1, 1.01, 5], // none halts
+    [[1], 3, 0, 0, 0], // one row
+    [[600, 1025, 37], 19, 1, 0.6, 5],
+  ] as [number[], number, number, number, number][]) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch];
+    const logits = randn(A * K, rand, 3);
+    // Equal confidences: copies of earlier rows (the tie goes to the lower row).
+    for (let r = 3; r < A; r += 3) logits.copyWithin(r * K, (r - 2) * K, (r - 1) * K);
+    const params = { batch, K, prefix, offsets, logits, threshold, topK };
+    const want = new Uint8Array(A).fill(7), got = new Uint8Array(A).fill(7);
+    cpu.tokenHalt({ ...params, halt: want });
+    ops.tokenHalt({ ...params, halt: got });
+    assertSameInts(got, want, `T = [${lengths}], K = ${K}, threshold ${threshold}, topK ${topK}`);
+  }
+});
+
+gpuTest('token_compact: out, new offsets and src_row exactly the CPU (none / all halted, one left, rows bound above A)', (ops) => {
+  const rand = rng(8400);
+  for (const [lengths, C, pattern] of [
+    [[40, 3, 77], 70, 'random'], [[40, 3, 77], 384, 'none'], [[40, 3, 77], 64, 'all'], [[50, 20], 64, 'one'],
+    [[0, 5, 0, 2000], 33, 'random'], [[1], 8, 'none'],
+  ] as [number[], number, string][]) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch];
+    const halt = Uint8Array.from({ length: A }, () => (pattern === 'all' ? 1 : pattern === 'none' ? 0 : rand() < 0.6 ? 1 : 0));
+    if (pattern === 'one') halt.fill(1), (halt[A - 7] = 0);
+    const x = randn(A * C, rand);
+    for (const rowsBound of [A, A + 3]) {
+      const what = `T = [${lengths}], C = ${C}, ${pattern}, rowsBound ${rowsBound}`;
+      const run = (fn: (p: Record<string, unknown>) => void) => {
+        const out = poisonF32(A * C), newOffsets = new Int32Array(batch + 1).fill(-3), srcRow = new Int32Array(A).fill(-5);
+        fn({ batch, C, offsets, halt, x, out, newOffsets, srcRow, rowsBound });
+        return { out, newOffsets, srcRow };
+      };
+      const want = run((p) => cpu.tokenCompact(p));
+      const got = run((p) => ops.tokenCompact(p as never));
+      assertSameInts(got.newOffsets, want.newOffsets, `${what}: new offsets`);
+      assertSameInts(got.srcRow, want.srcRow, `${what}: src_row`);
+      assertBitIdentical(got.out, want.out, `${what}: out`);
+    }
+  }
+});
+
+gpuTest('token_scatter: bit-identical to the CPU (prefix rows -1, mask, K = 1 and 19), rows on the device', (ops) => {
+  const rand = rng(8500);
+  for (const [rows, K, tableRows, withMask] of [[300, 19, 400, true], [57, 1, 57, false], [1, 5, 3, true]] as const) {
+    const order = Array.from({ length: tableRows }, (_, i) => i).sort(() => rand() - 0.5);
+    const index = Int32Array.from({ length: rows }, (_, r) => (r % 11 === 0 ? -1 : order[r % tableRows]));
+    const mask = withMask ? Uint8Array.from({ length: rows }, () => (rand() < 0.7 ? 1 : 0)) : undefined;
+    const src = randn(rows * K, rand);
+    for (const rowsDevice of [undefined, Math.max(0, rows - 3)]) {
+      const real = rowsDevice ?? rows;
+      const want = poisonF32(tableRows * K), got = poisonF32(tableRows * K);
+      cpu.tokenScatter({ rows: real, K, src, index, mask, table: want });
+      ops.tokenScatter({ rows, K, src, index, mask, table: got, rowsDevice });
+      assertBitIdentical(got, want, `rows ${rows}, K = ${K}, mask ${withMask}, rowsDevice ${rowsDevice}`);
+    }
+  }
+});
+
+gpuTest('upsample: labels exactly the CPU (ties to the lowest class), probs within 1e-6', (ops) => {
+  const rand = rng(8600);
+  for (const [K, gh, gw, P, validH, validW, outH, outW, withProbs] of [
+    [19, 7, 10, 16, 100, 150, 333, 500, true], // upsampling to the original size
+    [3, 4, 4, 16, 64, 64, 32, 32, true], // downsampling
+    [1, 3, 5, 14, 37, 61, 37, 61, true], // one class: label 0, prob 1
+    [21, 1, 1, 16, 9, 5, 9, 5, false], // a single patch
+    [150, 32, 32, 16, 512, 512, 257, 1023, false],
+  ] as [number, number, number, number, number, number, number, number, boolean][]) {
+    const logits = randn(gh * gw * K, rand, 2);
+    // Exact ties: class 2 copies class 0 in every cell (equal interpolated logits).
+    if (K > 2) for (let c = 0; c < gh * gw; c++) logits[c * K + 2] = logits[c * K];
+    const params = { K, gh, gw, patch: P, logits, validH, validW, outH, outW };
+    const run = (fn: (p: Record<string, unknown>) => void) => {
+      const labels = new Int32Array(outH * outW).fill(-1), probs = withProbs ? poisonF32(K * outH * outW) : undefined;
+      fn({ ...params, labels, probs });
+      return { labels, probs };
+    };
+    const want = run((p) => cpu.upsample(p));
+    const got = run((p) => ops.upsample(p as never));
+    const what = `K = ${K}, grid ${gh} x ${gw}, valid ${validH} x ${validW} -> ${outH} x ${outW}`;
+    assertSameInts(got.labels, want.labels, `${what}: labels`);
+    if (withProbs) assertClose(got.probs!, want.probs!, 0, 1e-6, `${what}: probs`);
+  }
+});
+
+gpuTest('conv: stem and depthwise (3 x 3 / 5 x 5, stride 1 / 2) within 1e-5 of the CPU; avg_pool bit-identical', (ops) => {
+  const rand = rng(8700);
+  for (const [batch, inH, inW, inC, outC, kernel, stride, groups, act, bias] of [
+    [1, 224, 224, 3, 32, 3, 2, 1, 'relu6', true], // the stem
+    [2, 37, 53, 3, 32, 3, 2, 1, 'relu6', true], // odd sizes, two images
+    [2, 28, 28, 40, 40, 3, 1, 40, 'relu6', true],
+    [1, 29, 31, 24, 24, 5, 2, 24, 'relu6', true],
+    [1, 14, 14, 112, 112, 5, 1, 112, 'none', false],
+    [1, 1, 1, 8, 8, 3, 1, 8, 'relu6', true], // one pixel: only the centre tap
+    [1, 9, 7, 5, 7, 3, 1, 1, 'none', false], // dense, stride 1, no bias
+  ] as [number, number, number, number, number, number, number, number, 'none' | 'relu6', boolean][]) {
+    const pad = (kernel - 1) / 2;
+    const outH = Math.floor((inH + 2 * pad - kernel) / stride) + 1, outW = Math.floor((inW + 2 * pad - kernel) / stride) + 1;
+    const x = randn(batch * inH * inW * inC, rand), w = randn(outC * (inC / groups) * kernel * kernel, rand, 0.5);
+    const params = { batch, inH, inW, inC, outH, outW, outC, kernel, stride, pad, groups, act, x, w, bias: bias ? randn(outC, rand) : undefined };
+    const want = poisonF32(batch * outH * outW * outC), got = poisonF32(batch * outH * outW * outC);
+    cpu.conv({ ...params, y: want });
+    ops.conv({ ...params, y: got });
+    const what = `${batch} x ${inH} x ${inW} x ${inC} -> ${outC}, k ${kernel}, s ${stride}, groups ${groups}, ${act}`;
+    assert.ok(got.every((v) => Number.isFinite(v)), `${what}: every output written`);
+    assertWithin(relL2(got, want), 1e-5, what);
+  }
+  for (const [inH, inW, C, factor] of [[16, 24, 1280, 2], [17, 25, 64, 4], [7, 7, 3, 1], [8, 8, 5, 8]]) {
+    const outH = Math.floor(inH / factor), outW = Math.floor(inW / factor);
+    const x = randn(inH * inW * C, rand);
+    const want = poisonF32(outH * outW * C), got = poisonF32(outH * outW * C);
+    cpu.avgPool({ inH, inW, C, factor, outH, outW, x, y: want });
+    ops.avgPool({ inH, inW, C, factor, outH, outW, x, y: got });
+    assertBitIdentical(got, want, `avg_pool ${inH} x ${inW} x ${C} / ${factor}`);
+  }
+});
+
 test.run();

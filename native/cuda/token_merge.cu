@@ -1,0 +1,274 @@
+// token_merge.cu: superpatch merging on the GPU; the CUDA side of window_score, superpatch_select and
+// unshare in native/cpu/token_merge.cpp (patch_gather and token_pos_embed are in elementwise.cu).
+//   window_score_patch_kernel   one block per patch: integer sums and sums of squares of its valid
+//                               pixels (exact, so the per-patch mean and texture are computed from the
+//                               same numbers in the same double-precision steps as the CPU: identical).
+//   window_score_window_kernel  one thread per window, grid.y = level: the CPU's float loops in the
+//                               CPU's order; only expf / std::exp may differ (by an ulp or two).
+//   superpatch_select_kernel    ONE block per image (grids are a few thousand cells): levels in order,
+//                               each level's windows checked and marked in parallel (windows of one
+//                               level never overlap, so they are independent given the coverage of the
+//                               earlier levels; a barrier between levels), then tokens numbered in
+//                               row-major order of their top-left cell by a block-wide scan over the
+//                               cells, then every cell finds its token by binary search over the rects
+//                               (sorted by top-left cell). Integer outputs are exactly the CPU's.
+//   unshare_kernel              one block per token, threads over its S * S * K outputs; blocks past the
+//                               real count (tokens_device, when set) exit at once.
+// Layouts as in ops.h. window_score needs a workspace of window_score_workspace_floats() floats.
+#include <algorithm>
+
+#include "common.cuh"
+#include "cuda_ops.h"
+
+namespace step::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kSelectThreads = 1024;
+
+// ---- window_score -------------------------------------------------------------------------------
+
+struct WindowScoreArgs {
+  const uint8_t* image;  // (h, w, channels)
+  int h, w, channels, patch, gh, gw, levels;
+  const int32_t* sizes;  // (levels)
+  float color_tau, texture_tau;
+  float* mean;           // (gh * gw, 3) workspace
+  float* texture;        // (gh * gw) workspace
+  float* scores;         // levels concatenated
+};
+
+__global__ void __launch_bounds__(kThreads) window_score_patch_kernel(WindowScoreArgs a) {
+  const int cell = blockIdx.x, gy = cell / a.gw, gx = cell % a.gw, P = a.patch;
+  const int y0 = gy * P, y1 = min(a.h, y0 + P), x0 = gx * P, x1 = min(a.w, x0 + P);
+  const int pw = max(0, x1 - x0), n_px = max(0, y1 - y0) * pw;
+  // Exact integer sums: at most 255^2 per pixel, so 64 bits never overflow.
+  unsigned long long sum[3] = {0, 0, 0}, sq[3] = {0, 0, 0};
+  for (int i = threadIdx.x; i < n_px; i += blockDim.x) {
+    const uint8_t* px = a.image + (int64_t(y0 + i / pw) * a.w + x0 + i % pw) * a.channels;
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+      const unsigned v = px[c];
+      sum[c] += v, sq[c] += v * v;
+    }
+  }
+  __shared__ unsigned long long part[6][kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int c = 0; c < 3; ++c)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      sum[c] += __shfl_xor_sync(0xffffffffu, sum[c], o);
+      sq[c] += __shfl_xor_sync(0xffffffffu, sq[c], o);
+    }
+  if (lane == 0)
+    for (int c = 0; c < 3; ++c) part[c][warp] = sum[c], part[3 + c][warp] = sq[c];
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int c = 0; c < 3; ++c) {
+    sum[c] = 0, sq[c] = 0;
+    for (int w = 0; w < kThreads / 32; ++w) sum[c] += part[c][w], sq[c] += part[3 + c][w];
+  }
+  // As the CPU, in double: the sums are the same integers, so every step below rounds the same way.
+  // __ddiv_rn / __dmul_rn / __dsub_rn: no contraction into an fma (the CPU has none).
+  const double n = double(max(1, n_px));
+  double var = 0;
+  for (int c = 0; c < 3; ++c) {
+    const double m = __ddiv_rn(double(sum[c]), n);
+    a.mean[cell * 3 + c] = float(m);
+    var = __dadd_rn(var, fmax(0.0, __dsub_rn(__ddiv_rn(double(sq[c]), n), __dmul_rn(m, m))));
+  }
+  a.texture[cell] = float(sqrt(__ddiv_rn(var, 3.0)));
+}
+
+__global__ void __launch_bounds__(kThreads) window_score_window_kernel(WindowScoreArgs a) {
+  const int l = blockIdx.y;
+  int64_t first = 0;  // first score of level l
+  for (int j = 0; j < l; ++j) first += int64_t(a.gh / a.sizes[j]) * (a.gw / a.sizes[j]);
+  const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= wh * ww) return;
+  const int wy = i / ww, wx = i % ww;
+  float m[3] = {0, 0, 0}, t = 0;
+  for (int dy = 0; dy < S; ++dy)
+    for (int dx = 0; dx < S; ++dx) {
+      const int64_t cell = int64_t(wy * S + dy) * a.gw + wx * S + dx;
+      for (int c = 0; c < 3; ++c) m[c] += a.mean[cell * 3 + c];
+      t = fmaxf(t, a.texture[cell]);
+    }
+  for (int c = 0; c < 3; ++c) m[c] /= float(S * S);
+  float d2 = 0;
+  for (int dy = 0; dy < S; ++dy)
+    for (int dx = 0; dx < S; ++dx) {
+      const int64_t cell = int64_t(wy * S + dy) * a.gw + wx * S + dx;
+      float e = 0;
+      for (int c = 0; c < 3; ++c) {
+        const float d = __fsub_rn(a.mean[cell * 3 + c], m[c]);
+        e = __fadd_rn(e, __fmul_rn(d, d));
+      }
+      d2 = fmaxf(d2, e / 3);
+    }
+  const float d = sqrtf(d2), dc = d / a.color_tau, tt = t / a.texture_tau;
+  a.scores[first + i] = expf(-__fmul_rn(dc, dc)) * expf(-__fmul_rn(tt, tt));
+}
+
+// ---- superpatch_select --------------------------------------------------------------------------
+
+struct SelectArgs {
+  int image, gh, gw, levels;
+  const int32_t* sizes;       // (levels)
+  const float* thresholds;    // (levels)
+  const float* scores;        // levels concatenated
+  TokenRect* rects;           // (gh * gw)
+  int32_t* count;             // (1)
+  int32_t* owner;             // (gh, gw): the output token_of_patch, used first for the owner cells
+};
+
+__global__ void __launch_bounds__(kSelectThreads) superpatch_select_kernel(SelectArgs a) {
+  __shared__ int scratch[33];
+  const int cells = a.gh * a.gw, gw = a.gw;
+  int32_t* owner = a.owner;  // top-left cell of the accepted window covering each cell, or -1
+  for (int c = threadIdx.x; c < cells; c += blockDim.x) owner[c] = -1;
+  __syncthreads();
+  const float* scores = a.scores;
+  for (int l = 0; l < a.levels; ++l) {
+    const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+    const float threshold = a.thresholds[l];
+    // Windows of one level are disjoint: each thread reads and writes only its own window's cells.
+    for (int i = threadIdx.x; i < wh * ww; i += blockDim.x) {
+      if (!(scores[i] >= threshold)) continue;
+      const int wy = i / ww, wx = i % ww, top_left = (wy * S) * gw + wx * S;
+      bool free = true;
+      for (int dy = 0; dy < S && free; ++dy)
+        for (int dx = 0; dx < S && free; ++dx) free = owner[top_left + dy * gw + dx] < 0;
+      if (!free) continue;
+      for (int dy = 0; dy < S; ++dy)
+        for (int dx = 0; dx < S; ++dx) owner[top_left + dy * gw + dx] = top_left;
+    }
+    scores += int64_t(wh) * ww;
+    __syncthreads();
+  }
+  // Tokens: one per top-left cell (a free cell, or the top-left of an accepted window), numbered in
+  // row-major cell order. owner is only read in this pass.
+  int base = 0;
+  for (int c0 = 0; c0 < cells; c0 += blockDim.x) {
+    const int cell = c0 + threadIdx.x;
+    const int o = cell < cells ? owner[cell] : 0;
+    const bool is_token = cell < cells && (o < 0 || o == cell);
+    int total = 0;
+    const int n = base + block_exclusive_scan(is_token ? 1 : 0, scratch, &total);
+    if (is_token) {
+      const int row = cell / gw, col = cell % gw;
+      int size = 1;  // the window's side: its cells in this row all have owner == cell
+      if (o == cell)
+        while (col + size < gw && owner[cell + size] == cell) ++size;
+      a.rects[n] = TokenRect{a.image, row, col, size};
+    }
+    base += total;
+  }
+  if (threadIdx.x == 0) *a.count = base;
+  __syncthreads();  // rects complete
+  // Each cell's token: binary search of its top-left cell among the rects (sorted by top-left cell).
+  // A thread reads and then writes only its own cell of owner / token_of_patch.
+  for (int cell = threadIdx.x; cell < cells; cell += blockDim.x) {
+    const int o = owner[cell], top_left = o < 0 ? cell : o;
+    int lo = 0, hi = base - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      const TokenRect r = a.rects[mid];
+      if (r.row * gw + r.col < top_left) lo = mid + 1;
+      else hi = mid;
+    }
+    owner[cell] = lo;
+  }
+}
+
+// ---- unshare ------------------------------------------------------------------------------------
+
+struct UnshareArgs {
+  int K, tokens;
+  const TokenRect* rects;      // (tokens)
+  const float* logits;         // (tokens, K)
+  const int32_t* grid_offset;  // (B)
+  const int32_t* grid_w;       // (B)
+  float* grid;                 // (cells, K)
+  const int32_t* tokens_device;  // (1) or null
+};
+
+__global__ void __launch_bounds__(kThreads) unshare_kernel(UnshareArgs a) {
+  const int t = blockIdx.x;
+  if (a.tokens_device && t >= *a.tokens_device) return;
+  const TokenRect r = a.rects[t];
+  const int K = a.K, S = r.size, n = S * S * K, gw = a.grid_w[r.image];
+  const int64_t first = a.grid_offset[r.image];
+  const float* src = a.logits + int64_t(t) * K;  // (K)
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int k = i % K, cell = i / K, dy = cell / S, dx = cell % S;
+    a.grid[(first + int64_t(r.row + dy) * gw + r.col + dx) * K + k] = src[k];
+  }
+}
+
+// ---- launchers ----------------------------------------------------------------------------------
+
+void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
+  NvtxRange range("window_score");
+  window_score_patch_kernel<<<a.gh * a.gw, kThreads, 0, stream>>>(a);
+  STEP_CUDA_CHECK_LAUNCH();
+  // Level l has (gh / S) * (gw / S) <= gh * gw windows (S >= 1); blocks past a level's count exit.
+  const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.levels);
+  window_score_window_kernel<<<grid, kThreads, 0, stream>>>(a);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void superpatch_select_launch(const SelectArgs& a, cudaStream_t stream) {
+  NvtxRange range("superpatch_select");
+  superpatch_select_kernel<<<1, kSelectThreads, 0, stream>>>(a);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
+  NvtxRange range("unshare");
+  unshare_kernel<<<a.tokens, 128, 0, stream>>>(a);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+// ---- public entries -----------------------------------------------------------------------------
+
+int64_t window_score_workspace_floats(int gh, int gw) { return 4 * int64_t(gh) * gw; }
+
+void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.levels >= 0,
+             "cuda::window_score: bad sizes");
+  STEP_CHECK(p.channels >= 3, "cuda::window_score: needs at least 3 channels");
+  STEP_CHECK(int64_t(p.gh) * p.patch >= p.h && int64_t(p.gw) * p.patch >= p.w,
+             "cuda::window_score: the patch grid does not cover the image");
+  STEP_CHECK(p.levels <= 65535, "cuda::window_score: too many levels");
+  if (p.levels == 0) return;
+  STEP_CHECK(p.image && p.sizes && p.scores && x.workspace, "cuda::window_score: missing image, sizes, scores or workspace");
+  const int64_t cells = int64_t(p.gh) * p.gw;
+  STEP_CHECK(cells < (int64_t(1) << 31) / 4, "cuda::window_score: grid too large");
+  const WindowScoreArgs a{p.image, p.h, p.w, p.channels, p.patch, p.gh, p.gw, p.levels, p.sizes,
+                          p.color_tau, p.texture_tau, x.workspace, x.workspace + 3 * cells, p.scores};
+  window_score_launch(a, as_stream(stream));
+}
+
+void superpatch_select(const SuperpatchSelectParams& p, void* stream) {
+  STEP_CHECK(p.gh > 0 && p.gw > 0 && p.levels >= 0, "cuda::superpatch_select: bad sizes");
+  STEP_CHECK(int64_t(p.gh) * p.gw < (int64_t(1) << 30), "cuda::superpatch_select: grid too large");
+  STEP_CHECK(p.rects && p.count && p.token_of_patch && (p.levels == 0 || (p.sizes && p.thresholds && p.scores)),
+             "cuda::superpatch_select: missing buffer");
+  const SelectArgs a{p.image, p.gh, p.gw, p.levels, p.sizes, p.thresholds, p.scores, p.rects, p.count, p.token_of_patch};
+  superpatch_select_launch(a, as_stream(stream));
+}
+
+void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.K > 0 && p.tokens >= 0, "cuda::unshare: bad K or tokens");
+  if (p.tokens == 0) return;
+  STEP_CHECK(p.rects && p.logits && p.grid_offset && p.grid_w && p.grid, "cuda::unshare: missing buffer");
+  const UnshareArgs a{p.K, p.tokens, p.rects, p.logits, p.grid_offset, p.grid_w, p.grid, x.tokens_device};
+  unshare_launch(a, as_stream(stream));
+}
+
+}  // namespace step::cuda
