@@ -609,6 +609,10 @@ Napi::Value op_gemm(const Napi::CallbackInfo& info) {
                                   : step::Epilogue::kNone;
   p.c = typed_data<float>(o.Get("c")), p.ldc = get_int(o, "ldc");
   p.residual = p.epilogue == step::Epilogue::kResidual ? typed_data<float>(o.Get("residual")) : nullptr;
+  // packW: pack w beforehand as a model does (pack_weights), instead of inside gemm
+  std::shared_ptr<const void> packed;
+  if (o.Get("packW").ToBoolean()) packed = step::cpu::pack_weights(p.w, p.N, p.K);
+  p.w_packed = packed.get();
   step::cpu::gemm(p);
   return info.Env().Undefined();
 }

@@ -2,6 +2,8 @@
 // misses an op does not compile. The CPU backend (native/cpu) is the reference; the CUDA backend
 // (native/cuda) implements the same methods over device memory.
 #pragma once
+#include <memory>
+
 #include "ops.h"
 
 namespace step {
@@ -11,6 +13,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
   virtual void gemm(const GemmParams& p) = 0;
+  // A backend-specific, immutable copy of w (N, K) ready for gemm (GemmParams::w_packed); may return
+  // null (then gemm packs per call). The form depends on the backend, not on the calling thread.
+  virtual std::shared_ptr<const void> pack_weights(const float* w, int N, int K) = 0;
   virtual void conv(const ConvParams& p) = 0;
   virtual void avg_pool(const AvgPoolParams& p) = 0;
   virtual void layernorm(const LayerNormParams& p) = 0;

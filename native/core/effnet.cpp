@@ -223,6 +223,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     GemmParams g;
     g.M = int(rows), g.N = out_c, g.K = in_c, g.a = in, g.lda = in_c;
     g.w = w(name + ".weight").data(), g.bias = w(name + ".bias").data();  // (out_c, in_c, 1, 1) read as (N, K)
+    g.w_packed = packed_->get(backend, name + ".weight", g.w, out_c, in_c);
     g.epilogue = ep, g.residual = residual;
     g.c = out, g.ldc = out_c;
     backend.gemm(g);

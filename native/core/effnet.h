@@ -6,10 +6,12 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "backend.h"
+#include "packed_weights.h"
 #include "tensor.h"
 #include "weights.h"
 
@@ -52,6 +54,9 @@ class EffNetTrunk {
 
   EffNetConfig cfg_;
   std::map<std::string, Tensor> weights_;
+  // The pointwise convolutions' weights packed for gemm on first use; behind a pointer so that the
+  // trunk stays movable (the cache holds a mutex).
+  std::unique_ptr<PackedWeightCache> packed_ = std::make_unique<PackedWeightCache>();
 };
 
 }  // namespace step

@@ -208,6 +208,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     GemmParams g;
     g.M = Tp, g.N = C, g.K = 3 * P * P, g.a = cols.data(), g.lda = g.K;
     g.w = w("patch_embed.proj.weight").data(), g.bias = w_or_null("patch_embed.proj.bias");
+    g.w_packed = packed_.get(backend, "patch_embed.proj.weight", g.w, g.N, g.K);
     g.c = embedded.data(), g.ldc = C;
     backend.gemm(g);
     gemm_flops(g.M, g.N, g.K);
@@ -259,6 +260,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     GemmParams g;
     g.M = A, g.N = N, g.K = Kdim, g.a = a.data(), g.lda = Kdim;
     g.w = w(name + ".weight").data(), g.bias = w_or_null(name + ".bias");
+    g.w_packed = packed_.get(backend, name + ".weight", g.w, N, Kdim);
     g.epilogue = ep, g.residual = ep == Epilogue::kResidual ? dst.data() : nullptr, g.col_scale = scale;
     g.c = dst.data(), g.ldc = N;
     backend.gemm(g);

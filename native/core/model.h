@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "merge.h"
+#include "packed_weights.h"
 #include "tensor.h"
 #include "weights.h"
 
@@ -92,6 +93,7 @@ class VitModel {
   std::unique_ptr<MergePolicyNet> policy_;
   std::mutex pos_mutex_;
   std::map<std::pair<int, int>, Tensor> pos_cache_;
+  PackedWeightCache packed_;  // the gemm weights, packed on first use
 };
 
 // The whole model: backbone, heads, and the merge policy when the config has one.

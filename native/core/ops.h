@@ -31,6 +31,7 @@ struct GemmParams {
   const float* a = nullptr;         // (M, K) row-major, row stride lda
   int lda = 0;
   const float* w = nullptr;         // (N, K) row-major, row stride K
+  const void* w_packed = nullptr;   // backend-specific pre-packed form of w (Backend::pack_weights), or null
   const float* bias = nullptr;      // (N) or null
   Epilogue epilogue = Epilogue::kNone;
   const float* residual = nullptr;  // (M, N) row stride ldc; may alias c (in-place residual add)

@@ -7,6 +7,8 @@
 namespace step::cpu {
 
 void gemm(const GemmParams& p);
+// W (N, K) packed as gemm() packs it per call, for the micro-kernel this process runs.
+std::shared_ptr<const void> pack_weights(const float* w, int N, int K);
 void conv(const ConvParams& p);
 void avg_pool(const AvgPoolParams& p);
 void layernorm(const LayerNormParams& p);
@@ -30,6 +32,9 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   void gemm(const GemmParams& p) override { cpu::gemm(p); }
+  std::shared_ptr<const void> pack_weights(const float* w, int N, int K) override {
+    return cpu::pack_weights(w, N, K);
+  }
   void conv(const ConvParams& p) override { cpu::conv(p); }
   void avg_pool(const AvgPoolParams& p) override { cpu::avg_pool(p); }
   void layernorm(const LayerNormParams& p) override { cpu::layernorm(p); }
