@@ -371,6 +371,7 @@ class SegmentJob : public Job {
     for (const Image& im : images_) {
       int gh = (im.h + P - 1) / P, gw = (im.w + P - 1) / P;
       in.grids.push_back({gh, gw});
+      grids_.push_back({gh, gw});
       in.height = std::max(in.height, gh * P), in.width = std::max(in.width, gw * P);
     }
     step::Tensor pixels({B, 3, in.height, in.width});  // (B, 3, H, W)
@@ -435,7 +436,7 @@ class SegmentJob : public Job {
       }
       if (want_probs_) o.Set("probs", to_js(env, r.probs.data(), r.probs.size()));
       if (want_logits_) {  // (K, gh, gw) from the (gh, gw, K) grid
-        const int gh = images_grid_h(b), gw = images_grid_w(b);
+        const auto [gh, gw] = grids_[b];
         Napi::Float32Array a = Napi::Float32Array::New(env, size_t(K) * gh * gw);
         const float* g = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
         for (int k = 0; k < K; ++k)
@@ -458,7 +459,7 @@ class SegmentJob : public Job {
           exit_layer[i] = uint8_t(out_.rect_exit[first_rect + map[i]]);
         }
         Napi::Object tm = Napi::Object::New(env);
-        tm.Set("gh", images_grid_h(b)), tm.Set("gw", images_grid_w(b)), tm.Set("index", index), tm.Set("size", size);
+        tm.Set("gh", grids_[b].first), tm.Set("gw", grids_[b].second), tm.Set("index", index), tm.Set("size", size);
         tm.Set("exitLayer", exit_layer);
         o.Set("tokenMap", tm);
         Napi::Array per = Napi::Array::New(env, plan_.tokens_per_size[b].size());
@@ -483,8 +484,6 @@ class SegmentJob : public Job {
     std::vector<float> probs;
     int64_t dense = 0, input = 0;
   };
-  int images_grid_h(size_t b) const { return (images_[b].h + state_->model->config().patch - 1) / state_->model->config().patch; }
-  int images_grid_w(size_t b) const { return (images_[b].w + state_->model->config().patch - 1) / state_->model->config().patch; }
 
   std::shared_ptr<ModelState> state_;
   std::vector<Image> images_;
@@ -494,6 +493,7 @@ class SegmentJob : public Job {
   step::PruneSettings prune_;
   step::MergePlan plan_;
   std::vector<int32_t> rect_start_;
+  std::vector<std::pair<int, int>> grids_;  // (gh, gw) of each image, as run
   step::EncoderOutput out_;
   std::vector<Result> results_;
 };
