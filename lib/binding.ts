@@ -106,6 +106,7 @@ export interface Binding {
     tensors: NativeTensorEntry[],
     source: string | Buffer,
     dataOffset: number,
+    device: 'cpu' | 'cuda',
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
   cpuInfo(): { threads: number; gemmKernel: string };

@@ -100,15 +100,43 @@ async function chooseDevice(requested: 'auto' | 'cpu' | 'cuda'): Promise<{ devic
     reason = 'STEP_SEG_FORCE_CPU is set';
   } else {
     const p = await cudaStatus();
-    if (!p.compiled || !p.usable) reason = p.reason;
-    else reason = `a GPU (${p.name}) is usable but this version of step-seg runs models on the CPU only (its CUDA kernels arrive in a later release)`;
+    if (p.compiled && p.usable) return { device: 'cuda' };
+    reason = p.reason;
   }
   if (requested === 'cuda') throw new DeviceUnavailableError(`device 'cuda' is not available: ${reason}`);
-  if (!warnedFallback && !/no CUDA backend|no NVIDIA driver|no GPU|reports no GPU/.test(reason)) {
-    warnedFallback = true;
-    process.emitWarning(`step-seg is using the CPU: ${reason}`, { code: 'STEP_SEG_CPU_FALLBACK' });
-  }
+  warnFallback(reason);
   return { device: 'cpu', reason };
+}
+
+/** One warning per process when 'auto' falls back to the CPU for a reason a user can act on. */
+function warnFallback(reason: string): void {
+  if (warnedFallback || /no CUDA backend|no NVIDIA driver|no GPU|reports no GPU|STEP_SEG_FORCE_CPU/.test(reason)) return;
+  warnedFallback = true;
+  process.emitWarning(`step-seg is using the CPU: ${reason}`, { code: 'STEP_SEG_CPU_FALLBACK' });
+}
+
+/** Creates the native model on `device`; 'auto' falls back to the CPU when the GPU copy cannot be made. */
+async function createNative(
+  src: ModelSource,
+  choice: { device: 'cpu' | 'cuda'; reason?: string },
+  requested: 'auto' | 'cpu' | 'cuda',
+): Promise<{ native: NativeModel; device: 'cpu' | 'cuda'; reason?: string }> {
+  const { binding } = loadBinding();
+  const create = (device: 'cpu' | 'cuda') =>
+    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device);
+  try {
+    return { native: await create(choice.device), ...choice };
+  } catch (err) {
+    const e = fromNative(err);
+    if (e instanceof BadModelError) throw new BadModelError(`${src.where}: ${e.message}`, { cause: err });
+    // The GPU was usable but this model does not fit or cannot run there: 'auto' takes the CPU.
+    if (choice.device === 'cuda' && requested === 'auto' && (e instanceof OutOfMemoryError || e instanceof DeviceUnavailableError)) {
+      const reason = `the model could not be placed on the GPU: ${e.message}`;
+      warnFallback(reason);
+      return { native: await create('cpu'), device: 'cpu', reason };
+    }
+    throw e;
+  }
 }
 
 interface ModelSource {
@@ -184,21 +212,8 @@ export async function loadModel(source?: string | Buffer | Uint8Array, options?:
   if (source !== undefined && typeof source !== 'string' && !(source instanceof Uint8Array))
     throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
   const src = await readSource(source ?? defaultModelPath);
-  const { device, reason } = await chooseDevice(opts.device);
-  const { binding } = loadBinding();
-  let native: NativeModel;
-  try {
-    native = await binding.createModel(
-      toNativeConfig(src.config),
-      src.header.tensors,
-      src.weights,
-      src.header.dataOffset,
-    );
-  } catch (err) {
-    const e = fromNative(err);
-    if (e instanceof BadModelError) throw new BadModelError(`${src.where}: ${e.message}`, { cause: err });
-    throw e;
-  }
+  const choice = await chooseDevice(opts.device);
+  const { native, device, reason } = await createNative(src, choice, opts.device);
   return new Model(native, src.config, device, reason);
 }
 

@@ -25,6 +25,7 @@
 #include "../cpu/parallel.h"
 
 #ifdef STEP_SEG_HAVE_CUDA
+#include "../cuda/device_model.h"
 void register_cuda_ops(Napi::Env env, Napi::Object exports);  // cuda_binding.cpp: exports.cudaOps (tests, bench)
 #endif
 
@@ -133,7 +134,26 @@ class Job : public Napi::AsyncWorker {
 struct ModelState {
   std::unique_ptr<step::VitModel> model;     // a ViT segmentation model, or
   std::unique_ptr<step::EffNetTrunk> trunk;  // a bare EfficientNet-Lite0 trunk (features only)
+#ifdef STEP_SEG_HAVE_CUDA
+  std::unique_ptr<step::cuda::DeviceModel> gpu;  // the model's GPU copy when it runs on 'cuda' (after model:
+                                                 // destroyed first, it reads model's host tensors)
+#endif
   std::mutex run_mutex;  // one forward at a time per model (lib/ queues calls too)
+
+  // The encoder forward on the model's device.
+  step::EncoderOutput forward(const step::EncoderInput& in) {
+#ifdef STEP_SEG_HAVE_CUDA
+    if (gpu) return gpu->forward(in);
+#endif
+    return model->forward(cpu_backend(), in);
+  }
+  bool on_gpu() const {
+#ifdef STEP_SEG_HAVE_CUDA
+    return gpu != nullptr;
+#else
+    return false;
+#endif
+  }
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
@@ -168,12 +188,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 };
 Napi::FunctionReference* NativeModel::constructor = nullptr;
 
-// createModel(config, tensors, source, dataOffset): source is a path or a Buffer.
+// createModel(config, tensors, source, dataOffset, device): source is a path or a Buffer; device 'cpu' or
+// 'cuda' (uploads the weights to the GPU; rejects with the reason when it cannot).
 class CreateModelJob : public Job {
  public:
   CreateModelJob(Napi::Env env, bool effnet, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
-                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset)
-      : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset) {
+                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda)
+      : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset),
+        cuda_(cuda) {
     if (!buffer.IsEmpty()) {
       buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
       buffer_data_ = buffer.Data();
@@ -198,6 +220,14 @@ class CreateModelJob : public Job {
           step::EffNetConfig{}, step::load_effnet_weights("", data + data_offset_, size - data_offset_, entries_, {}));
     else
       state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
+    if (!cuda_) return;
+#ifdef STEP_SEG_HAVE_CUDA
+    if (!state_->model)
+      throw Error(ErrorCode::kDeviceUnavailable, "a bare EfficientNet-Lite0 trunk runs on the CPU only: use device 'cpu'");
+    state_->gpu = step::cuda::DeviceModel::create(*state_->model, cpu_backend());
+#else
+    throw Error(ErrorCode::kDeviceUnavailable, "this build of step-seg has no CUDA backend");
+#endif
   }
   Napi::Value result(Napi::Env) override {
     Napi::Object obj = NativeModel::constructor->New({});
@@ -214,6 +244,7 @@ class CreateModelJob : public Job {
   const uint8_t* buffer_data_ = nullptr;
   size_t buffer_size_ = 0;
   uint64_t data_offset_;
+  bool cuda_;
   std::shared_ptr<ModelState> state_;
 };
 
@@ -253,8 +284,9 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Buffer<uint8_t> buffer;
   if (info[2].IsString()) path = info[2].As<Napi::String>().Utf8Value();
   else buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  const bool cuda = info.Length() > 4 && info[4].IsString() && info[4].As<Napi::String>().Utf8Value() == "cuda";
   auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
-                                 uint64_t(info[3].As<Napi::Number>().Int64Value()));
+                                 uint64_t(info[3].As<Napi::Number>().Int64Value()), cuda);
   job->Queue();
   return job->promise();
 }
@@ -274,7 +306,7 @@ class ForwardJob : public Job {
     step::EncoderInput in;
     in.images = n_, in.height = h_, in.width = w_, in.pixels = pixels_.data(), in.capture = capture_;
     in.grids.assign(n_, {h_ / P, w_ / P});
-    out_ = state_->model->forward(cpu_backend(), in);
+    out_ = state_->forward(in);
   }
   // EfficientNet trunk: NCHW in, NHWC inside, the five stage maps back as NCHW (timm's layout).
   void run_trunk() {
@@ -393,7 +425,8 @@ class SegmentJob : public Job {
     in.rects = plan_.rects;
     in.prune = prune_;
 
-    out_ = model.forward(backend, in);
+    in.want_tokens = false;
+    out_ = state_->forward(in);
     rect_start_.assign(B + 1, 0);  // image b's rects start after those of images 0 .. b-1
     for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
     for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];

@@ -55,6 +55,7 @@
 #include "../core/errors.h"
 #include "../cpu/cpu_backend.h"
 #include "../cuda/cuda_ops.h"
+#include "../cuda/device_model.h"
 #include "../cuda/test_support.h"
 
 namespace {
@@ -765,6 +766,17 @@ Napi::Value choose_layernorm(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), layernorm_kernel_name(cuda::choose_layernorm_kernel(C, aligned_arg(info, 1))));
 }
 
+// memoryInfo() -> { free, total } bytes of GPU 0 ({0, 0} without a usable GPU): the dispose test and
+// the benchmark measure what a model holds with it.
+Napi::Value memory_info(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const cuda::DeviceMemoryInfo m = cuda::device_memory_info();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("free", double(m.free)), o.Set("total", double(m.total));
+    return o;
+  });
+}
+
 }  // namespace
 
 // Called by addon.cpp's init when the CUDA backend is compiled in: sets exports.cudaOps.
@@ -777,5 +789,6 @@ void register_cuda_ops(Napi::Env env, Napi::Object exports) {
   ops.Set("chooseAttention", Napi::Function::New(env, choose_attention, "chooseAttention"));
   ops.Set("chooseLayernorm", Napi::Function::New(env, choose_layernorm, "chooseLayernorm"));
   ops.Set("cpuImageNormalize", Napi::Function::New(env, cpu_image_normalize, "cpuImageNormalize"));
+  ops.Set("memoryInfo", Napi::Function::New(env, memory_info, "memoryInfo"));
   exports.Set("cudaOps", ops);
 }

@@ -62,6 +62,7 @@ struct EncoderInput {
   std::vector<TokenRect> rects;           // token rects of every image, in image order, each image's
                                           // covering its grid exactly once; empty: dense (one per patch)
   bool capture = false;                   // keep patch_embed, tokens_0, block_N, final_norm copies
+  bool want_tokens = true;                // fill EncoderOutput::tokens (a GPU forward skips the copy if not)
   PruneSettings prune;
 };
 
@@ -82,11 +83,14 @@ class VitModel {
   const MergePolicyNet* policy() const { return policy_.get(); }
   EncoderOutput forward(Backend& backend, const EncoderInput& in);
 
- private:
+  // The float32 weights by timm name (other backends upload them); w_or_null for optional ones.
   const Tensor& w(const std::string& name) const;
   const float* w_or_null(const std::string& name) const;
-  // Position embeddings for a patch grid, (gh, gw, C): the trained grid, or resampled and cached.
+  // Position embeddings for a patch grid, (gh, gw, C): the trained grid, or resampled (with
+  // `backend`'s pos_resample, on the host) and cached.
   const Tensor& pos_grid(Backend& backend, int gh, int gw);
+
+ private:
 
   VitConfig cfg_;
   std::map<std::string, Tensor> weights_;

@@ -9,7 +9,9 @@ import * as assert from 'uvu/assert';
 
 import { BadInputError, BadModelError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../../lib/index';
 import { repoRoot, sharedImages, fixturesDir } from '../helpers/compare';
-import { rng } from '../helpers/random';
+import { randomVit, rng } from '../helpers/random';
+import { readHeaderFromBuffer } from '../../lib/safetensors';
+import { toNativeConfig } from '../../lib/config';
 
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg');
 let model: Model;
@@ -181,20 +183,55 @@ test('segment() on a features-only model is a BadModelError', async () => {
   vit.dispose();
 });
 
-test('device cuda rejects with the reason on a machine without a usable GPU', async () => {
+test('device choice: cuda where a GPU is usable, else a rejection with the reason; auto falls back and says why', async () => {
   const { cudaStatus } = await import('../../lib/index');
   const status = await cudaStatus();
-  try {
-    await loadModel(undefined, { device: 'cuda' });
-    assert.unreachable('this version runs models on the CPU only');
-  } catch (err) {
-    assert.is((err as { code: string }).code, 'ERR_STEP_DEVICE_UNAVAILABLE');
-    if (!status.usable) assert.ok((err as Error).message.includes(status.reason));
+  if (status.usable) {
+    const m = await loadModel(undefined, { device: 'cuda' });
+    assert.is(m.device, 'cuda');
+    m.dispose();
+  } else {
+    try {
+      await loadModel(undefined, { device: 'cuda' });
+      assert.unreachable('no usable GPU');
+    } catch (err) {
+      assert.is((err as { code: string }).code, 'ERR_STEP_DEVICE_UNAVAILABLE');
+      assert.ok((err as Error).message.includes(status.reason));
+    }
+    const auto = await loadModel();
+    assert.is(auto.device, 'cpu');
+    assert.ok(auto.deviceReason && auto.deviceReason.includes(status.reason));
+    auto.dispose();
   }
-  const auto = await loadModel();
-  assert.is(auto.device, 'cpu');
-  assert.ok(auto.deviceReason && auto.deviceReason.length > 0);
-  auto.dispose();
+  process.env.STEP_SEG_FORCE_CPU = '1';
+  try {
+    const forced = await loadModel();
+    assert.is(forced.device, 'cpu');
+    assert.is(forced.deviceReason, 'STEP_SEG_FORCE_CPU is set');
+    forced.dispose();
+  } finally {
+    delete process.env.STEP_SEG_FORCE_CPU;
+  }
+});
+
+test('the native GPU model refuses with the probe reason (or builds) when asked directly', async () => {
+  const { loadBinding } = await import('../../lib/binding');
+  const { cudaStatus } = await import('../../lib/index');
+  const status = await cudaStatus();
+  const vit = randomVit({ embedDim: 32, depth: 2, numHeads: 2, imgSize: [32, 32], classNames: ['a', 'b'], seed: 4 });
+  const model = await loadModel(vit.buffer, { device: 'cpu' });
+  const { binding } = loadBinding();
+  const header = readHeaderFromBuffer(vit.buffer);
+  try {
+    const native = await binding.createModel(toNativeConfig(model.config), header.tensors, vit.buffer, header.dataOffset, 'cuda');
+    assert.ok(status.usable, 'a GPU model was created without a usable GPU');
+    native.dispose();
+  } catch (err) {
+    assert.not.ok(status.usable, `a usable GPU refused the model: ${(err as Error).message}`);
+    assert.is((err as { code: string }).code, 'ERR_STEP_DEVICE_UNAVAILABLE');
+    assert.ok((err as Error).message.includes(status.compiled ? status.reason : 'no CUDA backend'), (err as Error).message);
+  }
+  model.dispose();
 });
 
 test('dispose: calls after it reject with DisposedError; a running call completes', async () => {

@@ -1,0 +1,57 @@
+// device_model.h: a ViT segmentation model resident on the GPU, as plain C++ (no CUDA header) so that
+// the addon can hold one. It is the CUDA twin of VitModel::forward: the same EncoderInput in, the same
+// EncoderOutput out (host tensors), computed with the kernels of cuda_ops.h on one CUDA stream.
+//
+// Memory:
+//   - weights: uploaded once at creation; the GEMM weights as bfloat16 (N, K), every other tensor
+//     (biases, LayerNorm, layer scale, class/register tokens, position embeddings) as float32.
+//   - position embeddings of each patch grid met so far: resampled on the host (VitModel::pos_grid),
+//     uploaded once, cached for the life of the model.
+//   - workspace: one device allocation carved into every activation buffer of a forward, sized by
+//     the largest input seen so far (grow-only; it is the model's memory pool). A larger input frees it
+//     and allocates the new size first, so peak use is the larger size only.
+//   All of it is freed by the destructor (dispose). Out of memory anywhere is step::Error(kOutOfMemory)
+//   naming what was being allocated, how much, and what the GPU has free; the model stays usable.
+//
+// Row counts: the token list shrinks on the device at every early exit (token_halt + token_compact
+// rewrite the offsets there); every later kernel reads the real count from device memory, and the host
+// passes only the count at the input as the upper bound. The forward synchronises once, at the end,
+// to copy the results back.
+//
+// Precision: GEMM and attention operands in bfloat16, accumulation, softmax, LayerNorm statistics and
+// the residual stream in float32 (as PyTorch's bf16 autocast does).
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "../core/backend.h"
+#include "../core/model.h"
+
+namespace step::cuda {
+
+struct DeviceMemoryUse {
+  size_t weights = 0;    // bytes of uploaded weights and cached position embeddings
+  size_t workspace = 0;  // bytes of the activation workspace (the pool)
+};
+
+class DeviceModel {
+ public:
+  virtual ~DeviceModel() = default;
+  // Uploads `model`'s weights to GPU 0. kDeviceUnavailable when the probe found no usable GPU (its
+  // reason in the message), kOutOfMemory when the weights do not fit. `model` must outlive this object
+  // (its host position embeddings are resampled on demand with `host` backend's pos_resample).
+  static std::unique_ptr<DeviceModel> create(VitModel& model, Backend& host);
+
+  // As VitModel::forward (dense or superpatch rects from the host; early exits when in.prune is on).
+  // in.capture keeps only "final_norm" on the GPU (the per-block copies are a CPU feature).
+  virtual EncoderOutput forward(const EncoderInput& in) = 0;
+  virtual DeviceMemoryUse memory() const = 0;
+};
+
+// Free and total bytes of GPU 0 (cudaMemGetInfo); {0, 0} when there is no usable GPU.
+struct DeviceMemoryInfo {
+  size_t free = 0, total = 0;
+};
+DeviceMemoryInfo device_memory_info();
+
+}  // namespace step::cuda

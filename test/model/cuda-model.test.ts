@@ -1,0 +1,125 @@
+// The GPU forward (native/cuda/device_model.cu) against the CPU forward of the same model: features,
+// logits and labels, dense, merged, pruned and batched; memory returned on dispose. Skips with its
+// reason where no GPU is usable. The bf16 tolerances are the issue's: relative L2 of logits <= 1e-2,
+// labels equal on >= 99.5% of pixels.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import { loadBinding } from '../../lib/binding';
+import { cudaStatus, loadModel, type Model } from '../../lib/index';
+import { relL2 } from '../helpers/compare';
+import { cudaRequired } from '../helpers/gpu';
+import { randomVit, rng } from '../helpers/random';
+
+const classes = ['a', 'b', 'c', 'd', 'e'];
+const rand = rng(41);
+const image = (w: number, h: number) => ({ data: new Uint8Array(w * h * 3).map(() => Math.floor(rand() * 256)), width: w, height: h, channels: 3 as const });
+// Smooth halves so that the similarity scorer merges some windows; noise elsewhere.
+function blocky(w: number, h: number) {
+  const im = image(w, h);
+  for (let y = 0; y < h; ++y) for (let x = 0; x < w / 2; ++x) im.data.set([40, 120, 200], (y * w + x) * 3);
+  return im;
+}
+
+function agreement(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let same = 0;
+  for (let i = 0; i < a.length; ++i) same += a[i] === b[i] ? 1 : 0;
+  return same / a.length;
+}
+
+let skipReason = '';
+const vit = randomVit({ embedDim: 128, depth: 4, numHeads: 2, imgSize: [128, 128], classNames: classes, inputSize: 256, exitLayers: [1, 2], seed: 9 });
+let cpu: Model | undefined, gpu: Model | undefined;
+test.before(async () => {
+  const status = await cudaStatus();
+  if (!status.usable) {
+    skipReason = status.reason;
+    console.log(`  cuda-model: skipped: ${skipReason}`);
+    return;
+  }
+  // Head dim 64 (C 128, 2 heads): the flash kernel's path, as in real models.
+  cpu = await loadModel(vit.buffer, { device: 'cpu' });
+  gpu = await loadModel(vit.buffer, { device: 'cuda' });
+});
+test.after(() => {
+  cpu?.dispose();
+  gpu?.dispose();
+});
+
+/** A test that runs only where a GPU is usable (and fails instead of skipping under STEP_SEG_REQUIRE_CUDA). */
+function gpuTest(name: string, body: (cpu: Model, gpu: Model) => Promise<void> | void): void {
+  test(`cuda model: ${name}`, async () => {
+    if (cpu && gpu) await body(cpu, gpu);
+    else if (cudaRequired) assert.unreachable(`STEP_SEG_REQUIRE_CUDA is set but CUDA cannot run: ${skipReason}`);
+  });
+}
+
+gpuTest('the GPU model says it runs on cuda', (_cpu, gpu) => {
+  assert.is(gpu.device, 'cuda');
+});
+
+for (const [name, opts] of [
+  ['dense', { merge: false, prune: false }],
+  ['merged', { prune: false }],
+  ['merged + pruned', {}],
+  ['pruned hard', { merge: false, prune: { threshold: 0.3, keepTopK: 1 } }],
+] as const) {
+  gpuTest(`segment ${name}: logits within 1e-2, labels agree on >= 99.5%`, async (cpu, gpu) => {
+    for (const [w, h] of [[256, 192], [200, 136], [16, 16]]) {
+      const im = blocky(w, h);
+      const a = await cpu.segment(im, { ...opts, logits: true });
+      const b = await gpu.segment(im, { ...opts, logits: true });
+      assert.is(b.stats.device, 'cuda');
+      assert.equal(b.tokenMap.index, a.tokenMap.index, 'same superpatches');
+      assert.equal(b.stats.tokens.input, a.stats.tokens.input);
+      const err = relL2(b.logits!.data, a.logits!.data);
+      assert.ok(err <= 1e-2, `${w}x${h}: logits relative L2 ${err}`);
+      const agree = agreement(b.labels, a.labels);
+      assert.ok(agree >= 0.995, `${w}x${h}: labels agree on ${(agree * 100).toFixed(2)}%`);
+      if (name.includes('pruned')) {
+        // Halting decisions come from bf16 logits: they may differ where a confidence sits on the threshold.
+        const same = agreement(b.tokenMap.exitLayer, a.tokenMap.exitLayer);
+        assert.ok(same >= 0.98, `${w}x${h}: exit layers agree on ${(same * 100).toFixed(1)}%`);
+      }
+    }
+  });
+}
+
+gpuTest('a batch of uneven images equals each image alone on the GPU', async (_cpu, gpu) => {
+  const ims = [blocky(256, 192), image(120, 200), blocky(64, 64)];
+  const batch = await gpu.segment(ims, { logits: true });
+  for (let i = 0; i < ims.length; ++i) {
+    const one = await gpu.segment(ims[i], { logits: true });
+    const err = relL2(batch[i].logits!.data, one.logits!.data);
+    assert.ok(err <= 1e-5, `image ${i}: ${err}`);
+  }
+});
+
+gpuTest('forwardFeatures on the GPU: final_norm within 1e-2 of the CPU', async (cpu, gpu) => {
+  const dims = [2, 3, 64, 96] as [number, number, number, number];
+  const pixels = new Float32Array(dims.reduce((x, y) => x * y)).map(() => rand() * 2 - 1);
+  const a = await cpu.forwardFeatures({ data: pixels, dims });
+  const b = await gpu.forwardFeatures({ data: pixels, dims });
+  const err = relL2(b.tokens.data, a.tokens.data);
+  assert.ok(err <= 1e-2, `${err}`);
+});
+
+gpuTest('dispose returns the GPU memory of the weights and the workspace', async () => {
+  const ops = loadBinding().binding.cudaOps!;
+  const memory = () => (ops.memoryInfo as () => { free: number; total: number })();
+  const big = randomVit({ embedDim: 256, depth: 8, numHeads: 4, imgSize: [256, 256], classNames: classes, inputSize: 512, seed: 2 });
+  const bf16Bytes = 8 * 12 * 256 * 256 * 2; // the blocks' Linear weights in bf16
+  const before = memory().free;
+  const m = await loadModel(big.buffer, { device: 'cuda' });
+  await m.segment(image(512, 512));
+  const held = before - memory().free;
+  m.dispose();
+  await new Promise((r) => setTimeout(r, 50));
+  const after = memory().free;
+  console.log(`  cuda-model: held ${(held / 2 ** 20).toFixed(1)} MiB (${(bf16Bytes / 2 ** 20).toFixed(1)} MiB of bf16 Linear weights); ` +
+    `${((before - after) / 2 ** 20).toFixed(1)} MiB not returned after dispose`);
+  assert.ok(held > bf16Bytes * 0.9, `held ${held}`);
+  assert.ok(before - after < 4 * 2 ** 20, `${before - after} bytes not returned`);
+});
+
+test.run();
