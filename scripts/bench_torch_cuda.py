@@ -10,6 +10,9 @@ What is timed, as a PyTorch user of a timm ViT runs it:
              packed (1, T, 3, H, D) qkv tensor, as timm's Attention makes them (permute + unbind);
              PyTorch picks the backend (flash, cuDNN or memory-efficient); each backend is also
              timed on its own where it runs, reported in the JSON as `backends`. FLOPs 4 T^2 H D.
+  models     timm's vit_{small,base,large}_patch16_224 at img_size N (random weights, num_classes 0),
+             weights and input in bf16, eval, no_grad: forward_features of a (1, 3, N, N) input already
+             on the GPU (bench-cuda-model.ts asks for these with "models": [[name, N], ...]).
 Timing as bench-cuda.ts does it (native/cuda/test_support.h): 2 warm-up calls, then N calls enqueued
 back to back, each between two CUDA events, one synchronise; the median of the N per-call times.
 
@@ -36,7 +39,7 @@ def default_spec():
         for C, _ in WIDTHS:
             gemm += [[M, 3 * C, C], [M, C, C], [M, 4 * C, C], [M, C, 4 * C]]  # qkv, proj, fc1, fc2
     attention = [[T, H, 64] for T in (1024, 2304, 4096) for _, H in WIDTHS]
-    return {"gemm": gemm, "attention": attention}
+    return {"gemm": gemm, "attention": attention, "models": []}
 
 
 def time_ms(torch, fn, iterations, warmup=2):
@@ -95,6 +98,20 @@ def run(spec, iterations):
                     pass
         result["attention"].append({"T": T, "H": H, "D": D, "ms": ms, "backends": per_backend})
         del qkv, q, k, v
+
+    result["models"] = []
+    for name, size in spec.get("models", []):
+        try:
+            import timm
+        except Exception as err:
+            return dict(result, error=f"timm cannot be imported: {err}")
+        model = timm.create_model(name, pretrained=False, img_size=size, num_classes=0).to(dev, bf16).eval()
+        x = torch.randn(1, 3, size, size, device=dev, dtype=bf16)
+        with torch.no_grad():
+            ms = time_ms(torch, lambda: model.forward_features(x), iterations)
+        result["models"].append({"name": name, "size": size, "ms": ms})
+        del model, x
+        torch.cuda.empty_cache()
     return result
 
 

@@ -5,8 +5,9 @@
 #   build/Release/step_seg.node   the addon (cmake-js build, CUDA compiled in)
 #   node_modules/                 at least tsx and uvu (the tests and the bench run through them)
 #   .device/node.xz               a stripped, xz-compressed node binary (unpacked here with xz -d)
-# Steps: GPU facts (nvidia-smi), the CUDA op tests (uvu files matching "cuda"), the CUDA benchmark
-# (scripts/bench-cuda.ts, when it exists: our GEMM and attention beside PyTorch's); a table of step,
+# Steps: GPU facts (nvidia-smi), the CUDA op and model tests (uvu files matching "cuda"), the CUDA
+# benchmarks (scripts/bench-cuda.ts: our GEMM and attention beside PyTorch's; scripts/bench-cuda-model.ts:
+# whole dense ViT-S/B/L forwards beside timm's), then the whole test suite (models on 'auto' run on the GPU); a table of step,
 # result and seconds at the end, then the benchmark's table. Logs go to $OUT/gpu-check/ when $OUT is set
 # (the device runner's output folder), else bench-out/gpu-check/; the benchmark table to bench-cuda.txt there.
 # STEP_SEG_REQUIRE_CUDA=1 is exported: here a test or benchmark that finds no usable GPU fails, never skips.
@@ -94,10 +95,14 @@ if [ -n "$node_bin" ] && [ -f build/Release/step_seg.node ] && [ -d node_modules
   else
     skip bench "scripts/bench-cuda.ts does not exist yet"
   fi
+  run model-bench "$node_bin" --import tsx scripts/bench-cuda-model.ts --out "$logs/bench-cuda-model.txt"
+  run suite "$node_bin" --import tsx node_modules/uvu/bin.js test "\.test\.ts$"
 else
   skip probe "node, the addon or node_modules missing (above)"
   skip tests "node, the addon or node_modules missing (above)"
   skip bench "node, the addon or node_modules missing (above)"
+  skip model-bench "node, the addon or node_modules missing (above)"
+  skip suite "node, the addon or node_modules missing (above)"
 fi
 
 echo
@@ -107,5 +112,6 @@ for r in ${results[@]+"${results[@]}"}; do
   printf '%-10s %-56s %8s\n' "$name" "$result" "$secs"
 done
 [ -f "$logs/bench-cuda.txt" ] && { echo; cat "$logs/bench-cuda.txt"; }
+[ -f "$logs/bench-cuda-model.txt" ] && { echo; cat "$logs/bench-cuda-model.txt"; }
 echo "logs: $logs"
 [ "$failed" -eq 0 ] && [ "${#missing[@]}" -eq 0 ]
