@@ -394,6 +394,9 @@ class SegmentJob : public Job {
   void run() override {
     using clock = std::chrono::steady_clock;
     std::lock_guard<std::mutex> lock(state_->run_mutex);
+#ifdef STEP_SEG_HAVE_CUDA
+    if (state_->gpu) return run_gpu();
+#endif
     step::VitModel& model = *state_->model;
     step::Backend& backend = cpu_backend();
     const int P = model.config().patch, K = model.config().num_classes, B = int(images_.size());
@@ -451,6 +454,51 @@ class SegmentJob : public Job {
     }
     out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
+#ifdef STEP_SEG_HAVE_CUDA
+  // The whole call on the GPU (device_model.h): the learned policy's plan is the only host step.
+  void run_gpu() {
+    using clock = std::chrono::steady_clock;
+    step::VitModel& model = *state_->model;
+    const int P = model.config().patch, B = int(images_.size());
+    step::cuda::DeviceModel::SegmentRequest req;
+    for (const Image& im : images_) {
+      req.images.push_back({im.rgb.data(), im.h, im.w, im.channels, im.out_h, im.out_w});
+      grids_.push_back({(im.h + P - 1) / P, (im.w + P - 1) / P});
+    }
+    for (int c = 0; c < 3; ++c) req.mean[c] = 255.f * mean_[c], req.std[c] = 255.f * std_[c];
+    req.merge = merge_, req.prune = prune_, req.want_probs = want_probs_, req.want_logits = want_logits_;
+    step::MergePlan host_plan;
+    double plan_ms = 0;
+    if (merge_.policy == step::MergePolicy::kLearned) {
+      auto t0 = clock::now();
+      std::vector<step::MergeImage> merge_images;
+      for (int b = 0; b < B; ++b)
+        merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, grids_[b].first,
+                                grids_[b].second});
+      host_plan = step::plan_merge(cpu_backend(), merge_images, P, merge_, model.policy());
+      req.host_plan = &host_plan;
+      plan_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    }
+    step::cuda::DeviceModel::SegmentResult res = state_->gpu->segment(req);
+    out_ = std::move(res.enc);
+    plan_ = std::move(res.plan);
+    if (req.host_plan) {
+      out_.stats.ms.insert(out_.stats.ms.begin(), {"policy (cpu)", plan_ms});
+      out_.stats.gflops += plan_.gflops;
+    }
+    rect_start_.assign(B + 1, 0);
+    for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
+    for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
+    results_.resize(B);
+    for (int b = 0; b < B; ++b) {
+      results_[b].labels = std::move(res.labels[b]);
+      if (want_probs_) results_[b].probs = std::move(res.probs[b]);
+      results_[b].dense = int64_t(grids_[b].first) * grids_[b].second + model.config().prefix();
+    }
+    // Each image's input tokens: from the offsets entering block 0 (prefix + its rects).
+    for (int b = 0; b < B; ++b) results_[b].input = model.config().prefix() + (rect_start_[b + 1] - rect_start_[b]);
+  }
+#endif
   Napi::Value result(Napi::Env env) override {
     const int K = state_->model->config().num_classes;
     Napi::Array list = Napi::Array::New(env, results_.size());

@@ -3,6 +3,8 @@
 #include "device_model.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -95,10 +97,6 @@ __global__ void gather_int_kernel(const int32_t* rows, const int32_t* src_row, c
   out[r] = in[src_row[r]];
 }
 
-__global__ void fill_int_kernel(int32_t* out, int32_t value, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = value;
-}
 
 // Bump allocator over one DeviceBuffer: every activation buffer of a forward, 256-byte aligned.
 class Carver {
@@ -135,9 +133,56 @@ struct ExitHead {
   Linear head;
 };
 
-// The sizes that fix the workspace layout of a forward.
-struct Shape {
-  int B = 0, H = 0, W = 0, Tp = 0, A = 0, cells = 0;
+// Builds the packed token list from each image's selected rects (superpatch_select wrote image b's
+// count[b] rects at stage + grid_offset[b]): offsets (B + 1), the total rect count, and the packed
+// rects in image order. One block; B is small and the offsets are computed by thread 0.
+__global__ void pack_rects_kernel(int B, int prefix, const int32_t* counts, const int32_t* grid_offset,
+                                  const TokenRect* stage, TokenRect* rects, int32_t* offsets, int32_t* rect_count) {
+  extern __shared__ int32_t first[];  // (B + 1) first packed rect of each image
+  if (threadIdx.x == 0) {
+    int32_t n = 0;
+    offsets[0] = 0;
+    for (int b = 0; b < B; ++b) first[b] = n, n += counts[b], offsets[b + 1] = n + (b + 1) * prefix;
+    first[B] = n;
+    *rect_count = n;
+  }
+  __syncthreads();
+  for (int b = 0; b < B; ++b)
+    for (int t = threadIdx.x; t < counts[b]; t += blockDim.x) rects[first[b] + t] = stage[grid_offset[b] + t];
+}
+
+// The per-row bookkeeping at the start of a forward, from the offsets alone: row r of image b is a
+// prefix token (rect -1) or rect offsets[b] - b * prefix + (r - offsets[b] - prefix); every rect starts
+// as "went through all blocks".
+__global__ void init_rows_kernel(int B, int prefix, int depth, const int32_t* offsets, int32_t* rect_of_row,
+                                 int32_t* rect_exit, int rows_bound) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows_bound || r >= offsets[B]) return;
+  int b = 0;
+  while (offsets[b + 1] <= r) ++b;
+  const int j = r - offsets[b];
+  const int rect = j < prefix ? -1 : offsets[b] - b * prefix + (j - prefix);
+  rect_of_row[r] = rect;
+  if (rect >= 0) rect_exit[rect] = depth;
+}
+
+// What fixes the work of a call: sizes and settings, never pixel values (the graph key).
+struct CallShape {
+  int B = 0, H = 0, W = 0;
+  std::vector<std::pair<int, int>> grids;
+  std::vector<std::array<int, 5>> images;  // h, w, channels, out_h, out_w (segment only)
+  int tp_bound = 0, a_bound = 0, max_t = 0;
+  int64_t cells = 0, rgb_bytes = 0, out_pixels = 0;
+  bool probs = false, device_merge = false;
+  std::string key() const {
+    std::string k = std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + ":" +
+                    std::to_string(tp_bound) + "," + std::to_string(a_bound) + "," + std::to_string(max_t) +
+                    (probs ? ",p" : "") + (device_merge ? ",m" : "");
+    for (auto [h, w] : grids) k += ";" + std::to_string(h) + "," + std::to_string(w);
+    for (const auto& i : images)
+      for (int v : i) k += "," + std::to_string(v);
+    return k;
+  }
 };
 
 class CudaVitModel final : public DeviceModel {
@@ -146,6 +191,8 @@ class CudaVitModel final : public DeviceModel {
     const DeviceProbe& probe = probe_cuda();
     if (!probe.usable)
       throw Error(ErrorCode::kDeviceUnavailable, "the GPU cannot be used: " + probe.reason);
+    const char* graphs = std::getenv("STEP_SEG_CUDA_GRAPHS");
+    use_graphs_ = !(graphs && std::string(graphs) == "0");
     STEP_CUDA_CHECK(cudaSetDevice(0));
     STEP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     try {
@@ -160,18 +207,23 @@ class CudaVitModel final : public DeviceModel {
   ~CudaVitModel() override { release(); }
 
   DeviceMemoryUse memory() const override { return {weight_bytes_, workspace_.bytes()}; }
-
   EncoderOutput forward(const EncoderInput& in) override;
+  SegmentResult segment(const SegmentRequest& r) override;
 
  private:
   void release() {
     if (stream_) cudaStreamSynchronize(stream_);
+    drop_graphs();
     blocks_.clear(), exits_.clear(), pos_cache_.clear();
     workspace_.reset(), patch_w_ = {}, head_ = {}, final_norm_ = {}, norm_pre_ = {};
     prefix_tokens_.reset(), pos_prefix_.reset();
     if (start_) cudaEventDestroy(start_), start_ = nullptr;
     if (stop_) cudaEventDestroy(stop_), stop_ = nullptr;
     if (stream_) cudaStreamDestroy(stream_), stream_ = nullptr;
+  }
+  void drop_graphs() {
+    for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
   }
 
   DeviceBuffer upload_f32(const float* src, int64_t n, const std::string& what) {
@@ -249,41 +301,60 @@ class CudaVitModel final : public DeviceModel {
     return it->second.as<float>();
   }
 
-  // The workspace for a forward of this shape: carved twice, once to size it, once to hand out.
+  // Every device buffer of a call, carved from the workspace (carve twice: to size it, to hand out).
   struct Buffers {
+    uint8_t* rgb;          // (sum of h w channels) uint8 images (segment)
     float* pixels;         // (B, 3, H, W)
-    TokenRect* rects;      // (Tp)
-    uint16_t* cols;        // (Tp, 3 P P) bf16
-    float* embedded;       // (Tp, C)
+    float* scores;         // (cells) window scores, image b's at grid_offset[b]
+    float* score_ws;       // (4 cells) window_score workspace, image b's at 4 grid_offset[b]
+    TokenRect* stage;      // (cells) each image's selected rects, image b's at grid_offset[b]
+    int32_t* token_of_patch;  // (cells)
+    int32_t* counts;       // (B) rects per image
+    int32_t* rect_count;   // (1) rects in all
+    int32_t* sizes;        // (levels) window sides
+    float* thresholds;     // (levels)
+    TokenRect* rects;      // (tp_bound) packed
+    uint16_t* cols;        // (tp_bound, 3 P P) bf16
+    float* embedded;       // (tp_bound, C)
     float* pos;            // (cells, C)
-    float* x[2];           // (A, C) residual stream, ping-pong over compactions
-    uint16_t* h;           // (A, C) bf16 LayerNorm output
-    uint16_t* qkv;         // (A, 3C) bf16
-    uint16_t* att;         // (A, C) bf16
-    uint16_t* mlp;         // (A, Hd) bf16
-    float* tokens;         // (A, C) final norm
-    float* logits;         // (A, K) head or exit-head logits
-    uint8_t* halt;         // (A)
-    int32_t* rect_of_row[2];  // (A)
-    int32_t* src_row;      // (A)
-    float* rect_logits;    // (Tp, K)
-    int32_t* rect_exit;    // (Tp)
+    float* x[2];           // (a_bound, C) residual stream, ping-pong over compactions
+    uint16_t* h;           // (a_bound, C) bf16 LayerNorm output
+    uint16_t* qkv;         // (a_bound, 3C) bf16
+    uint16_t* att;         // (a_bound, C) bf16
+    uint16_t* mlp;         // (a_bound, Hd) bf16
+    float* tokens;         // (a_bound, C) final norm
+    float* logits;         // (a_bound, K) head or exit-head logits
+    uint8_t* halt;         // (a_bound)
+    int32_t* rect_of_row[2];  // (a_bound)
+    int32_t* src_row;      // (a_bound)
+    float* rect_logits;    // (tp_bound, K)
+    int32_t* rect_exit;    // (tp_bound)
     float* grid_logits;    // (cells, K)
     int32_t* offsets[2];   // (B + 1)
     int32_t* grid_offset;  // (B)
     int32_t* grid_w;       // (B)
     int32_t* block_offsets;  // (depth + 1, B + 1) offsets entering each block, then after the last
+    int32_t* labels;       // (out_pixels)
+    float* probs;          // (K, out_pixels) when asked
   };
-  Buffers carve(const Shape& s, char* base, size_t* bytes) const {
+  Buffers carve(const CallShape& s, char* base, size_t* bytes) const {
     const VitConfig& c = model_.config();
-    const int64_t C = c.embed_dim, P = c.patch, K = std::max(c.num_classes, 1), A = s.A, Tp = s.Tp;
+    const int64_t C = c.embed_dim, P = c.patch, K = std::max(c.num_classes, 1), A = s.a_bound, Tp = s.tp_bound;
     Carver v(base);
     Buffers b;
+    b.rgb = v.take<uint8_t>(s.rgb_bytes);
     b.pixels = v.take<float>(int64_t(s.B) * 3 * s.H * s.W);
+    b.scores = v.take<float>(s.cells);
+    b.score_ws = v.take<float>(4 * s.cells);
+    b.stage = v.take<TokenRect>(s.cells);
+    b.token_of_patch = v.take<int32_t>(s.cells);
+    b.counts = v.take<int32_t>(s.B);
+    b.rect_count = v.take<int32_t>(1);
+    b.sizes = v.take<int32_t>(8), b.thresholds = v.take<float>(8);
     b.rects = v.take<TokenRect>(Tp);
     b.cols = v.take<uint16_t>(Tp * 3 * P * P);
     b.embedded = v.take<float>(Tp * C);
-    b.pos = v.take<float>(int64_t(s.cells) * C);
+    b.pos = v.take<float>(s.cells * C);
     b.x[0] = v.take<float>(A * C), b.x[1] = v.take<float>(A * C);
     b.h = v.take<uint16_t>(A * C);
     b.qkv = v.take<uint16_t>(A * 3 * C);
@@ -296,29 +367,96 @@ class CudaVitModel final : public DeviceModel {
     b.src_row = v.take<int32_t>(A);
     b.rect_logits = v.take<float>(Tp * K);
     b.rect_exit = v.take<int32_t>(Tp);
-    b.grid_logits = v.take<float>(int64_t(s.cells) * K);
+    b.grid_logits = v.take<float>(s.cells * K);
     b.offsets[0] = v.take<int32_t>(s.B + 1), b.offsets[1] = v.take<int32_t>(s.B + 1);
     b.grid_offset = v.take<int32_t>(s.B), b.grid_w = v.take<int32_t>(s.B);
     b.block_offsets = v.take<int32_t>(int64_t(c.depth + 1) * (s.B + 1));
+    b.labels = v.take<int32_t>(s.out_pixels);
+    b.probs = s.probs ? v.take<float>(K * s.out_pixels) : nullptr;
     *bytes = v.used();
     return b;
   }
-  Buffers workspace_for(const Shape& s) {
+  Buffers workspace_for(const CallShape& s) {
     size_t need = 0;
     carve(s, nullptr, &need);
     if (need > workspace_.bytes()) {
       STEP_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      workspace_.reset();  // free first: peak use is the new size only
+      drop_graphs();        // they hold pointers into the old workspace
+      workspace_.reset();   // free first: peak use is the new size only
       workspace_ = DeviceBuffer(need + need / 4, "the activation workspace of a " + std::to_string(s.B) + " x " +
                                                      std::to_string(s.H) + " x " + std::to_string(s.W) + " batch");
     }
     return carve(s, workspace_.as<char>(), &need);
   }
 
+  // The host part of every call: grids, grid offsets, bounds.
+  CallShape shape_of(int B, int H, int W, const std::vector<std::pair<int, int>>& grids, std::vector<int32_t>* grid_offset,
+                     std::vector<int32_t>* grid_w) const {
+    const int pre = model_.config().prefix();
+    CallShape s;
+    s.B = B, s.H = H, s.W = W, s.grids = grids;
+    grid_offset->resize(B), grid_w->resize(B);
+    for (int b = 0; b < B; ++b) {
+      (*grid_offset)[b] = int32_t(s.cells), (*grid_w)[b] = grids[b].second;
+      const int64_t cells = int64_t(grids[b].first) * grids[b].second;
+      s.cells += cells;
+      s.max_t = std::max<int64_t>(s.max_t, cells + pre);
+    }
+    s.tp_bound = int(s.cells), s.a_bound = int(s.cells + int64_t(B) * pre);
+    return s;
+  }
+
+  // The encoder and head over the packed list already on the device (rects, offsets[0], rect_count,
+  // grid_offset, grid_w, pos): every count read on the device, every grid sized by the bounds.
+  // Records group events unless `graph` (events are not captured). No host synchronisation.
+  void encode(const CallShape& s, Buffers& w, const std::vector<int>& exit_layers, const PruneSettings& prune,
+              bool graph, std::vector<cudaEvent_t>* group_events, std::vector<std::string>* group_names);
+
+  // Runs `body` (kernels only, on stream_) as a CUDA graph cached under `key`, or directly.
+  template <typename Body>
+  bool launch(const std::string& key, Body body) {
+    if (!use_graphs_) {
+      body(false);
+      return false;
+    }
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= 16) drop_graphs();
+      cudaGraph_t graph = nullptr;
+      STEP_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        body(true);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        throw;
+      }
+      STEP_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      if (err != cudaSuccess) {  // graphs unusable here: run directly from now on
+        cudaGetLastError();
+        use_graphs_ = false;
+        body(false);
+        return false;
+      }
+      it = graphs_.emplace(key, exec).first;
+    }
+    STEP_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    return true;
+  }
+
+  // Stats from the offsets each block saw (downloaded), as the CPU computes them.
+  void fill_stats(const CallShape& s, const std::vector<int32_t>& block_offsets, const std::vector<int>& exit_layers,
+                  int64_t rects, EncoderOutput& out) const;
+
   VitModel& model_;
   Backend& host_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
+  bool use_graphs_ = true;
   size_t weight_bytes_ = 0;
   Linear patch_w_, head_;
   Norm norm_pre_, final_norm_;
@@ -326,86 +464,37 @@ class CudaVitModel final : public DeviceModel {
   std::vector<Block> blocks_;
   std::map<int, ExitHead> exits_;
   std::map<std::pair<int, int>, DeviceBuffer> pos_cache_;
+  std::map<std::string, cudaGraphExec_t> graphs_;
   DeviceBuffer workspace_;
 };
 
-EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
-  using clock = std::chrono::steady_clock;
+void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int>& exit_layers,
+                          const PruneSettings& prune, bool graph, std::vector<cudaEvent_t>* group_events,
+                          std::vector<std::string>* group_names) {
   const VitConfig& c = model_.config();
-  const int B = in.images, C = c.embed_dim, P = c.patch, pre = c.prefix(), K = c.num_classes;
-  EncoderOutput out;
-  ForwardStats& st = out.stats;
-  auto t0 = clock::now();
-  NvtxRange range_forward("forward");
+  const int B = sh.B, C = c.embed_dim, P = c.patch, pre = c.prefix(), K = c.num_classes;
+  const int Tp = sh.tp_bound, A0 = sh.a_bound, max_t = sh.max_t;
   cudaStream_t s = stream_;
+  auto group_done = [&](std::string name) {
+    if (graph) return;
+    cudaEvent_t ev;
+    STEP_CUDA_CHECK(cudaEventCreate(&ev));
+    group_events->push_back(ev);
+    STEP_CUDA_CHECK(cudaEventRecord(ev, s));
+    group_names->push_back(std::move(name));
+  };
 
-  // Host bookkeeping, as VitModel::forward: rects (dense when none given), offsets, grids.
-  std::vector<TokenRect> rects = in.rects;
-  std::vector<int32_t> grid_w(B);
-  out.grid_offset.resize(B);
-  int64_t cells = 0;
-  for (int b = 0; b < B; ++b) {
-    auto [gh, gw] = in.grids[b];
-    out.grid_offset[b] = int32_t(cells), grid_w[b] = gw;
-    cells += int64_t(gh) * gw;
-    if (in.rects.empty())
-      for (int r = 0; r < gh; ++r)
-        for (int col = 0; col < gw; ++col) rects.push_back({b, r, col, 1});
-  }
-  std::vector<int32_t> offsets(B + 1, 0);
-  int max_t = 0;
-  {
-    size_t j = 0;
-    for (int b = 0; b < B; ++b) {
-      int n = 0;
-      while (j < rects.size() && rects[j].image == b) ++j, ++n;
-      offsets[b + 1] = offsets[b] + pre + n;
-      max_t = std::max(max_t, pre + n);
-    }
-  }
-  const int Tp = int(rects.size()), A0 = offsets[B];
-  st.dense_tokens = cells + int64_t(B) * pre;
-  st.input_tokens = A0;
-  std::vector<int> exit_layers = in.prune.enabled ? in.prune.layers : std::vector<int>{};
-  if (!exit_layers.empty() && max_t > token_halt_max_rows())
-    throw Error(ErrorCode::kBadInput, "early exits on the GPU handle at most " + std::to_string(token_halt_max_rows()) +
-                                          " tokens per image and this image has " + std::to_string(max_t) +
-                                          ": use a smaller input size, merging, prune: false or device 'cpu'");
-
-  const Shape shape{B, in.height, in.width, Tp, A0, int(cells)};
-  Buffers w = workspace_for(shape);
-
-  // Uploads: pixels, rects, offsets, grids, then each image's position embeddings.
-  STEP_CUDA_CHECK(cudaEventRecord(start_, s));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(w.pixels, in.pixels, size_t(B) * 3 * in.height * in.width * 4, cudaMemcpyHostToDevice, s));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(w.rects, rects.data(), size_t(Tp) * sizeof(TokenRect), cudaMemcpyHostToDevice, s));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
-  for (int b = 0; b < B; ++b) {
-    const float* g = pos_grid(in.grids[b].first, in.grids[b].second);
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(out.grid_offset[b]) * C, g,
-                                    size_t(in.grids[b].first) * in.grids[b].second * C * 4, cudaMemcpyDeviceToDevice, s));
-  }
-  // rect_of_row and rect_exit start as in model.cpp: prefix rows -1, rect j at its row; no exit yet.
-  {
-    std::vector<int32_t> rect_of_row(A0, -1);
-    for (int j = 0; j < Tp; ++j) rect_of_row[j + (rects[j].image + 1) * pre] = j;
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rect_of_row[0], rect_of_row.data(), size_t(A0) * 4, cudaMemcpyHostToDevice, s));
-    // cudaMemcpyAsync from pageable memory returns once the source is staged, so the vector may go.
-  }
-  if (Tp > 0) {
-    fill_int_kernel<<<ceil_div(Tp, 256), 256, 0, s>>>(w.rect_exit, c.depth, Tp);
+  if (A0 > 0) {
+    init_rows_kernel<<<ceil_div(A0, 256), 256, 0, s>>>(B, pre, c.depth, w.offsets[0], w.rect_of_row[0], w.rect_exit, A0);
     STEP_CUDA_CHECK_LAUNCH();
   }
-
   // Patch embedding: im2col of every rect (bf16), one GEMM with the conv weight.
   {
     PatchGatherParams g;
-    g.images = B, g.height = in.height, g.width = in.width, g.patch = P, g.pixels = w.pixels;
+    g.images = B, g.height = sh.H, g.width = sh.W, g.patch = P, g.pixels = w.pixels;
     g.tokens = Tp, g.rects = w.rects;
     PatchGatherDeviceExtras x;
-    x.out_bf16 = w.cols;
+    x.out_bf16 = w.cols, x.tokens_device = w.rect_count;
     patch_gather(g, x, s);
   }
   auto gemm_run = [&](const Linear& l, const uint16_t* a, int M, const int32_t* m_device, float* c_f32, uint16_t* c_bf16,
@@ -417,9 +506,9 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     x.a_bf16 = a, x.w_bf16 = l.w.as<uint16_t>(), x.c_bf16 = c_bf16, x.m_device = m_device;
     gemm(g, x, s);
   };
-  gemm_run(patch_w_, w.cols, Tp, nullptr, w.embedded, nullptr, Epilogue::kNone, nullptr);
+  gemm_run(patch_w_, w.cols, Tp, w.rect_count, w.embedded, nullptr, Epilogue::kNone, nullptr);
 
-  int cur = 0;  // which of the ping-pong buffers holds the live list
+  int cur = 0;  // which offsets / rect_of_row buffer holds the live list
   float* x = w.x[0];
   {
     TokenPosEmbedParams t;
@@ -430,7 +519,6 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     e.rows_bound = A0;
     token_pos_embed(t, e, s);
   }
-  // LayerNorm of the live rows: float32 out (y) and/or bf16 out (y_bf16).
   auto layernorm_run = [&](const float* src, const Norm& n, float* y, uint16_t* y_bf16) {
     LayerNormParams p;
     p.rows = A0, p.C = C, p.eps = c.norm_eps, p.x = src, p.gamma = n.gamma.as<float>(), p.beta = n.beta.as<float>();
@@ -443,10 +531,6 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     layernorm_run(x, norm_pre_, w.x[1], nullptr);
     x = w.x[1];
   }
-
-  // Encoder blocks, with early exits: token counts never come back to the host here.
-  std::vector<cudaEvent_t> group_events;
-  std::vector<std::string> group_names;
   auto snapshot_offsets = [&](int i) {
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.block_offsets + int64_t(i) * (B + 1), w.offsets[cur], size_t(B + 1) * 4,
                                     cudaMemcpyDeviceToDevice, s));
@@ -480,7 +564,7 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     {
       TokenHaltParams p;
       p.batch = B, p.K = K, p.prefix = pre, p.offsets = w.offsets[cur], p.logits = w.logits;
-      p.threshold = in.prune.threshold, p.top_k = in.prune.top_k, p.halt = w.halt;
+      p.threshold = prune.threshold, p.top_k = prune.top_k, p.halt = w.halt;
       TokenHaltDeviceExtras e;
       e.max_seqlen = max_t;
       token_halt(p, e, s);
@@ -512,23 +596,12 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
       STEP_CUDA_CHECK_LAUNCH();
     }
     cur = nxt, x = x_next;
-    cudaEvent_t ev;
-    STEP_CUDA_CHECK(cudaEventCreate(&ev));
-    group_events.push_back(ev);
-    STEP_CUDA_CHECK(cudaEventRecord(ev, s));
-    group_names.push_back("blocks " + std::to_string(group_start) + "-" + std::to_string(i));
+    group_done("blocks " + std::to_string(group_start) + "-" + std::to_string(i));
     group_start = i + 1;
   }
   snapshot_offsets(c.depth);
   layernorm_run(x, final_norm_, w.tokens, w.h);
-  {
-    cudaEvent_t ev;
-    STEP_CUDA_CHECK(cudaEventCreate(&ev));
-    group_events.push_back(ev);
-    STEP_CUDA_CHECK(cudaEventRecord(ev, s));
-    group_names.push_back(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" +
-                                                             std::to_string(c.depth - 1));
-  }
+  group_done(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" + std::to_string(c.depth - 1));
   // Head on the live rows, filing under each rect, unsharing to the patch grids.
   if (K > 0) {
     NvtxRange range_head("head");
@@ -542,40 +615,24 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     UnshareParams u;
     u.K = K, u.tokens = Tp, u.rects = w.rects, u.logits = w.rect_logits;
     u.grid_offset = w.grid_offset, u.grid_w = w.grid_w, u.grid = w.grid_logits;
-    unshare(u, UnshareDeviceExtras{}, s);
+    UnshareDeviceExtras ue;
+    ue.tokens_device = w.rect_count;
+    unshare(u, ue, s);
   }
-  STEP_CUDA_CHECK(cudaEventRecord(stop_, s));
+  // The final offsets, for the host: in offsets[0] whatever buffer holds them.
+  if (cur != 0)
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], w.offsets[cur], size_t(B + 1) * 4, cudaMemcpyDeviceToDevice, s));
+}
 
-  // Results back: the offsets of every block, rect exits, grid logits, and the tokens when asked.
-  std::vector<int32_t> block_offsets(size_t(c.depth + 1) * (B + 1));
-  STEP_CUDA_CHECK(cudaMemcpyAsync(block_offsets.data(), w.block_offsets, block_offsets.size() * 4, cudaMemcpyDeviceToHost, s));
-  out.rect_exit.resize(Tp);
-  STEP_CUDA_CHECK(cudaMemcpyAsync(out.rect_exit.data(), w.rect_exit, size_t(Tp) * 4, cudaMemcpyDeviceToHost, s));
-  if (K > 0) {
-    out.grid_logits.reset({cells, K});
-    STEP_CUDA_CHECK(cudaMemcpyAsync(out.grid_logits.data(), w.grid_logits, size_t(cells) * K * 4, cudaMemcpyDeviceToHost, s));
-  }
-  Tensor tokens;
-  if (in.want_tokens || in.capture) {
-    tokens.reset({A0, C});
-    STEP_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), w.tokens, size_t(A0) * C * 4, cudaMemcpyDeviceToHost, s));
-  }
-  const cudaError_t err = cudaStreamSynchronize(s);
-  std::vector<float> group_ms;
-  float last = 0;
-  for (cudaEvent_t ev : group_events) {
-    float ms = 0;
-    if (err == cudaSuccess) cudaEventElapsedTime(&ms, start_, ev);
-    group_ms.push_back(ms - last), last = ms;
-    cudaEventDestroy(ev);
-  }
-  if (err != cudaSuccess) throw_cuda_error(err, "the GPU forward", __FILE__, __LINE__);
-  float total_ms = 0;
-  cudaEventElapsedTime(&total_ms, start_, stop_);
-
-  // Stats as the CPU computes them, from the offsets each block saw.
+void CudaVitModel::fill_stats(const CallShape& sh, const std::vector<int32_t>& block_offsets,
+                              const std::vector<int>& exit_layers, int64_t rects, EncoderOutput& out) const {
+  const VitConfig& c = model_.config();
+  const int B = sh.B, C = c.embed_dim, P = c.patch, K = c.num_classes;
+  ForwardStats& st = out.stats;
   auto gemm_gflops = [](int64_t M, int64_t N, int64_t Kd) { return 2e-9 * double(M) * N * Kd; };
-  st.gflops += gemm_gflops(Tp, C, 3 * P * P);
+  st.dense_tokens = sh.cells + int64_t(B) * c.prefix();
+  st.input_tokens = block_offsets[B];
+  st.gflops += gemm_gflops(rects, C, 3 * P * P);
   for (int i = 0; i <= c.depth; ++i) {
     const int32_t* o = block_offsets.data() + size_t(i) * (B + 1);
     const int64_t a = o[B];
@@ -592,10 +649,99 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     if (std::find(exit_layers.begin(), exit_layers.end(), i + 1) != exit_layers.end()) {
       st.gflops += gemm_gflops(a, K, C);
       int64_t halted = 0;
-      for (int32_t e : out.rect_exit) halted += e == i + 1;
+      for (int64_t t = 0; t < rects; ++t) halted += out.rect_exit[size_t(t)] == i + 1;
       st.halted.push_back(halted);
     }
   }
+}
+
+// Group timings from the events recorded by encode (eager runs), then destroys them.
+void collect_group_ms(cudaEvent_t start, const std::vector<cudaEvent_t>& events, const std::vector<std::string>& names,
+                      ForwardStats& st, float* last) {
+  *last = 0;
+  for (size_t g = 0; g < events.size(); ++g) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, events[g]);
+    st.ms.emplace_back(names[g] + " (gpu)", ms - *last);
+    *last = ms;
+    cudaEventDestroy(events[g]);
+  }
+}
+
+EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
+  using clock = std::chrono::steady_clock;
+  const VitConfig& c = model_.config();
+  const int B = in.images, C = c.embed_dim, pre = c.prefix(), K = c.num_classes;
+  auto t0 = clock::now();
+  NvtxRange range_forward("forward");
+  cudaStream_t s = stream_;
+  EncoderOutput out;
+
+  std::vector<int32_t> grid_w;
+  CallShape sh = shape_of(B, in.height, in.width, in.grids, &out.grid_offset, &grid_w);
+  // Rects from the host (dense when none given); exact bounds.
+  std::vector<TokenRect> rects = in.rects;
+  if (rects.empty())
+    for (int b = 0; b < B; ++b)
+      for (int r = 0; r < in.grids[b].first; ++r)
+        for (int col = 0; col < in.grids[b].second; ++col) rects.push_back({b, r, col, 1});
+  std::vector<int32_t> offsets(B + 1, 0);
+  int max_t = 0;
+  {
+    size_t j = 0;
+    for (int b = 0; b < B; ++b) {
+      int n = 0;
+      while (j < rects.size() && rects[j].image == b) ++j, ++n;
+      offsets[b + 1] = offsets[b] + pre + n;
+      max_t = std::max(max_t, pre + n);
+    }
+  }
+  const int32_t Tp = int32_t(rects.size());
+  sh.tp_bound = Tp, sh.a_bound = offsets[B], sh.max_t = max_t;
+  std::vector<int> exit_layers = in.prune.enabled ? in.prune.layers : std::vector<int>{};
+  if (!exit_layers.empty() && max_t > token_halt_max_rows())
+    throw Error(ErrorCode::kBadInput, "early exits on the GPU handle at most " + std::to_string(token_halt_max_rows()) +
+                                          " tokens per image and this image has " + std::to_string(max_t) +
+                                          ": use a smaller input size, merging, prune: false or device 'cpu'");
+  Buffers w = workspace_for(sh);
+
+  STEP_CUDA_CHECK(cudaEventRecord(start_, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.pixels, in.pixels, size_t(B) * 3 * in.height * in.width * 4, cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.rects, rects.data(), size_t(Tp) * sizeof(TokenRect), cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.rect_count, &Tp, 4, cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
+  for (int b = 0; b < B; ++b)
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(out.grid_offset[b]) * C, pos_grid(in.grids[b].first, in.grids[b].second),
+                                    size_t(in.grids[b].first) * in.grids[b].second * C * 4, cudaMemcpyDeviceToDevice, s));
+  std::vector<cudaEvent_t> events;
+  std::vector<std::string> names;
+  encode(sh, w, exit_layers, in.prune, false, &events, &names);
+  STEP_CUDA_CHECK(cudaEventRecord(stop_, s));
+
+  std::vector<int32_t> block_offsets(size_t(c.depth + 1) * (B + 1));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(block_offsets.data(), w.block_offsets, block_offsets.size() * 4, cudaMemcpyDeviceToHost, s));
+  out.rect_exit.resize(Tp);
+  STEP_CUDA_CHECK(cudaMemcpyAsync(out.rect_exit.data(), w.rect_exit, size_t(Tp) * 4, cudaMemcpyDeviceToHost, s));
+  if (K > 0) {
+    out.grid_logits.reset({sh.cells, K});
+    STEP_CUDA_CHECK(cudaMemcpyAsync(out.grid_logits.data(), w.grid_logits, size_t(sh.cells) * K * 4, cudaMemcpyDeviceToHost, s));
+  }
+  Tensor tokens;
+  if (in.want_tokens || in.capture) {
+    tokens.reset({sh.a_bound, C});
+    STEP_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), w.tokens, size_t(sh.a_bound) * C * 4, cudaMemcpyDeviceToHost, s));
+  }
+  const cudaError_t err = cudaStreamSynchronize(s);
+  if (err != cudaSuccess) {
+    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+    throw_cuda_error(err, "the GPU forward", __FILE__, __LINE__);
+  }
+  float last = 0, total_ms = 0;
+  collect_group_ms(start_, events, names, out.stats, &last);
+  cudaEventElapsedTime(&total_ms, start_, stop_);
+  fill_stats(sh, block_offsets, exit_layers, Tp, out);
   const int A = out.offsets[B];
   if (in.want_tokens || in.capture) {
     out.tokens.reset({A, C});
@@ -607,10 +753,202 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     }
   }
   const double host_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-  for (size_t g = 0; g < group_ms.size(); ++g) st.ms.emplace_back(group_names[g] + " (gpu)", group_ms[g]);
-  st.ms.emplace_back("head (gpu)", std::max(0.f, total_ms - last));
-  st.ms.emplace_back("host + transfers", std::max(0.0, host_ms - total_ms));
+  out.stats.ms.emplace_back("head (gpu)", std::max(0.f, total_ms - last));
+  out.stats.ms.emplace_back("host + transfers", std::max(0.0, host_ms - total_ms));
   return out;
+}
+
+DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
+  using clock = std::chrono::steady_clock;
+  const VitConfig& c = model_.config();
+  const int B = int(r.images.size()), C = c.embed_dim, P = c.patch, K = c.num_classes;
+  STEP_CHECK(K > 0, "segment needs a segmentation head");
+  auto t0 = clock::now();
+  NvtxRange range_segment("segment");
+  cudaStream_t s = stream_;
+  SegmentResult res;
+  EncoderOutput& out = res.enc;
+
+  // Shape: each image's grid over the batch's padded size, dense bounds, uploads' sizes.
+  std::vector<std::pair<int, int>> grids;
+  int H = 0, W = 0;
+  for (const Image& im : r.images) {
+    grids.push_back({(im.h + P - 1) / P, (im.w + P - 1) / P});
+    H = std::max(H, grids.back().first * P), W = std::max(W, grids.back().second * P);
+  }
+  std::vector<int32_t> grid_w;
+  CallShape sh = shape_of(B, H, W, grids, &out.grid_offset, &grid_w);
+  const bool device_merge = r.host_plan == nullptr;
+  const int levels = device_merge && r.merge.policy == MergePolicy::kSimilarity ? int(r.merge.sizes.size()) : 0;
+  STEP_CHECK(levels <= 8, "at most 8 merge levels");
+  std::vector<int64_t> rgb_at(B), out_at(B + 1, 0);
+  for (int b = 0; b < B; ++b) {
+    const Image& im = r.images[b];
+    rgb_at[b] = sh.rgb_bytes;
+    sh.rgb_bytes += (int64_t(im.h) * im.w * im.channels + 15) / 16 * 16;
+    out_at[b + 1] = out_at[b] + int64_t(im.out_h) * im.out_w;
+    sh.images.push_back({im.h, im.w, im.channels, im.out_h, im.out_w});
+  }
+  sh.out_pixels = out_at[B], sh.probs = r.want_probs, sh.device_merge = device_merge;
+  std::vector<int> exit_layers = r.prune.enabled ? r.prune.layers : std::vector<int>{};
+  if (!exit_layers.empty() && sh.max_t > token_halt_max_rows())
+    throw Error(ErrorCode::kBadInput, "early exits on the GPU handle at most " + std::to_string(token_halt_max_rows()) +
+                                          " tokens per image and this image has up to " + std::to_string(sh.max_t) +
+                                          ": use a smaller input size, prune: false or device 'cpu'");
+  // Settings baked into the kernels' arguments belong in the graph key too.
+  std::string key = sh.key() + "|L" + std::to_string(levels);
+  for (int l = 0; l < levels; ++l) key += "," + std::to_string(r.merge.sizes[l]);
+  if (levels) key += "|tau" + std::to_string(r.merge.color_tau) + "," + std::to_string(r.merge.texture_tau);
+  for (int e : exit_layers) key += "|x" + std::to_string(e);
+  if (!exit_layers.empty()) key += "|t" + std::to_string(r.prune.threshold) + ",k" + std::to_string(r.prune.top_k);
+  for (int q = 0; q < 3; ++q) key += "|n" + std::to_string(r.mean[q]) + "," + std::to_string(r.std[q]);
+
+  Buffers w = workspace_for(sh);
+  // Uploads (outside the graph): images, grids, merge settings, or the host's plan.
+  STEP_CUDA_CHECK(cudaEventRecord(start_, s));
+  for (int b = 0; b < B; ++b) {
+    const Image& im = r.images[b];
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rgb + rgb_at[b], im.rgb, size_t(im.h) * im.w * im.channels, cudaMemcpyHostToDevice, s));
+  }
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
+  if (levels) {
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.sizes, r.merge.sizes.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.thresholds, r.merge.thresholds.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
+  }
+  std::vector<int32_t> host_offsets;
+  if (!device_merge) {
+    const MergePlan& plan = *r.host_plan;
+    const int32_t tp = int32_t(plan.rects.size());
+    host_offsets.assign(B + 1, 0);
+    for (const TokenRect& t : plan.rects) ++host_offsets[t.image + 1];
+    for (int b = 0; b < B; ++b) host_offsets[b + 1] += host_offsets[b] + c.prefix();
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rects, plan.rects.data(), size_t(tp) * sizeof(TokenRect), cudaMemcpyHostToDevice, s));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rect_count, &tp, 4, cudaMemcpyHostToDevice, s));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], host_offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
+  }
+  for (int b = 0; b < B; ++b)
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(out.grid_offset[b]) * C, pos_grid(grids[b].first, grids[b].second),
+                                    size_t(grids[b].first) * grids[b].second * C * 4, cudaMemcpyDeviceToDevice, s));
+
+  std::vector<cudaEvent_t> events;
+  std::vector<std::string> names;
+  auto body = [&](bool graph) {
+    // Normalise each image into its plane of the padded batch, score and select on the device.
+    for (int b = 0; b < B; ++b) {
+      const Image& im = r.images[b];
+      ImageNormalizeParams n;
+      n.src = w.rgb + rgb_at[b], n.h = im.h, n.w = im.w, n.channels = im.channels;
+      for (int q = 0; q < 3; ++q) n.mean[q] = r.mean[q], n.std[q] = r.std[q];
+      n.out_h = H, n.out_w = W, n.out = w.pixels + int64_t(b) * 3 * H * W;
+      image_normalize(n, s);
+      if (!device_merge) continue;
+      const int64_t at = out.grid_offset[b];
+      if (levels) {
+        WindowScoreParams ws;
+        ws.image = w.rgb + rgb_at[b], ws.h = im.h, ws.w = im.w, ws.channels = im.channels, ws.patch = P;
+        ws.gh = grids[b].first, ws.gw = grids[b].second, ws.levels = levels, ws.sizes = w.sizes;
+        ws.color_tau = r.merge.color_tau, ws.texture_tau = r.merge.texture_tau, ws.scores = w.scores + at;
+        WindowScoreDeviceExtras wx;
+        wx.workspace = w.score_ws + 4 * at;
+        window_score(ws, wx, s);
+      }
+      SuperpatchSelectParams sp;
+      sp.image = b, sp.gh = grids[b].first, sp.gw = grids[b].second, sp.levels = levels;
+      sp.sizes = w.sizes, sp.thresholds = w.thresholds, sp.scores = w.scores + at;
+      sp.rects = w.stage + at, sp.count = w.counts + b, sp.token_of_patch = w.token_of_patch + at;
+      superpatch_select(sp, s);
+    }
+    if (device_merge) {
+      pack_rects_kernel<<<1, 256, size_t(B + 1) * 4, s>>>(B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
+                                                          w.offsets[0], w.rect_count);
+      STEP_CUDA_CHECK_LAUNCH();
+    }
+    encode(sh, w, exit_layers, r.prune, graph, &events, &names);
+    for (int b = 0; b < B; ++b) {
+      const Image& im = r.images[b];
+      UpsampleParams u;
+      u.K = K, u.gh = grids[b].first, u.gw = grids[b].second, u.patch = P;
+      u.logits = w.grid_logits + int64_t(out.grid_offset[b]) * K;
+      u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
+      u.labels = w.labels + out_at[b], u.probs = r.want_probs ? w.probs + int64_t(K) * out_at[b] : nullptr;
+      upsample(u, s);
+    }
+  };
+  res.graph = launch(key, body);
+  STEP_CUDA_CHECK(cudaEventRecord(stop_, s));
+
+  // Downloads: bookkeeping (small), labels, and what was asked for.
+  std::vector<int32_t> block_offsets(size_t(c.depth + 1) * (B + 1)), counts(B);
+  STEP_CUDA_CHECK(cudaMemcpyAsync(block_offsets.data(), w.block_offsets, block_offsets.size() * 4, cudaMemcpyDeviceToHost, s));
+  std::vector<int32_t> rect_exit(sh.tp_bound);
+  STEP_CUDA_CHECK(cudaMemcpyAsync(rect_exit.data(), w.rect_exit, rect_exit.size() * 4, cudaMemcpyDeviceToHost, s));
+  std::vector<TokenRect> rects;
+  std::vector<int32_t> token_of_patch;
+  if (device_merge) {
+    STEP_CUDA_CHECK(cudaMemcpyAsync(counts.data(), w.counts, size_t(B) * 4, cudaMemcpyDeviceToHost, s));
+    rects.resize(size_t(sh.tp_bound));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(rects.data(), w.rects, rects.size() * sizeof(TokenRect), cudaMemcpyDeviceToHost, s));
+    token_of_patch.resize(size_t(sh.cells));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(token_of_patch.data(), w.token_of_patch, token_of_patch.size() * 4, cudaMemcpyDeviceToHost, s));
+  }
+  res.labels.resize(B);
+  for (int b = 0; b < B; ++b) {
+    res.labels[b].resize(size_t(out_at[b + 1] - out_at[b]));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(res.labels[b].data(), w.labels + out_at[b], res.labels[b].size() * 4, cudaMemcpyDeviceToHost, s));
+  }
+  if (r.want_probs) {
+    res.probs.resize(B);
+    for (int b = 0; b < B; ++b) {
+      res.probs[b].resize(size_t(K) * (out_at[b + 1] - out_at[b]));
+      STEP_CUDA_CHECK(cudaMemcpyAsync(res.probs[b].data(), w.probs + int64_t(K) * out_at[b], res.probs[b].size() * 4,
+                                      cudaMemcpyDeviceToHost, s));
+    }
+  }
+  if (r.want_logits) {
+    out.grid_logits.reset({sh.cells, K});
+    STEP_CUDA_CHECK(cudaMemcpyAsync(out.grid_logits.data(), w.grid_logits, size_t(sh.cells) * K * 4, cudaMemcpyDeviceToHost, s));
+  }
+  const cudaError_t err = cudaStreamSynchronize(s);
+  if (err != cudaSuccess) {
+    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+    throw_cuda_error(err, "the GPU segment", __FILE__, __LINE__);
+  }
+  float last = 0, total_ms = 0;
+  collect_group_ms(start_, events, names, out.stats, &last);
+  cudaEventElapsedTime(&total_ms, start_, stop_);
+
+  // The plan as the host's MergePlan: rects in image order, token_of_patch per image, tokens per size.
+  if (device_merge) {
+    int64_t n = 0;
+    for (int b = 0; b < B; ++b) n += counts[b];
+    rects.resize(size_t(n));
+    res.plan.rects = std::move(rects);
+    int64_t first = 0;
+    for (int b = 0; b < B; ++b) {
+      const int64_t at = out.grid_offset[b], cells = int64_t(grids[b].first) * grids[b].second;
+      res.plan.token_of_patch.emplace_back(token_of_patch.begin() + at, token_of_patch.begin() + at + cells);
+      std::vector<int64_t> per_size(size_t(levels) + 1, 0);
+      for (int64_t t = first; t < first + counts[b]; ++t) {
+        int l = 0;
+        while (l < levels && r.merge.sizes[l] != res.plan.rects[size_t(t)].size) ++l;
+        ++per_size[size_t(l)];
+      }
+      res.plan.tokens_per_size.push_back(std::move(per_size));
+      first += counts[b];
+    }
+  } else {
+    res.plan = *r.host_plan;
+  }
+  const int64_t Tp = int64_t(res.plan.rects.size());
+  rect_exit.resize(size_t(Tp));
+  out.rect_exit = std::move(rect_exit);
+  fill_stats(sh, block_offsets, exit_layers, Tp, out);
+  const double host_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  if (res.graph) out.stats.ms.emplace_back("graph (gpu)", total_ms);
+  else out.stats.ms.emplace_back("head + upsample (gpu)", std::max(0.f, total_ms - last));
+  out.stats.ms.emplace_back("host + transfers", std::max(0.0, host_ms - total_ms));
+  return res;
 }
 
 }  // namespace

@@ -18,13 +18,25 @@
 // passes only the count at the input as the upper bound. The forward synchronises once, at the end,
 // to copy the results back.
 //
+// segment() is the whole of model.segment() on the GPU but for decoding and resizing: the uint8 images
+// go up, and labels (and probabilities, patch logits when asked) come down; normalising, window scoring
+// and superpatch selection (the similarity scorer; the learned policy's rects come from the host),
+// the encoder with its early exits, unsharing and the bilinear upsampling with argmax all run on the
+// device with every token count kept there. Every kernel is sized by the dense bound, so the work of
+// one call depends only on the sizes and settings, never on the image: it is captured once into a
+// CUDA graph per such key and replayed after (STEP_SEG_CUDA_GRAPHS=0 turns graphs off).
+//
 // Precision: GEMM and attention operands in bfloat16, accumulation, softmax, LayerNorm statistics and
 // the residual stream in float32 (as PyTorch's bf16 autocast does).
 #pragma once
 #include <cstddef>
 #include <memory>
 
+#include <string>
+#include <vector>
+
 #include "../core/backend.h"
+#include "../core/merge.h"
 #include "../core/model.h"
 
 namespace step::cuda {
@@ -45,6 +57,28 @@ class DeviceModel {
   // As VitModel::forward (dense or superpatch rects from the host; early exits when in.prune is on).
   // in.capture keeps only "final_norm" on the GPU (the per-block copies are a CPU feature).
   virtual EncoderOutput forward(const EncoderInput& in) = 0;
+
+  struct Image {
+    const uint8_t* rgb = nullptr;  // (h, w, channels) uint8, the resized image
+    int h = 0, w = 0, channels = 3;
+    int out_h = 0, out_w = 0;      // label map size
+  };
+  struct SegmentRequest {
+    std::vector<Image> images;
+    float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};  // 0..255 pixel units
+    MergeSettings merge;                 // kNone or kSimilarity: planned on the device
+    const MergePlan* host_plan = nullptr;  // kLearned: the host's plan (rects, token_of_patch)
+    PruneSettings prune;
+    bool want_probs = false, want_logits = false;
+  };
+  struct SegmentResult {
+    EncoderOutput enc;   // offsets, rect_exit, stats; grid_logits when want_logits
+    MergePlan plan;      // rects, token_of_patch, tokens_per_size as selected on the device
+    std::vector<std::vector<int32_t>> labels;  // per image (out_h, out_w)
+    std::vector<std::vector<float>> probs;     // per image (K, out_h, out_w) when want_probs
+    bool graph = false;  // replayed (or captured) as a CUDA graph
+  };
+  virtual SegmentResult segment(const SegmentRequest& r) = 0;
   virtual DeviceMemoryUse memory() const = 0;
 };
 
