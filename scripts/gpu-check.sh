@@ -95,7 +95,7 @@ if [ -n "$node_bin" ] && [ -f build/Release/step_seg.node ] && [ -d node_modules
   else
     skip bench "scripts/bench-cuda.ts does not exist yet"
   fi
-  run model-bench "$node_bin" --import tsx scripts/bench-cuda-model.ts --out "$logs/bench-cuda-model.txt"
+  run model-bench "$node_bin" --import tsx scripts/bench-cuda-model.ts --step --out "$logs/bench-cuda-model.txt"
   run suite "$node_bin" --import tsx node_modules/uvu/bin.js test "\.test\.ts$"
 else
   skip probe "node, the addon or node_modules missing (above)"
