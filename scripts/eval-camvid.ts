@@ -1,7 +1,12 @@
 // mIoU on CamVid val with the engine (not PyTorch): one confusion matrix over the whole split, per
 // setting and size, with tokens, GFLOPs and ms per image, as one table.
 //   node --import tsx scripts/eval-camvid.ts [--model DIR] [--data ../shared/data/camvid]
-//        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,learned,learned+prune]
+//        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,similarity+prune,learned,learned+prune]
+//        [--markdown FILE]
+// Columns: mIoU (%), tokens entering the encoder, mean tokens per block (what the encoder's cost
+// follows once exits shrink the list), the cut in tokens per block and in GFLOPs against dense at the
+// same size, GFLOPs and ms per image (2 threads unless STEP_SEG_NUM_THREADS says otherwise). --markdown
+// also writes the table as Markdown (the README's).
 // Sizes are the long side: 480 is CamVid's own 480 x 360, 960 is 960 x 720 (2x), 1024 a 1024-px long
 // side. Labels: 0..10 the classes, 11 void (ignored). Settings a model cannot run (learned without a
 // policy, pruning without exit heads) are skipped with a line saying so.
@@ -20,7 +25,8 @@ const flag = (name: string, fallback: string) => {
 const data = flag('--data', path.join(__dirname, '..', '..', 'shared', 'data', 'camvid'));
 const sizes = flag('--sizes', '480,960,1024').split(',').map(Number);
 const limit = Number(flag('--limit', '0'));
-const settings = flag('--settings', 'dense,similarity,learned,learned+prune').split(',');
+const settings = flag('--settings', 'dense,similarity,similarity+prune,learned,learned+prune').split(',');
+const markdown = flag('--markdown', '');
 const K = 11, VOID = 11;
 
 function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>>): SegmentOptions | undefined {
@@ -45,7 +51,9 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
   const model = await loadModel(args.includes('--model') ? flag('--model', '') : undefined, { device: 'cpu' });
   if (model.config.numClasses !== K) console.log(`note: the model has ${model.config.numClasses} classes, CamVid ${K}`);
   console.log(`${files.length} val images from ${data}`);
-  console.log('setting           size     mIoU   tokens  dense  GFLOPs   ms/img');
+  console.log('setting           size     mIoU   tokens  /block  dense  token cut  GFLOPs  GFLOP cut   ms/img');
+  const md = ['| setting | size | mIoU | tokens in | tokens per block | token cut | GFLOPs | GFLOP cut | ms / image |', '|---|---|---|---|---|---|---|---|---|'];
+  const denseAt = new Map<number, { perBlock: number; gflops: number }>();
   for (const setting of settings) {
     const options = optionsFor(setting, model);
     if (!options) {
@@ -54,12 +62,14 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
     }
     for (const size of sizes) {
       const confusion = new Float64Array(K * K);
-      let tokens = 0, dense = 0, gflops = 0, ms = 0;
+      let tokens = 0, dense = 0, gflops = 0, ms = 0, perBlock = 0;
       for (const name of files) {
         const label = await sharp(path.join(data, 'valannot', name)).extractChannel(0).raw().toBuffer();
         const r = await model.segment(path.join(data, 'val', name), { ...options, size });
         for (let i = 0; i < label.length; i++) if (label[i] !== VOID && label[i] < K) confusion[label[i] * K + r.labels[i]]++;
         tokens += r.stats.tokens.input;
+        const blocks = r.stats.tokens.perBlock;
+        perBlock += blocks.reduce((a, b) => a + b, 0) / blocks.length;
         dense += r.stats.tokens.dense;
         gflops += r.stats.gflops;
         ms += r.stats.ms.total;
@@ -72,11 +82,20 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
         iou += union > 0 ? confusion[k * K + k] / union : 0;
       }
       const n = files.length;
+      if (setting === 'dense') denseAt.set(size, { perBlock: perBlock / n, gflops: gflops / n });
+      const base = denseAt.get(size);
+      const tokenCut = base ? `${(base.perBlock / (perBlock / n)).toFixed(2)}x` : '-';
+      const flopCut = base ? `${(base.gflops / (gflops / n)).toFixed(2)}x` : '-';
+      const sizeName = size === 480 ? '480x360' : size === 960 ? '960x720' : `${size} long side`;
       console.log(
         `${setting.padEnd(16)} ${String(size).padStart(5)} ${((100 * iou) / K).toFixed(1).padStart(8)} ${(tokens / n).toFixed(0).padStart(8)} ` +
-          `${(dense / n).toFixed(0).padStart(6)} ${(gflops / n).toFixed(2).padStart(7)} ${(ms / n).toFixed(0).padStart(8)}`,
+          `${(perBlock / n).toFixed(0).padStart(7)} ${(dense / n).toFixed(0).padStart(6)} ${tokenCut.padStart(10)} ` +
+          `${(gflops / n).toFixed(2).padStart(7)} ${flopCut.padStart(10)} ${(ms / n).toFixed(0).padStart(8)}`,
       );
+      md.push(`| ${setting} | ${sizeName} | ${((100 * iou) / K).toFixed(1)} | ${(tokens / n).toFixed(0)} | ${(perBlock / n).toFixed(0)} | ` +
+        `${tokenCut} | ${(gflops / n).toFixed(1)} | ${flopCut} | ${(ms / n).toFixed(0)} |`);
     }
   }
+  if (markdown) fs.writeFileSync(markdown, md.join('\n') + '\n');
   model.dispose();
 })();
