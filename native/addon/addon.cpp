@@ -455,7 +455,7 @@ class SegmentJob : public Job {
     out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
 #ifdef STEP_SEG_HAVE_CUDA
-  // The whole call on the GPU (device_model.h): the learned policy's plan is the only host step.
+  // The whole call on the GPU (device_model.h), from the resized uint8 images to the labels.
   void run_gpu() {
     using clock = std::chrono::steady_clock;
     step::VitModel& model = *state_->model;
@@ -467,25 +467,9 @@ class SegmentJob : public Job {
     }
     for (int c = 0; c < 3; ++c) req.mean[c] = 255.f * mean_[c], req.std[c] = 255.f * std_[c];
     req.merge = merge_, req.prune = prune_, req.want_probs = want_probs_, req.want_logits = want_logits_;
-    step::MergePlan host_plan;
-    double plan_ms = 0;
-    if (merge_.policy == step::MergePolicy::kLearned) {
-      auto t0 = clock::now();
-      std::vector<step::MergeImage> merge_images;
-      for (int b = 0; b < B; ++b)
-        merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, grids_[b].first,
-                                grids_[b].second});
-      host_plan = step::plan_merge(cpu_backend(), merge_images, P, merge_, model.policy());
-      req.host_plan = &host_plan;
-      plan_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-    }
     step::cuda::DeviceModel::SegmentResult res = state_->gpu->segment(req);
     out_ = std::move(res.enc);
     plan_ = std::move(res.plan);
-    if (req.host_plan) {
-      out_.stats.ms.insert(out_.stats.ms.begin(), {"policy (cpu)", plan_ms});
-      out_.stats.gflops += plan_.gflops;
-    }
     rect_start_.assign(B + 1, 0);
     for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
     for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];

@@ -50,14 +50,7 @@ constexpr StageSpec kStages[] = {
 // The stage whose output is each feature map.
 constexpr int kFeatureStage[EffNetTrunk::kFeatures] = {0, 1, 2, 4, 6};
 
-struct BlockSpec {
-  std::string name;            // "blocks.S.R."
-  int in, mid, out;            // channels: input, expanded (InvertedResidual only), output
-  int kernel, stride;          // of the depthwise convolution
-  bool separable;              // DepthwiseSeparable (stage 0) rather than InvertedResidual
-  bool skip;                   // adds the block input to its output
-  int feature;                 // index of the feature map this block produces, or -1
-};
+using BlockSpec = EffNetTrunk::Block;
 
 std::vector<BlockSpec> block_specs() {
   std::vector<BlockSpec> blocks;
@@ -115,7 +108,7 @@ bool ignorable(const std::string& name) {
 
 
 // Output size of a k x k convolution with symmetric padding (k - 1) / 2.
-int conv_out(int n, int kernel, int stride) { return (n + 2 * ((kernel - 1) / 2) - kernel) / stride + 1; }
+int conv_out(int n, int kernel, int stride) { return EffNetTrunk::conv_out(n, kernel, stride); }
 
 }  // namespace
 
@@ -176,6 +169,11 @@ std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, con
     folded.emplace(p.conv + ".bias", std::move(fb));
   }
   return folded;
+}
+
+const std::vector<EffNetTrunk::Block>& EffNetTrunk::blocks() {
+  static const std::vector<Block> specs = block_specs();
+  return specs;
 }
 
 EffNetTrunk::EffNetTrunk(EffNetConfig cfg, std::map<std::string, Tensor> folded)

@@ -43,6 +43,23 @@ class EffNetTrunk {
   EffNetTrunk(EffNetConfig cfg, std::map<std::string, Tensor> folded);
   const EffNetConfig& config() const { return cfg_; }
 
+  // The architecture, for other forwards of the same trunk (native/cuda): the stem (3 x 3, stride 2,
+  // kStemChannels, ReLU6), then these blocks in order; every conv is BatchNorm-folded with ReLU6 but the
+  // projections (conv_pw of a separable block, conv_pwl), which add the block input when `skip`.
+  struct Block {
+    std::string name;            // "blocks.S.R."
+    int in, mid, out;            // channels: input, expanded (InvertedResidual only), output
+    int kernel, stride;          // of the depthwise convolution
+    bool separable;              // DepthwiseSeparable (stage 0) rather than InvertedResidual
+    bool skip;                   // adds the block input to its output
+    int feature;                 // index of the feature map this block produces, or -1
+  };
+  static constexpr int kStemChannels = 32;
+  static const std::vector<Block>& blocks();
+  static int conv_out(int n, int kernel, int stride) { return (n + 2 * ((kernel - 1) / 2) - kernel) / stride + 1; }
+  // A folded tensor by the names of load_effnet_weights ("blocks.1.0.conv_pw.weight", ...).
+  const Tensor& weight(const std::string& name) const { return w(name); }
+
   // x: (B, H, W, 3) float32 NHWC, normalised as the trunk was trained; any H, W >= 1.
   // Returns the kFeatures maps, feature i (B, h_i, w_i, kFeatureChannels[i]) float32 NHWC, where each
   // stride-2 convolution maps n to (n - 1) / 2 + 1 (so h_i = ceil(H / kFeatureStrides[i]) ).

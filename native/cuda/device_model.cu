@@ -132,6 +132,52 @@ struct ExitHead {
   Norm norm;
   Linear head;
 };
+// The learned merge policy on the device: the EfficientNet-Lite0 trunk (BatchNorm folded) and one
+// sigmoid head per window side. Stem and depthwise convolutions keep float32 weights (conv.cu);
+// pointwise convolutions and the heads are GEMMs with bf16 weights.
+struct DeviceConv {
+  DeviceBuffer w, b;  // (out_c, in_c / groups, k, k), (out_c) float32
+};
+struct PolicyBlock {
+  DeviceConv dw;
+  Linear pw, pwl;  // separable: pw projects; inverted residual: pw expands, pwl projects
+};
+struct DevicePolicy {
+  DeviceConv stem;
+  std::vector<PolicyBlock> blocks;
+  std::map<int, Linear> heads;  // per window side: N = 1, K = 320
+};
+
+// Element counts of the trunk's buffers for one image of H x W pixels, and its GFLOPs.
+struct TrunkSizes {
+  int64_t map = 0, expanded = 0, mid = 0, bf16 = 0;
+  int top_h = 0, top_w = 0;
+  double gflops = 0;
+};
+TrunkSizes trunk_sizes(int H, int W) {
+  TrunkSizes t;
+  using T = EffNetTrunk;
+  int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
+  t.map = int64_t(ih) * iw * T::kStemChannels;
+  t.gflops += 2e-9 * double(ih) * iw * T::kStemChannels * 27;
+  for (const T::Block& b : T::blocks()) {
+    const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
+    const int64_t in_px = int64_t(ih) * iw, out_px = int64_t(oh) * ow;
+    const int dw_c = b.separable ? b.in : b.mid;
+    t.map = std::max(t.map, out_px * b.out);
+    t.mid = std::max(t.mid, out_px * dw_c);
+    t.bf16 = std::max(t.bf16, out_px * dw_c);
+    if (!b.separable) {
+      t.expanded = std::max(t.expanded, in_px * b.mid);
+      t.bf16 = std::max(t.bf16, in_px * b.in);
+      t.gflops += 2e-9 * double(in_px) * b.in * b.mid;
+    }
+    t.gflops += 2e-9 * double(out_px) * dw_c * b.kernel * b.kernel + 2e-9 * double(out_px) * dw_c * b.out;
+    ih = oh, iw = ow;
+  }
+  t.top_h = ih, t.top_w = iw;
+  return t;
+}
 
 // Builds the packed token list from each image's selected rects (superpatch_select wrote image b's
 // count[b] rects at stage + grid_offset[b]): offsets (B + 1), the total rect count, and the packed
@@ -174,6 +220,8 @@ struct CallShape {
   int tp_bound = 0, a_bound = 0, max_t = 0;
   int64_t cells = 0, rgb_bytes = 0, out_pixels = 0;
   bool probs = false, device_merge = false;
+  TrunkSizes trunk;       // the largest image's, when the learned policy runs
+  int64_t pooled = 0;     // (windows of the largest level grid, 320) policy head input
   std::string key() const {
     std::string k = std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + ":" +
                     std::to_string(tp_bound) + "," + std::to_string(a_bound) + "," + std::to_string(max_t) +
@@ -197,6 +245,7 @@ class CudaVitModel final : public DeviceModel {
     STEP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     try {
       upload_weights();
+      if (model_.policy()) upload_policy(*model_.policy());
       STEP_CUDA_CHECK(cudaEventCreate(&start_));
       STEP_CUDA_CHECK(cudaEventCreate(&stop_));
     } catch (...) {
@@ -216,7 +265,7 @@ class CudaVitModel final : public DeviceModel {
     drop_graphs();
     blocks_.clear(), exits_.clear(), pos_cache_.clear();
     workspace_.reset(), patch_w_ = {}, head_ = {}, final_norm_ = {}, norm_pre_ = {};
-    prefix_tokens_.reset(), pos_prefix_.reset();
+    prefix_tokens_.reset(), pos_prefix_.reset(), policy_.reset();
     if (start_) cudaEventDestroy(start_), start_ = nullptr;
     if (stop_) cudaEventDestroy(stop_), stop_ = nullptr;
     if (stream_) cudaStreamDestroy(stream_), stream_ = nullptr;
@@ -290,6 +339,42 @@ class CudaVitModel final : public DeviceModel {
     }
   }
 
+  DeviceConv conv_weights(const EffNetTrunk& t, const std::string& name) {
+    const Tensor& w = t.weight(name + ".weight");
+    const Tensor& b = t.weight(name + ".bias");
+    return {upload_f32(w.data(), w.numel(), "policy." + name + ".weight"), upload_f32(b.data(), b.numel(), "policy." + name + ".bias")};
+  }
+  Linear pointwise_weights(const EffNetTrunk& t, const std::string& name, int out_c, int in_c) {
+    Linear l;
+    l.N = out_c, l.K = in_c;
+    l.w = upload_bf16(t.weight(name + ".weight").data(), int64_t(out_c) * in_c, "policy." + name + ".weight");
+    l.b = upload_f32(t.weight(name + ".bias").data(), out_c, "policy." + name + ".bias");
+    return l;
+  }
+  void upload_policy(const MergePolicyNet& net) {
+    auto p = std::make_unique<DevicePolicy>();
+    p->stem = conv_weights(net.trunk, "conv_stem");
+    for (const EffNetTrunk::Block& b : EffNetTrunk::blocks()) {
+      PolicyBlock pb;
+      pb.dw = conv_weights(net.trunk, b.name + "conv_dw");
+      if (b.separable) {
+        pb.pw = pointwise_weights(net.trunk, b.name + "conv_pw", b.out, b.in);
+      } else {
+        pb.pw = pointwise_weights(net.trunk, b.name + "conv_pw", b.mid, b.in);
+        pb.pwl = pointwise_weights(net.trunk, b.name + "conv_pwl", b.out, b.mid);
+      }
+      p->blocks.push_back(std::move(pb));
+    }
+    for (const auto& [side, w] : net.head_w) {
+      Linear h;
+      h.N = 1, h.K = int(w.dim(1));
+      h.w = upload_bf16(w.data(), w.numel(), "policy head " + std::to_string(side));
+      h.b = upload_f32(net.head_b.at(side).data(), 1, "policy head bias");
+      p->heads.emplace(side, std::move(h));
+    }
+    policy_ = std::move(p);
+  }
+
   // The (gh, gw, C) position embeddings of a grid on the device, uploaded on first use.
   const float* pos_grid(int gh, int gw) {
     auto key = std::make_pair(gh, gw);
@@ -336,6 +421,13 @@ class CudaVitModel final : public DeviceModel {
     int32_t* block_offsets;  // (depth + 1, B + 1) offsets entering each block, then after the last
     int32_t* labels;       // (out_pixels)
     float* probs;          // (K, out_pixels) when asked
+    float* trunk_x;        // (H, W, 3) the policy's input, one image at a time
+    float* trunk_map[2];   // trunk maps, ping-pong
+    float* trunk_exp;      // expanded map
+    float* trunk_mid;      // depthwise output
+    uint16_t* trunk_bf16;  // a pointwise GEMM's input in bf16
+    float* pooled;         // (windows, 320)
+    uint16_t* pooled_bf16;
   };
   Buffers carve(const CallShape& s, char* base, size_t* bytes) const {
     const VitConfig& c = model_.config();
@@ -373,6 +465,15 @@ class CudaVitModel final : public DeviceModel {
     b.block_offsets = v.take<int32_t>(int64_t(c.depth + 1) * (s.B + 1));
     b.labels = v.take<int32_t>(s.out_pixels);
     b.probs = s.probs ? v.take<float>(K * s.out_pixels) : nullptr;
+    const bool trunk = s.trunk.map > 0;
+    b.trunk_x = trunk ? v.take<float>(int64_t(s.H) * s.W * 3) : nullptr;
+    b.trunk_map[0] = trunk ? v.take<float>(s.trunk.map) : nullptr;
+    b.trunk_map[1] = trunk ? v.take<float>(s.trunk.map) : nullptr;
+    b.trunk_exp = trunk ? v.take<float>(s.trunk.expanded) : nullptr;
+    b.trunk_mid = trunk ? v.take<float>(s.trunk.mid) : nullptr;
+    b.trunk_bf16 = trunk ? v.take<uint16_t>(s.trunk.bf16) : nullptr;
+    b.pooled = trunk ? v.take<float>(s.pooled) : nullptr;
+    b.pooled_bf16 = trunk ? v.take<uint16_t>(s.pooled) : nullptr;
     *bytes = v.used();
     return b;
   }
@@ -405,6 +506,10 @@ class CudaVitModel final : public DeviceModel {
     s.tp_bound = int(s.cells), s.a_bound = int(s.cells + int64_t(B) * pre);
     return s;
   }
+
+  // The learned policy's window scores of one image (levels concatenated at `scores`), on the device.
+  void policy_scores(const Buffers& w, const uint8_t* rgb, int h, int wd, int channels, int gh, int gw,
+                     const std::vector<int32_t>& sizes, float* scores);
 
   // The encoder and head over the packed list already on the device (rects, offsets[0], rect_count,
   // grid_offset, grid_w, pos): every count read on the device, every grid sized by the bounds.
@@ -465,8 +570,84 @@ class CudaVitModel final : public DeviceModel {
   std::map<int, ExitHead> exits_;
   std::map<std::pair<int, int>, DeviceBuffer> pos_cache_;
   std::map<std::string, cudaGraphExec_t> graphs_;
+  std::unique_ptr<DevicePolicy> policy_;
   DeviceBuffer workspace_;
 };
+
+void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, int wd, int channels, int gh, int gw,
+                                 const std::vector<int32_t>& sizes, float* scores) {
+  using T = EffNetTrunk;
+  const int P = model_.config().patch, H = gh * P, W = gw * P;
+  cudaStream_t s = stream_;
+  {
+    ImageNormalizeParams n;
+    n.src = rgb, n.h = h, n.w = wd, n.channels = channels;
+    for (int q = 0; q < 3; ++q) n.mean[q] = 127.5f, n.std[q] = 127.5f;
+    n.out_h = H, n.out_w = W, n.channels_last = true, n.out = w.trunk_x;
+    image_normalize(n, s);
+  }
+  auto conv_run = [&](const float* x, int ih, int iw, int in_c, const DeviceConv& cw, int out_c, int kernel, int stride,
+                      bool depthwise, float* y) {
+    ConvParams c;
+    c.batch = 1, c.in_h = ih, c.in_w = iw, c.in_c = in_c;
+    c.out_h = T::conv_out(ih, kernel, stride), c.out_w = T::conv_out(iw, kernel, stride), c.out_c = out_c;
+    c.kernel = kernel, c.stride = stride, c.pad = (kernel - 1) / 2, c.groups = depthwise ? in_c : 1;
+    c.x = x, c.w = cw.w.as<float>(), c.bias = cw.b.as<float>(), c.act = Activation::kRelu6, c.y = y;
+    conv(c, s);
+  };
+  auto pointwise = [&](const float* x, int64_t rows, const Linear& l, Epilogue ep, const float* residual, float* y) {
+    convert_to_bf16(x, w.trunk_bf16, rows * l.K, s);
+    GemmParams g;
+    g.M = int(rows), g.N = l.N, g.K = l.K, g.lda = l.K, g.ldc = l.N, g.bias = l.b.as<float>(), g.epilogue = ep;
+    g.residual = residual, g.c = y;
+    GemmDeviceExtras x_;
+    x_.a_bf16 = w.trunk_bf16, x_.w_bf16 = l.w.as<uint16_t>();
+    gemm(g, x_, s);
+  };
+  int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
+  conv_run(w.trunk_x, H, W, 3, policy_->stem, T::kStemChannels, 3, 2, false, w.trunk_map[0]);
+  int cur = 0;
+  const auto& specs = T::blocks();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const T::Block& b = specs[i];
+    const PolicyBlock& pb = policy_->blocks[i];
+    const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
+    float* in = w.trunk_map[cur];
+    float* out = w.trunk_map[1 - cur];
+    const Epilogue project = b.skip ? Epilogue::kResidual : Epilogue::kNone;
+    if (b.separable) {
+      conv_run(in, ih, iw, b.in, pb.dw, b.in, b.kernel, b.stride, true, w.trunk_mid);
+      pointwise(w.trunk_mid, int64_t(oh) * ow, pb.pw, project, b.skip ? in : nullptr, out);
+    } else {
+      pointwise(in, int64_t(ih) * iw, pb.pw, Epilogue::kRelu6, nullptr, w.trunk_exp);
+      conv_run(w.trunk_exp, ih, iw, b.mid, pb.dw, b.mid, b.kernel, b.stride, true, w.trunk_mid);
+      pointwise(w.trunk_mid, int64_t(oh) * ow, pb.pwl, project, b.skip ? in : nullptr, out);
+    }
+    cur = 1 - cur, ih = oh, iw = ow;
+  }
+  const float* top = w.trunk_map[cur];  // (ih, iw, 320) stride 32
+  for (int32_t S : sizes) {
+    const int factor = S * P / 32, wh = gh / S, ww = gw / S;
+    auto head = policy_->heads.find(S);
+    if (head == policy_->heads.end())
+      throw Error(ErrorCode::kBadInput, "the learned policy has no head for windows of " + std::to_string(S) +
+                                            " patches: use the levels of the model's merge config");
+    if (wh * ww > 0) {
+      AvgPoolParams ap;
+      ap.in_h = ih, ap.in_w = iw, ap.C = 320, ap.factor = factor, ap.out_h = wh, ap.out_w = ww;
+      ap.x = top, ap.y = w.pooled;
+      avg_pool(ap, s);
+      convert_to_bf16(w.pooled, w.pooled_bf16, int64_t(wh) * ww * 320, s);
+      GemmParams g;
+      g.M = wh * ww, g.N = 1, g.K = 320, g.lda = 320, g.ldc = 1, g.bias = head->second.b.as<float>();
+      g.epilogue = Epilogue::kSigmoid, g.c = scores;
+      GemmDeviceExtras x_;
+      x_.a_bf16 = w.pooled_bf16, x_.w_bf16 = head->second.w.as<uint16_t>();
+      gemm(g, x_, s);
+    }
+    scores += int64_t(wh) * ww;
+  }
+}
 
 void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int>& exit_layers,
                           const PruneSettings& prune, bool graph, std::vector<cudaEvent_t>* group_events,
@@ -779,7 +960,24 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   std::vector<int32_t> grid_w;
   CallShape sh = shape_of(B, H, W, grids, &out.grid_offset, &grid_w);
   const bool device_merge = r.host_plan == nullptr;
-  const int levels = device_merge && r.merge.policy == MergePolicy::kSimilarity ? int(r.merge.sizes.size()) : 0;
+  const bool learned = device_merge && r.merge.policy == MergePolicy::kLearned;
+  if (learned && !policy_)
+    throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights (policy.trunk.*, policy.heads.*), "
+                                      "which this model does not have: use policy 'similarity'");
+  const int levels = device_merge && r.merge.policy != MergePolicy::kNone ? int(r.merge.sizes.size()) : 0;
+  double policy_gflops = 0;
+  if (learned) {
+    for (const auto& [gh, gw] : grids) {
+      const TrunkSizes t = trunk_sizes(gh * P, gw * P);
+      sh.trunk.map = std::max(sh.trunk.map, t.map), sh.trunk.expanded = std::max(sh.trunk.expanded, t.expanded);
+      sh.trunk.mid = std::max(sh.trunk.mid, t.mid), sh.trunk.bf16 = std::max(sh.trunk.bf16, t.bf16);
+      policy_gflops += t.gflops;
+      for (int32_t S : r.merge.sizes) {
+        sh.pooled = std::max<int64_t>(sh.pooled, int64_t(gh / S) * (gw / S) * 320);
+        policy_gflops += 2e-9 * double(gh / S) * (gw / S) * 320;
+      }
+    }
+  }
   STEP_CHECK(levels <= 8, "at most 8 merge levels");
   std::vector<int64_t> rgb_at(B), out_at(B + 1, 0);
   for (int b = 0; b < B; ++b) {
@@ -796,7 +994,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
                                           " tokens per image and this image has up to " + std::to_string(sh.max_t) +
                                           ": use a smaller input size, prune: false or device 'cpu'");
   // Settings baked into the kernels' arguments belong in the graph key too.
-  std::string key = sh.key() + "|L" + std::to_string(levels);
+  std::string key = sh.key() + "|L" + std::to_string(levels) + (learned ? "learned" : "");
   for (int l = 0; l < levels; ++l) key += "," + std::to_string(r.merge.sizes[l]);
   if (levels) key += "|tau" + std::to_string(r.merge.color_tau) + "," + std::to_string(r.merge.texture_tau);
   for (int e : exit_layers) key += "|x" + std::to_string(e);
@@ -844,7 +1042,10 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       image_normalize(n, s);
       if (!device_merge) continue;
       const int64_t at = out.grid_offset[b];
-      if (levels) {
+      if (learned) {
+        policy_scores(w, w.rgb + rgb_at[b], im.h, im.w, im.channels, grids[b].first, grids[b].second, r.merge.sizes,
+                      w.scores + at);
+      } else if (levels) {
         WindowScoreParams ws;
         ws.image = w.rgb + rgb_at[b], ws.h = im.h, ws.w = im.w, ws.channels = im.channels, ws.patch = P;
         ws.gh = grids[b].first, ws.gw = grids[b].second, ws.levels = levels, ws.sizes = w.sizes;
@@ -944,6 +1145,8 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   rect_exit.resize(size_t(Tp));
   out.rect_exit = std::move(rect_exit);
   fill_stats(sh, block_offsets, exit_layers, Tp, out);
+  out.stats.gflops += policy_gflops;
+  res.plan.gflops = policy_gflops;
   const double host_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   if (res.graph) out.stats.ms.emplace_back("graph (gpu)", total_ms);
   else out.stats.ms.emplace_back("head + upsample (gpu)", std::max(0.f, total_ms - last));

@@ -181,3 +181,29 @@ export function randomEffnet(prefix: string, seed = 1): Record<string, { shape: 
   });
   return out;
 }
+
+/**
+ * A random ViT (randomVit's output) with a learned merge policy: a random trunk (randomEffnet, seed
+ * `trunkSeed`) and one head per side in `heads` (weights and bias given), sigmoid heads (outputs 1) or
+ * their 2-way softmax form (outputs 2: class-1 minus class-0 logit equals the sigmoid head's logit).
+ */
+export function withPolicy(
+  vit: ReturnType<typeof randomVit>,
+  trunk: Record<string, { shape: number[]; data: Float32Array }>,
+  heads: Record<string, { shape: number[]; data: Float32Array }>,
+  merge: { levels: number[]; thresholds: number[] },
+  outputs: 1 | 2 = 1,
+): Buffer {
+  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [name, data] of Object.entries(vit.tensors)) tensors[name] = { dtype: 'F32', shape: vit.shapes[name], data };
+  for (const [name, t] of Object.entries(trunk)) tensors[name] = { dtype: 'F32', ...t };
+  for (const [name, t] of Object.entries(heads)) {
+    if (outputs === 1) tensors[name] = { dtype: 'F32', ...t };
+    else {
+      const zeros = new Float32Array(t.data.length);
+      tensors[name] = { dtype: 'F32', shape: [2, ...t.shape.slice(1)], data: Float32Array.from([...zeros, ...t.data]) };
+    }
+  }
+  const config = { ...vit.config, merge: { policy: 'learned', ...merge, head_outputs: outputs } };
+  return encodeSafetensors(tensors, { config: JSON.stringify(config) });
+}

@@ -9,7 +9,7 @@ import { loadBinding } from '../../lib/binding';
 import { cudaStatus, loadModel, type Model } from '../../lib/index';
 import { relL2 } from '../helpers/compare';
 import { cudaRequired } from '../helpers/gpu';
-import { randomVit, rng } from '../helpers/random';
+import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
 
 const classes = ['a', 'b', 'c', 'd', 'e'];
 const rand = rng(41);
@@ -92,6 +92,34 @@ gpuTest('a batch of uneven images equals each image alone on the GPU', async (_c
     const one = await gpu.segment(ims[i], { logits: true });
     const err = relL2(batch[i].logits!.data, one.logits!.data);
     assert.ok(err <= 1e-5, `image ${i}: ${err}`);
+  }
+});
+
+gpuTest('learned policy on the GPU: the same superpatches as the CPU (away from the thresholds), labels agree', async () => {
+  const heads: Record<string, { shape: number[]; data: Float32Array }> = {};
+  const hr = rng(5);
+  for (const side of [4, 2]) {
+    heads[`policy.heads.${side}.weight`] = { shape: [1, 320], data: randn(320, hr, 0.01) };
+    heads[`policy.heads.${side}.bias`] = { shape: [1], data: Float32Array.of(0.3) };
+  }
+  const buffer = withPolicy(vit, randomEffnet('policy.trunk.', 4), heads, { levels: [4, 2], thresholds: [0.5, 0.5] });
+  const c = await loadModel(buffer, { device: 'cpu' });
+  const g = await loadModel(buffer, { device: 'cuda' });
+  try {
+    for (const [w, h] of [[256, 192], [200, 136]]) {
+      const im = blocky(w, h);
+      const a = await c.segment(im, { logits: true, prune: false });
+      const b = await g.segment(im, { logits: true, prune: false });
+      // bf16 trunk: a window whose score is within ~1e-2 of its threshold may flip; count the agreement.
+      const same = agreement(b.tokenMap.size, a.tokenMap.size); // each patch's token side
+      assert.ok(same >= 0.95, `${w}x${h}: token sides agree on ${(same * 100).toFixed(1)}% of patches`);
+      const agree = agreement(b.labels, a.labels);
+      assert.ok(agree >= 0.98, `${w}x${h}: labels agree on ${(agree * 100).toFixed(2)}%`);
+      assert.ok(b.stats.gflops > 0);
+    }
+  } finally {
+    c.dispose();
+    g.dispose();
   }
 });
 

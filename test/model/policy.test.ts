@@ -11,7 +11,7 @@ import { BadInputError, loadModel } from '../../lib/index';
 import { loadBinding } from '../../lib/binding';
 import { encodeSafetensors } from '../../lib/safetensors';
 import { readSafetensors, relL2, sharedDir } from '../helpers/compare';
-import { randn, randomEffnet, randomVit, rng } from '../helpers/random';
+import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
 
 const effnetDir = path.join(sharedDir, 'fixtures', 'effnet-a');
 
@@ -47,19 +47,7 @@ for (const side of [4, 2]) {
   heads[`policy.heads.${side}.bias`] = { shape: [1], data: Float32Array.of(0.3) };
 }
 function policyModel(outputs: 1 | 2) {
-  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-  for (const [name, data] of Object.entries(vit.tensors)) tensors[name] = { dtype: 'F32', shape: vit.shapes[name], data };
-  for (const [name, t] of Object.entries(trunk)) tensors[name] = { dtype: 'F32', ...t };
-  for (const [name, t] of Object.entries(heads)) {
-    if (outputs === 1) tensors[name] = { dtype: 'F32', ...t };
-    else {
-      // softmax head [2, 320] whose class-1 minus class-0 logit is the sigmoid head's logit
-      const zeros = new Float32Array(t.data.length);
-      tensors[name] = { dtype: 'F32', shape: [2, ...t.shape.slice(1)], data: Float32Array.from([...zeros, ...t.data]) };
-    }
-  }
-  const config = { ...vit.config, merge: { policy: 'learned', levels: [4, 2], thresholds: [0.47, 0.45], head_outputs: outputs } };
-  return encodeSafetensors(tensors, { config: JSON.stringify(config) });
+  return withPolicy(vit, trunk, heads, { levels: [4, 2], thresholds: [0.47, 0.45] }, outputs);
 }
 
 test('learned policy: the superpatches are those the trunk, pooling and heads select', async () => {
