@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # gpu-check.sh: the CUDA checks, run on the GPU machine from the package root. That machine has the
 # driver, nvcc, ncu and compute-sanitizer but no node and no network, so the addon is built here and
-# carried there with the repository:
-#   build/Release/step_seg.node   the addon (cmake-js build, CUDA compiled in)
-#   node_modules/                 at least tsx and uvu (the tests and the bench run through them)
-#   .device/node.xz               a stripped, xz-compressed node binary (unpacked here with xz -d)
+# carried there with the repository: scripts/device-pack.sh fills .device/ with a stripped node, the
+# addon (cmake-js build, CUDA compiled in) and the runtime node_modules, all xz-compressed, and this
+# script unpacks them; then carry [".device"] only. (Carrying build/Release and node_modules as they
+# are works too.)
 # Steps: GPU facts (nvidia-smi), the CUDA op and model tests (uvu files matching "cuda"), the CUDA
 # benchmarks (scripts/bench-cuda.ts: our GEMM and attention beside PyTorch's; scripts/bench-cuda-model.ts:
 # whole dense ViT-S/B/L forwards beside timm's), then the whole test suite (models on 'auto' run on the GPU); a table of step,
@@ -51,6 +51,14 @@ run() {
   else results+=("$name|FAILED (exit $status)|$((tenths / 10)).$((tenths % 10))"); failed=1; fi
 }
 skip() { echo; echo "== $1: skipped: $2 =="; results+=("$1|skipped: $2|-"); }
+
+# What scripts/device-pack.sh packed: the addon and the runtime node_modules, unpacked when missing.
+if [ ! -f build/Release/step_seg.node ] && [ -f .device/addon.node.xz ]; then
+  mkdir -p build/Release && xz -dc .device/addon.node.xz > build/Release/step_seg.node
+fi
+if [ ! -d node_modules/tsx ] && [ -f .device/modules.tar.xz ]; then
+  xz -dc .device/modules.tar.xz | tar -xf -
+fi
 
 # Node: the carried binary, unpacked once; a node on the PATH otherwise.
 node_bin=""
