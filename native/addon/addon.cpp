@@ -450,7 +450,7 @@ class SegmentJob : public Job {
       u.labels = r.labels.data(), u.probs = want_probs_ ? r.probs.data() : nullptr;
       backend.upsample(u);
       r.dense = int64_t(u.gh) * u.gw + model.config().prefix();
-      r.input = out_.offsets[b + 1] - out_.offsets[b];
+      r.input = model.config().prefix() + (rect_start_[b + 1] - rect_start_[b]);  // entering block 0 (offsets shrink at exits)
     }
     out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }

@@ -32,6 +32,7 @@ test('threshold 0 halts everything at the first exit but the top-k context token
   const { perBlock, halted } = r.stats.tokens;
   const patches = 6 * 5;
   assert.is(perBlock[0], patches + 1);
+  assert.is(r.stats.tokens.input, patches + 1, 'input tokens count the list entering block 0, not after the exits');
   // context: at most 2 per class, and at least one class present
   assert.ok(perBlock[1] >= 2 && perBlock[1] <= 1 + 2 * classes.length, `${perBlock[1]}`);
   assert.is(halted[0], patches + 1 - perBlock[1]);
