@@ -31,6 +31,8 @@ export function readSafetensors(file: string): Record<string, { dims: number[]; 
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures');
+/** The small untrained model the tests use where they need known sizes and speed (make-stand-in.ts). */
+export const standIn = path.join(fixturesDir, 'stand-in');
 /** ../shared beside the clone (real photos, data); tests that need it skip with a printed reason. */
 export const sharedDir = path.resolve(repoRoot, '..', 'shared');
 export function sharedImages(): string[] {

@@ -6,13 +6,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { BadInputError, loadModel, type Model } from '../../lib/index';
-import { repoRoot, sharedImages } from '../helpers/compare';
+import { repoRoot, sharedImages, standIn } from '../helpers/compare';
 import { rng } from '../helpers/random';
 
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg');
 let model: Model;
 test.before(async () => {
-  model = await loadModel(undefined, { device: 'cpu' });
+  model = await loadModel(standIn, { device: 'cpu' });
 });
 test.after(() => model.dispose());
 

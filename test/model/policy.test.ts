@@ -10,7 +10,7 @@ import * as assert from 'uvu/assert';
 import { BadInputError, loadModel } from '../../lib/index';
 import { loadBinding } from '../../lib/binding';
 import { encodeSafetensors } from '../../lib/safetensors';
-import { readSafetensors, relL2, sharedDir } from '../helpers/compare';
+import { readSafetensors, relL2, sharedDir, standIn } from '../helpers/compare';
 import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
 
 const effnetDir = path.join(sharedDir, 'fixtures', 'effnet-a');
@@ -111,7 +111,7 @@ test('learned policy: the superpatches are those the trunk, pooling and heads se
 });
 
 test('a model without a policy refuses the learned scorer', async () => {
-  const plain = await loadModel(undefined, { device: 'cpu' });
+  const plain = await loadModel(standIn, { device: 'cpu' });
   try {
     await plain.segment({ data: new Uint8Array(48), width: 4, height: 4, channels: 3 }, { merge: { policy: 'learned' } });
     assert.unreachable();

@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { BadInputError, loadModel, type Model } from '../../lib/index';
-import { relL2 } from '../helpers/compare';
+import { relL2, standIn } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
 
 const classes = ['a', 'b', 'c', 'd'];
@@ -95,7 +95,7 @@ test('prune options are checked; a model without exit heads refuses pruning', as
       assert.match((err as Error).message, pattern);
     }
   }
-  const plain = await loadModel(undefined, { device: 'cpu' });
+  const plain = await loadModel(standIn, { device: 'cpu' });
   try {
     await plain.segment(img, { prune: { threshold: 0.5 } });
     assert.unreachable();

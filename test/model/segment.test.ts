@@ -8,7 +8,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { BadInputError, BadModelError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../../lib/index';
-import { repoRoot, sharedImages, fixturesDir } from '../helpers/compare';
+import { repoRoot, sharedImages, fixturesDir, standIn } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
 import { readHeaderFromBuffer } from '../../lib/safetensors';
 import { toNativeConfig } from '../../lib/config';
@@ -28,11 +28,11 @@ async function rejectsWith(p: Promise<unknown>, cls: Function, pattern: RegExp):
 }
 
 test.before(async () => {
-  model = await loadModel(undefined, { device: 'cpu' });
+  model = await loadModel(standIn, { device: 'cpu' });
 });
 test.after(() => model.dispose());
 
-test('the bundled model segments the demo image from a path, a Buffer and raw pixels alike', async () => {
+test('a model segments the demo image from a path, a Buffer and raw pixels alike', async () => {
   const fromPath = await model.segment(demo);
   assert.is(fromPath.width, 640);
   assert.is(fromPath.height, 427);
@@ -177,6 +177,20 @@ test('bad inputs are BadInputError with what was expected', async () => {
   await rejectsWith(model.forwardFeatures({ data: new Float64Array(3072) as never, dims }), BadInputError, /Float32Array/);
 });
 
+test('the bundled default model: the trained CamVid ViT with exit heads, segmenting a street scene sensibly', async () => {
+  const m = await loadModel(undefined, { device: 'cpu' });
+  assert.is(m.config.numClasses, 11);
+  assert.ok(m.config.prune, 'exit heads');
+  assert.not.ok(m.config.raw.untrained);
+  const r = await m.segment(demo, { size: 320 });
+  assert.ok(r.stats.tokens.halted.length === 2);
+  // the rocket photo's upper third is sky
+  let sky = 0, n = 0;
+  for (let y = 0; y < r.height / 3; y += 4) for (let x = 0; x < r.width; x += 4) n++, sky += r.classes[r.labels[y * r.width + x]] === 'sky' ? 1 : 0;
+  assert.ok(sky / n > 0.5, `sky on ${((100 * sky) / n).toFixed(0)}% of the top third`);
+  m.dispose();
+});
+
 test('segment() on a features-only model is a BadModelError', async () => {
   const vit = await loadModel(path.join(fixturesDir, 'vit-a'), { device: 'cpu' });
   await rejectsWith(vit.segment(demo), BadModelError, /no segmentation head/);
@@ -235,7 +249,7 @@ test('the native GPU model refuses with the probe reason (or builds) when asked 
 });
 
 test('dispose: calls after it reject with DisposedError; a running call completes', async () => {
-  const m = await loadModel(undefined, { device: 'cpu' });
+  const m = await loadModel(standIn, { device: 'cpu' });
   const running = m.segment(demo, { size: 128 });
   m.dispose();
   assert.ok(m.disposed);
@@ -245,7 +259,7 @@ test('dispose: calls after it reject with DisposedError; a running call complete
   await rejectsWith(m.forwardFeatures({ data: new Float32Array(3072), dims: [1, 3, 32, 32] }), DisposedError, /disposed/);
   m.dispose(); // twice is fine
 
-  const m2 = await loadModel(undefined, { device: 'cpu' });
+  const m2 = await loadModel(standIn, { device: 'cpu' });
   {
     await using scoped = m2;
     await scoped.segment(demo, { size: 64 });

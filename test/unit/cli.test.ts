@@ -11,7 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { readHeaderFromFile } from '../../lib/safetensors';
-import { repoRoot } from '../helpers/compare';
+import { repoRoot, standIn } from '../helpers/compare';
 
 const cli = path.join(repoRoot, 'bin', 'step-seg.mjs');
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg'); // 640 x 427
@@ -78,7 +78,7 @@ test('info prints the config, classes, parameters and merging of the bundled mod
 
 test('segment writes the label map, the overlay and the token picture', async ({ tmp }) => {
   const out = path.join(tmp, 'out1');
-  const r = stepSeg(['segment', demo, '--out', out, '--overlay', '--tokens']);
+  const r = stepSeg(['segment', demo, '--out', out, '--overlay', '--tokens', '--model', standIn]);
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, /1 image segmented/);
   assert.match(r.stdout, /tokens kept \d+% of dense/);
@@ -88,7 +88,7 @@ test('segment writes the label map, the overlay and the token picture', async ({
     assert.equal([m.format, m.width, m.height], ['png', 640, 427], f);
   }
   const t = await sharp(path.join(out, 'demo-rocket.tokens.png')).metadata();
-  assert.is(t.width, 512); // the bundled model's input size
+  assert.is(t.width, 512); // the stand-in model's input size
   assert.ok(t.height! > 342, 'the photo (512 x 342) and the legend below');
 });
 

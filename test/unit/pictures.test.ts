@@ -8,13 +8,13 @@ import * as assert from 'uvu/assert';
 
 import { loadModel, BadInputError, type Model, type SegmentResult } from '../../lib/index';
 import { exitColor, overlay, tokenPicture } from '../../lib/pictures';
-import { repoRoot } from '../helpers/compare';
+import { repoRoot, standIn } from '../helpers/compare';
 
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg'); // 640 x 427
 const test = suite<{ model: Model; merged: SegmentResult; dense: SegmentResult }>('pictures');
 
 test.before(async (ctx) => {
-  ctx.model = await loadModel(undefined, { device: 'cpu' });
+  ctx.model = await loadModel(standIn, { device: 'cpu' });
   ctx.merged = await ctx.model.segment(demo, { size: 256 });
   ctx.dense = await ctx.model.segment(demo, { size: 256, merge: false });
 });
