@@ -2,7 +2,8 @@
 // setting and size, with tokens, GFLOPs and ms per image, as one table.
 //   node --import tsx scripts/eval-camvid.ts [--model DIR] [--data ../shared/data/camvid]
 //        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,similarity+prune,learned,learned+prune]
-//        [--markdown FILE]
+//        [--markdown FILE] [--prune-threshold X] [--keep-top-k N] [--learned-thresholds a,b,c]
+//        [--similarity-thresholds a,b,c]   (override the model's config, for choosing settings on val)
 // Columns: mIoU (%), tokens entering the encoder, mean tokens per block (what the encoder's cost
 // follows once exits shrink the list), the cut in tokens per block and in GFLOPs against dense at the
 // same size, GFLOPs and ms per image (2 threads unless STEP_SEG_NUM_THREADS says otherwise). --markdown
@@ -27,16 +28,26 @@ const sizes = flag('--sizes', '480,960,1024').split(',').map(Number);
 const limit = Number(flag('--limit', '0'));
 const settings = flag('--settings', 'dense,similarity,similarity+prune,learned,learned+prune').split(',');
 const markdown = flag('--markdown', '');
+const list = (name: string) => (args.includes(name) ? flag(name, '').split(',').map(Number) : undefined);
+const pruneOverride = {
+  ...(args.includes('--prune-threshold') ? { threshold: Number(flag('--prune-threshold', '')) } : {}),
+  ...(args.includes('--keep-top-k') ? { keepTopK: Number(flag('--keep-top-k', '')) } : {}),
+};
+const learnedThresholds = list('--learned-thresholds');
+const similarityThresholds = list('--similarity-thresholds');
 const K = 11, VOID = 11;
 
 function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>>): SegmentOptions | undefined {
   const hasPolicy = !!model.config.policy, hasExits = !!model.config.prune;
+  const similarity = { policy: 'similarity' as const, ...(similarityThresholds ? { thresholds: similarityThresholds } : {}) };
+  const learned = { policy: 'learned' as const, ...(learnedThresholds ? { thresholds: learnedThresholds } : {}) };
+  const prune = pruneOverride; // {}: the model's prune config
   switch (setting) {
     case 'dense': return { merge: false, prune: false };
-    case 'similarity': return { merge: { policy: 'similarity' }, prune: false };
-    case 'similarity+prune': return hasExits ? { merge: { policy: 'similarity' } } : undefined;
-    case 'learned': return hasPolicy ? { merge: { policy: 'learned' }, prune: false } : undefined;
-    case 'learned+prune': return hasPolicy && hasExits ? { merge: { policy: 'learned' } } : undefined;
+    case 'similarity': return { merge: similarity, prune: false };
+    case 'similarity+prune': return hasExits ? { merge: similarity, prune } : undefined;
+    case 'learned': return hasPolicy ? { merge: learned, prune: false } : undefined;
+    case 'learned+prune': return hasPolicy && hasExits ? { merge: learned, prune } : undefined;
     default: throw new Error(`unknown setting ${setting}`);
   }
 }
