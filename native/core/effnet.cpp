@@ -108,7 +108,6 @@ bool ignorable(const std::string& name) {
 
 
 // Output size of a k x k convolution with symmetric padding (k - 1) / 2.
-int conv_out(int n, int kernel, int stride) { return EffNetTrunk::conv_out(n, kernel, stride); }
 
 }  // namespace
 
