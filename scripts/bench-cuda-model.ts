@@ -54,7 +54,7 @@ async function main(): Promise<void> {
     console.log(`bench-cuda-model: no GPU here: ${status.reason}`);
     process.exit(cudaRequired ? 1 : 0);
   }
-  const rows: { model: string; size: number; tokens: number; gflops: number; gpu: number; call: number; torch?: number }[] = [];
+  const rows: { model: string; timm: string; size: number; tokens: number; gflops: number; gpu: number; call: number; torch?: number }[] = [];
   const stepRows: { model: string; size: number; mode: string; tokens: number; gflops: number; gpu: number }[] = [];
   const step = process.argv.includes('--step');
   const photos = step ? await loadPhotos(sizes) : new Map<number, RawImage[]>();
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
         gpu.push(Object.entries(r.stats.ms).filter(([k]) => k.endsWith('(gpu)')).reduce((s, [, v]) => s + v, 0));
         tokens = r.dims[1], gflops = r.stats.gflops;
       }
-      rows.push({ model: `ViT-${key.toUpperCase()}/16`, size: N, tokens, gflops, gpu: median(gpu), call: median(call) });
+      rows.push({ model: `ViT-${key.toUpperCase()}/16`, timm: m.timm, size: N, tokens, gflops, gpu: median(gpu), call: median(call) });
     }
     model.dispose();
   }
@@ -93,7 +93,7 @@ async function main(): Promise<void> {
       if (res.error) torchNote = `PyTorch: ${res.error}`;
       else torchNote = `PyTorch ${res.torch}`;
       for (const t of res.models ?? []) {
-        const row = rows.find((x) => MODELS[x.model[4].toLowerCase()].timm === t.name && x.size === t.size);
+        const row = rows.find((x) => x.timm === t.name && x.size === t.size);
         if (row) row.torch = t.ms;
       }
     } catch {

@@ -242,6 +242,15 @@ def step_evaluate(model, val, scale, device, merge, prune):
 # ---------------------------------------------------------------------------------------------------
 
 
+def schedule_progress(it, iters, start, time_budget):
+    """The fraction of a schedule done, in 0..1: iterations of `iters`, or seconds since `start` of
+    `time_budget` (0: none) when further along."""
+    p = it / iters
+    if time_budget:
+        p = max(p, (time.time() - start) / time_budget)
+    return min(p, 1.0)
+
+
 def param_groups(model, lr, head_mult, policy_lr, wd):
     groups = {}
     for name, p in model.named_parameters():
@@ -359,10 +368,7 @@ def main():
     it, last_log, loss_acc = 0, time.time(), {}
 
     def progress():
-        p = it / a.iters
-        if a.time_budget:
-            p = max(p, (time.time() - start) / a.time_budget)
-        return min(p, 1.0)
+        return schedule_progress(it, a.iters, start, a.time_budget)
 
     def run_eval():
         nonlocal best

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_model import CAMVID_VOID, MergePolicy, window_purity, write_safetensors  # noqa: E402
-from train import load_split, resize_image, resize_labels  # noqa: E402
+from train import load_split, resize_image, resize_labels, schedule_progress  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P = 16
@@ -122,10 +122,7 @@ def main():
     start, it, best, history, acc = time.time(), 0, -1.0, [], {}
 
     def progress():
-        p = it / a.iters
-        if a.time_budget:
-            p = max(p, (time.time() - start) / a.time_budget)
-        return min(p, 1.0)
+        return schedule_progress(it, a.iters, start, a.time_budget)
 
     def run_eval():
         nonlocal best

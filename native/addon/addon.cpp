@@ -430,14 +430,11 @@ class SegmentJob : public Job {
 
     in.want_tokens = false;
     out_ = state_->forward(in);
-    rect_start_.assign(B + 1, 0);  // image b's rects start after those of images 0 .. b-1
-    for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
-    for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
+    count_tokens();
     out_.stats.ms.insert(out_.stats.ms.begin(), {{"normalize", normalize_ms}, {"score", plan_.score_ms}, {"select", plan_.select_ms}});
     out_.stats.gflops += plan_.gflops;
 
     t0 = clock::now();
-    results_.resize(B);
     for (int b = 0; b < B; ++b) {
       const Image& im = images_[b];
       Result& r = results_[b];
@@ -449,15 +446,12 @@ class SegmentJob : public Job {
       u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
       u.labels = r.labels.data(), u.probs = want_probs_ ? r.probs.data() : nullptr;
       backend.upsample(u);
-      r.dense = int64_t(u.gh) * u.gw + model.config().prefix();
-      r.input = model.config().prefix() + (rect_start_[b + 1] - rect_start_[b]);  // entering block 0 (offsets shrink at exits)
     }
     out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
 #ifdef STEP_SEG_HAVE_CUDA
   // The whole call on the GPU (device_model.h), from the resized uint8 images to the labels.
   void run_gpu() {
-    using clock = std::chrono::steady_clock;
     step::VitModel& model = *state_->model;
     const int P = model.config().patch, B = int(images_.size());
     step::cuda::DeviceModel::SegmentRequest req;
@@ -470,19 +464,26 @@ class SegmentJob : public Job {
     step::cuda::DeviceModel::SegmentResult res = state_->gpu->segment(req);
     out_ = std::move(res.enc);
     plan_ = std::move(res.plan);
+    count_tokens();
+    for (int b = 0; b < B; ++b) {
+      results_[b].labels = std::move(res.labels[b]);
+      if (want_probs_) results_[b].probs = std::move(res.probs[b]);
+    }
+  }
+#endif
+  // From plan_ and grids_: rect_start_ (image b's rects start after those of images 0 .. b-1) and each
+  // result's dense and input token counts (input: the tokens entering block 0; exits shrink the offsets).
+  void count_tokens() {
+    const int B = int(images_.size()), pre = state_->model->config().prefix();
     rect_start_.assign(B + 1, 0);
     for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
     for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
     results_.resize(B);
     for (int b = 0; b < B; ++b) {
-      results_[b].labels = std::move(res.labels[b]);
-      if (want_probs_) results_[b].probs = std::move(res.probs[b]);
-      results_[b].dense = int64_t(grids_[b].first) * grids_[b].second + model.config().prefix();
+      results_[b].dense = int64_t(grids_[b].first) * grids_[b].second + pre;
+      results_[b].input = pre + (rect_start_[b + 1] - rect_start_[b]);
     }
-    // Each image's input tokens: from the offsets entering block 0 (prefix + its rects).
-    for (int b = 0; b < B; ++b) results_[b].input = model.config().prefix() + (rect_start_[b + 1] - rect_start_[b]);
   }
-#endif
   Napi::Value result(Napi::Env env) override {
     const int K = state_->model->config().num_classes;
     Napi::Array list = Napi::Array::New(env, results_.size());

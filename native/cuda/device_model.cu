@@ -219,13 +219,13 @@ struct CallShape {
   std::vector<std::array<int, 5>> images;  // h, w, channels, out_h, out_w (segment only)
   int tp_bound = 0, a_bound = 0, max_t = 0;
   int64_t cells = 0, rgb_bytes = 0, out_pixels = 0;
-  bool probs = false, device_merge = false;
+  bool probs = false;
   TrunkSizes trunk;       // the largest image's, when the learned policy runs
   int64_t pooled = 0;     // (windows of the largest level grid, 320) policy head input
   std::string key() const {
     std::string k = std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + ":" +
                     std::to_string(tp_bound) + "," + std::to_string(a_bound) + "," + std::to_string(max_t) +
-                    (probs ? ",p" : "") + (device_merge ? ",m" : "");
+                    (probs ? ",p" : "");
     for (auto [h, w] : grids) k += ";" + std::to_string(h) + "," + std::to_string(w);
     for (const auto& i : images)
       for (int v : i) k += "," + std::to_string(v);
@@ -510,6 +510,14 @@ class CudaVitModel final : public DeviceModel {
   // The learned policy's window scores of one image (levels concatenated at `scores`), on the device.
   void policy_scores(const Buffers& w, const uint8_t* rgb, int h, int wd, int channels, int gh, int gw,
                      const std::vector<int32_t>& sizes, float* scores);
+
+  // Image b's position embeddings into w.pos at cell grid_offset[b] (device to device, from the cache).
+  void copy_pos(const Buffers& w, const std::vector<std::pair<int, int>>& grids, const std::vector<int32_t>& grid_offset);
+  // Synchronises the call, then the block-group timings from the events encode recorded (eager runs)
+  // into st.ms, destroying them; `last` is the end of the last group, `total_ms` start_ to stop_.
+  // A failed call throws (naming `what`) after the events are gone.
+  void finish(const std::vector<cudaEvent_t>& events, const std::vector<std::string>& names, const char* what,
+              ForwardStats& st, float* last, float* total_ms);
 
   // The encoder and head over the packed list already on the device (rects, offsets[0], rect_count,
   // grid_offset, grid_w, pos): every count read on the device, every grid sized by the bounds.
@@ -836,17 +844,29 @@ void CudaVitModel::fill_stats(const CallShape& sh, const std::vector<int32_t>& b
   }
 }
 
-// Group timings from the events recorded by encode (eager runs), then destroys them.
-void collect_group_ms(cudaEvent_t start, const std::vector<cudaEvent_t>& events, const std::vector<std::string>& names,
-                      ForwardStats& st, float* last) {
+void CudaVitModel::copy_pos(const Buffers& w, const std::vector<std::pair<int, int>>& grids,
+                            const std::vector<int32_t>& grid_offset) {
+  const int C = model_.config().embed_dim;
+  for (size_t b = 0; b < grids.size(); ++b)
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(grid_offset[b]) * C, pos_grid(grids[b].first, grids[b].second),
+                                    size_t(grids[b].first) * grids[b].second * C * 4, cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaVitModel::finish(const std::vector<cudaEvent_t>& events, const std::vector<std::string>& names, const char* what,
+                          ForwardStats& st, float* last, float* total_ms) {
+  const cudaError_t err = cudaStreamSynchronize(stream_);
   *last = 0;
   for (size_t g = 0; g < events.size(); ++g) {
     float ms = 0;
-    cudaEventElapsedTime(&ms, start, events[g]);
-    st.ms.emplace_back(names[g] + " (gpu)", ms - *last);
-    *last = ms;
+    if (err == cudaSuccess) {
+      cudaEventElapsedTime(&ms, start_, events[g]);
+      st.ms.emplace_back(names[g] + " (gpu)", ms - *last);
+      *last = ms;
+    }
     cudaEventDestroy(events[g]);
   }
+  if (err != cudaSuccess) throw_cuda_error(err, what, __FILE__, __LINE__);
+  cudaEventElapsedTime(total_ms, start_, stop_);
 }
 
 EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
@@ -893,9 +913,7 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
-  for (int b = 0; b < B; ++b)
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(out.grid_offset[b]) * C, pos_grid(in.grids[b].first, in.grids[b].second),
-                                    size_t(in.grids[b].first) * in.grids[b].second * C * 4, cudaMemcpyDeviceToDevice, s));
+  copy_pos(w, in.grids, out.grid_offset);
   std::vector<cudaEvent_t> events;
   std::vector<std::string> names;
   encode(sh, w, exit_layers, in.prune, false, &events, &names);
@@ -914,14 +932,8 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
     tokens.reset({sh.a_bound, C});
     STEP_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), w.tokens, size_t(sh.a_bound) * C * 4, cudaMemcpyDeviceToHost, s));
   }
-  const cudaError_t err = cudaStreamSynchronize(s);
-  if (err != cudaSuccess) {
-    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
-    throw_cuda_error(err, "the GPU forward", __FILE__, __LINE__);
-  }
   float last = 0, total_ms = 0;
-  collect_group_ms(start_, events, names, out.stats, &last);
-  cudaEventElapsedTime(&total_ms, start_, stop_);
+  finish(events, names, "the GPU forward", out.stats, &last, &total_ms);
   fill_stats(sh, block_offsets, exit_layers, Tp, out);
   const int A = out.offsets[B];
   if (in.want_tokens || in.capture) {
@@ -942,7 +954,7 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
 DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   using clock = std::chrono::steady_clock;
   const VitConfig& c = model_.config();
-  const int B = int(r.images.size()), C = c.embed_dim, P = c.patch, K = c.num_classes;
+  const int B = int(r.images.size()), P = c.patch, K = c.num_classes;
   STEP_CHECK(K > 0, "segment needs a segmentation head");
   auto t0 = clock::now();
   NvtxRange range_segment("segment");
@@ -959,12 +971,11 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   }
   std::vector<int32_t> grid_w;
   CallShape sh = shape_of(B, H, W, grids, &out.grid_offset, &grid_w);
-  const bool device_merge = r.host_plan == nullptr;
-  const bool learned = device_merge && r.merge.policy == MergePolicy::kLearned;
+  const bool learned = r.merge.policy == MergePolicy::kLearned;
   if (learned && !policy_)
     throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights (policy.trunk.*, policy.heads.*), "
                                       "which this model does not have: use policy 'similarity'");
-  const int levels = device_merge && r.merge.policy != MergePolicy::kNone ? int(r.merge.sizes.size()) : 0;
+  const int levels = r.merge.policy != MergePolicy::kNone ? int(r.merge.sizes.size()) : 0;
   double policy_gflops = 0;
   if (learned) {
     for (const auto& [gh, gw] : grids) {
@@ -987,7 +998,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
     out_at[b + 1] = out_at[b] + int64_t(im.out_h) * im.out_w;
     sh.images.push_back({im.h, im.w, im.channels, im.out_h, im.out_w});
   }
-  sh.out_pixels = out_at[B], sh.probs = r.want_probs, sh.device_merge = device_merge;
+  sh.out_pixels = out_at[B], sh.probs = r.want_probs;
   std::vector<int> exit_layers = r.prune.enabled ? r.prune.layers : std::vector<int>{};
   if (!exit_layers.empty() && sh.max_t > token_halt_max_rows())
     throw Error(ErrorCode::kBadInput, "early exits on the GPU handle at most " + std::to_string(token_halt_max_rows()) +
@@ -1002,7 +1013,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   for (int q = 0; q < 3; ++q) key += "|n" + std::to_string(r.mean[q]) + "," + std::to_string(r.std[q]);
 
   Buffers w = workspace_for(sh);
-  // Uploads (outside the graph): images, grids, merge settings, or the host's plan.
+  // Uploads (outside the graph): images, grids, merge settings, position embeddings.
   STEP_CUDA_CHECK(cudaEventRecord(start_, s));
   for (int b = 0; b < B; ++b) {
     const Image& im = r.images[b];
@@ -1014,20 +1025,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.sizes, r.merge.sizes.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.thresholds, r.merge.thresholds.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
   }
-  std::vector<int32_t> host_offsets;
-  if (!device_merge) {
-    const MergePlan& plan = *r.host_plan;
-    const int32_t tp = int32_t(plan.rects.size());
-    host_offsets.assign(B + 1, 0);
-    for (const TokenRect& t : plan.rects) ++host_offsets[t.image + 1];
-    for (int b = 0; b < B; ++b) host_offsets[b + 1] += host_offsets[b] + c.prefix();
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rects, plan.rects.data(), size_t(tp) * sizeof(TokenRect), cudaMemcpyHostToDevice, s));
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.rect_count, &tp, 4, cudaMemcpyHostToDevice, s));
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], host_offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
-  }
-  for (int b = 0; b < B; ++b)
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(out.grid_offset[b]) * C, pos_grid(grids[b].first, grids[b].second),
-                                    size_t(grids[b].first) * grids[b].second * C * 4, cudaMemcpyDeviceToDevice, s));
+  copy_pos(w, grids, out.grid_offset);
 
   std::vector<cudaEvent_t> events;
   std::vector<std::string> names;
@@ -1040,7 +1038,6 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       for (int q = 0; q < 3; ++q) n.mean[q] = r.mean[q], n.std[q] = r.std[q];
       n.out_h = H, n.out_w = W, n.out = w.pixels + int64_t(b) * 3 * H * W;
       image_normalize(n, s);
-      if (!device_merge) continue;
       const int64_t at = out.grid_offset[b];
       if (learned) {
         policy_scores(w, w.rgb + rgb_at[b], im.h, im.w, im.channels, grids[b].first, grids[b].second, r.merge.sizes,
@@ -1060,7 +1057,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       sp.rects = w.stage + at, sp.count = w.counts + b, sp.token_of_patch = w.token_of_patch + at;
       superpatch_select(sp, s);
     }
-    if (device_merge) {
+    {
       pack_rects_kernel<<<1, 256, size_t(B + 1) * 4, s>>>(B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
                                                           w.offsets[0], w.rect_count);
       STEP_CUDA_CHECK_LAUNCH();
@@ -1086,13 +1083,11 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   STEP_CUDA_CHECK(cudaMemcpyAsync(rect_exit.data(), w.rect_exit, rect_exit.size() * 4, cudaMemcpyDeviceToHost, s));
   std::vector<TokenRect> rects;
   std::vector<int32_t> token_of_patch;
-  if (device_merge) {
-    STEP_CUDA_CHECK(cudaMemcpyAsync(counts.data(), w.counts, size_t(B) * 4, cudaMemcpyDeviceToHost, s));
-    rects.resize(size_t(sh.tp_bound));
-    STEP_CUDA_CHECK(cudaMemcpyAsync(rects.data(), w.rects, rects.size() * sizeof(TokenRect), cudaMemcpyDeviceToHost, s));
-    token_of_patch.resize(size_t(sh.cells));
-    STEP_CUDA_CHECK(cudaMemcpyAsync(token_of_patch.data(), w.token_of_patch, token_of_patch.size() * 4, cudaMemcpyDeviceToHost, s));
-  }
+  STEP_CUDA_CHECK(cudaMemcpyAsync(counts.data(), w.counts, size_t(B) * 4, cudaMemcpyDeviceToHost, s));
+  rects.resize(size_t(sh.tp_bound));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(rects.data(), w.rects, rects.size() * sizeof(TokenRect), cudaMemcpyDeviceToHost, s));
+  token_of_patch.resize(size_t(sh.cells));
+  STEP_CUDA_CHECK(cudaMemcpyAsync(token_of_patch.data(), w.token_of_patch, token_of_patch.size() * 4, cudaMemcpyDeviceToHost, s));
   res.labels.resize(B);
   for (int b = 0; b < B; ++b) {
     res.labels[b].resize(size_t(out_at[b + 1] - out_at[b]));
@@ -1110,36 +1105,26 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
     out.grid_logits.reset({sh.cells, K});
     STEP_CUDA_CHECK(cudaMemcpyAsync(out.grid_logits.data(), w.grid_logits, size_t(sh.cells) * K * 4, cudaMemcpyDeviceToHost, s));
   }
-  const cudaError_t err = cudaStreamSynchronize(s);
-  if (err != cudaSuccess) {
-    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
-    throw_cuda_error(err, "the GPU segment", __FILE__, __LINE__);
-  }
   float last = 0, total_ms = 0;
-  collect_group_ms(start_, events, names, out.stats, &last);
-  cudaEventElapsedTime(&total_ms, start_, stop_);
+  finish(events, names, "the GPU segment", out.stats, &last, &total_ms);
 
   // The plan as the host's MergePlan: rects in image order, token_of_patch per image, tokens per size.
-  if (device_merge) {
-    int64_t n = 0;
-    for (int b = 0; b < B; ++b) n += counts[b];
-    rects.resize(size_t(n));
-    res.plan.rects = std::move(rects);
-    int64_t first = 0;
-    for (int b = 0; b < B; ++b) {
-      const int64_t at = out.grid_offset[b], cells = int64_t(grids[b].first) * grids[b].second;
-      res.plan.token_of_patch.emplace_back(token_of_patch.begin() + at, token_of_patch.begin() + at + cells);
-      std::vector<int64_t> per_size(size_t(levels) + 1, 0);
-      for (int64_t t = first; t < first + counts[b]; ++t) {
-        int l = 0;
-        while (l < levels && r.merge.sizes[l] != res.plan.rects[size_t(t)].size) ++l;
-        ++per_size[size_t(l)];
-      }
-      res.plan.tokens_per_size.push_back(std::move(per_size));
-      first += counts[b];
+  int64_t n = 0;
+  for (int b = 0; b < B; ++b) n += counts[b];
+  rects.resize(size_t(n));
+  res.plan.rects = std::move(rects);
+  int64_t first = 0;
+  for (int b = 0; b < B; ++b) {
+    const int64_t at = out.grid_offset[b], cells = int64_t(grids[b].first) * grids[b].second;
+    res.plan.token_of_patch.emplace_back(token_of_patch.begin() + at, token_of_patch.begin() + at + cells);
+    std::vector<int64_t> per_size(size_t(levels) + 1, 0);
+    for (int64_t t = first; t < first + counts[b]; ++t) {
+      int l = 0;
+      while (l < levels && r.merge.sizes[l] != res.plan.rects[size_t(t)].size) ++l;
+      ++per_size[size_t(l)];
     }
-  } else {
-    res.plan = *r.host_plan;
+    res.plan.tokens_per_size.push_back(std::move(per_size));
+    first += counts[b];
   }
   const int64_t Tp = int64_t(res.plan.rects.size());
   rect_exit.resize(size_t(Tp));

@@ -20,7 +20,7 @@
 //
 // segment() is the whole of model.segment() on the GPU but for decoding and resizing: the uint8 images
 // go up, and labels (and probabilities, patch logits when asked) come down; normalising, window scoring
-// and superpatch selection (the similarity scorer; the learned policy's rects come from the host),
+// and superpatch selection (the similarity scorer or the learned policy's trunk and heads),
 // the encoder with its early exits, unsharing and the bilinear upsampling with argmax all run on the
 // device with every token count kept there. Every kernel is sized by the dense bound, so the work of
 // one call depends only on the sizes and settings, never on the image: it is captured once into a
@@ -66,8 +66,7 @@ class DeviceModel {
   struct SegmentRequest {
     std::vector<Image> images;
     float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};  // 0..255 pixel units
-    MergeSettings merge;                 // kNone or kSimilarity: planned on the device
-    const MergePlan* host_plan = nullptr;  // kLearned: the host's plan (rects, token_of_patch)
+    MergeSettings merge;                 // planned on the device, with either scorer
     PruneSettings prune;
     bool want_probs = false, want_logits = false;
   };
