@@ -33,7 +33,7 @@ export const repoRoot = path.resolve(__dirname, '..', '..');
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures');
 /** The small untrained model the tests use where they need known sizes and speed (make-stand-in.ts). */
 export const standIn = path.join(fixturesDir, 'stand-in');
-/** ../shared beside the clone (real photos, data); tests that need it skip with a printed reason. */
+/** ../shared beside the clone (real photos, data); tests that need it skip (helpers/skip.ts) when it is absent. */
 export const sharedDir = path.resolve(repoRoot, '..', 'shared');
 export function sharedImages(): string[] {
   const dir = path.join(sharedDir, 'images');

@@ -1,6 +1,7 @@
 // The GPU forward (native/cuda/device_model.cu) against the CPU forward of the same model: features,
-// logits and labels, dense, merged, pruned and batched; memory returned on dispose. Skips with its
-// reason where no GPU is usable. The bf16 tolerances are the issue's: relative L2 of logits <= 1e-2,
+// logits and labels, dense, merged, pruned and batched; memory returned on dispose. Every test skips (a
+// recorded skip, test/helpers/skip.ts) with cudaStatus()'s reason where no GPU is usable, and fails
+// instead under STEP_SEG_REQUIRE_CUDA=1. The bf16 tolerances are the issue's: relative L2 of logits <= 1e-2,
 // labels equal on >= 99.5% of pixels.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,6 +11,7 @@ import { cudaStatus, loadModel, type Model } from '../../lib/index';
 import { relL2 } from '../helpers/compare';
 import { cudaRequired } from '../helpers/gpu';
 import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
+import { skip } from '../helpers/skip';
 
 const classes = ['a', 'b', 'c', 'd', 'e'];
 const rand = rng(41);
@@ -34,7 +36,6 @@ test.before(async () => {
   const status = await cudaStatus();
   if (!status.usable) {
     skipReason = status.reason;
-    console.log(`  cuda-model: skipped: ${skipReason}`);
     return;
   }
   // Head dim 64 (C 128, 2 heads): the flash kernel's path, as in real models.
@@ -48,9 +49,10 @@ test.after(() => {
 
 /** A test that runs only where a GPU is usable (and fails instead of skipping under STEP_SEG_REQUIRE_CUDA). */
 function gpuTest(name: string, body: (cpu: Model, gpu: Model) => Promise<void> | void): void {
-  test(`cuda model: ${name}`, async () => {
+  test(`cuda model: ${name}`, async (ctx) => {
     if (cpu && gpu) await body(cpu, gpu);
     else if (cudaRequired) assert.unreachable(`STEP_SEG_REQUIRE_CUDA is set but CUDA cannot run: ${skipReason}`);
+    else skip(ctx, skipReason);
   });
 }
 

@@ -12,11 +12,12 @@ import { loadBinding } from '../../lib/binding';
 import { encodeSafetensors } from '../../lib/safetensors';
 import { readSafetensors, relL2, sharedDir, standIn } from '../helpers/compare';
 import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
+import { skip } from '../helpers/skip';
 
 const effnetDir = path.join(sharedDir, 'fixtures', 'effnet-a');
 
-test('efficientnet_lite0 trunk: every stage matches timm to 1e-4 (effnet-a)', async () => {
-  if (!fs.existsSync(effnetDir)) return console.log('  skipped: ../shared/fixtures/effnet-a is absent');
+test('efficientnet_lite0 trunk: every stage matches timm to 1e-4 (effnet-a)', async (ctx) => {
+  if (!fs.existsSync(effnetDir)) return skip(ctx, '../shared/fixtures/effnet-a is absent');
   const io = readSafetensors(path.join(effnetDir, 'io.safetensors'));
   const model = await loadModel(effnetDir, { device: 'cpu' });
   assert.is(model.config.kind, 'efficientnet_lite0');

@@ -10,6 +10,7 @@ import * as assert from 'uvu/assert';
 import { BadInputError, BadModelError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../../lib/index';
 import { repoRoot, sharedImages, fixturesDir, standIn } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
+import { skip } from '../helpers/skip';
 import { readHeaderFromBuffer } from '../../lib/safetensors';
 import { toNativeConfig } from '../../lib/config';
 
@@ -107,12 +108,9 @@ test('sizes and aspect ratios: labels always come back at the image size', async
   }
 });
 
-test('real photos of several sizes (../shared/images)', async () => {
+test('real photos of several sizes (../shared/images)', async (ctx) => {
   const images = sharedImages();
-  if (!images.length) {
-    console.log('  skipped: ../shared/images is absent');
-    return;
-  }
+  if (!images.length) return skip(ctx, '../shared/images is absent');
   for (const file of images) {
     const meta = await sharp(file).metadata();
     const r = await model.segment(file, { size: 256 });

@@ -2,9 +2,9 @@
 // every variant that choose_<op>_kernel() or a forced `kernel` allows, float32 and bf16 operands, random
 // and edge shapes (sizes off every tile, one row, an empty image), outputs poisoned with NaN before each
 // run, and the device-side count paths (upper bound > real count: the rows past the real count must come
-// back untouched). The whole file skips, with one printed line giving cudaStatus()'s reason, when CUDA is
-// not compiled in or no GPU is usable; STEP_SEG_REQUIRE_CUDA=1 (scripts/gpu-check.sh) turns that into a
-// failure.
+// back untouched). Every test skips (a recorded skip, test/helpers/skip.ts) with cudaStatus()'s reason
+// when CUDA is not compiled in or no GPU is usable; STEP_SEG_REQUIRE_CUDA=1 (scripts/gpu-check.sh) turns
+// that into a failure.
 //
 // Tolerances. A bf16 kernel is held to STYLE.md's rule: its error against a float32 reference at most
 // twice the error of a plain computation in bf16. "Plain" is the least any bf16 computation can do: the
@@ -42,6 +42,7 @@ import {
   toBf16,
 } from '../helpers/gpu';
 import { randn, rng } from '../helpers/random';
+import { skip } from '../helpers/skip';
 
 const cpu = loadBinding().binding.ops;
 
@@ -57,15 +58,15 @@ test.before(async () => {
     console.log(`  cuda ops: running on ${found.device}`);
   } else {
     skipReason = found.reason;
-    console.log(`  cuda ops: skipped: ${skipReason}`);
   }
 });
 
 /** A test that runs only where a GPU is usable (and fails instead of skipping under STEP_SEG_REQUIRE_CUDA). */
 function gpuTest(name: string, body: (ops: CudaOps) => void): void {
-  test(`cuda ${name}`, () => {
+  test(`cuda ${name}`, (ctx) => {
     if (gpu) body(gpu);
     else if (cudaRequired) assert.unreachable(`STEP_SEG_REQUIRE_CUDA is set but CUDA cannot run: ${skipReason}`);
+    else skip(ctx, skipReason);
   });
 }
 
