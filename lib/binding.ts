@@ -89,6 +89,9 @@ export interface NativeModel {
   dispose(): void;
 }
 
+/** The CUDA backend compiled into the binary: the GPU one, the CPU emulator's (tests only), or none. */
+export type CudaBuild = 'cuda' | 'cuda (emulated)' | 'none';
+
 export interface CudaProbe {
   compiled: boolean;
   usable: boolean;
@@ -98,6 +101,8 @@ export interface CudaProbe {
   runtimeVersion: number;
   deviceCount: number;
   computeCapability: number;
+  /** True in the emulator build (npm run build:emu): the CUDA backend runs on the CPU, for tests only. */
+  emulated: boolean;
 }
 
 export interface Binding {
@@ -109,7 +114,7 @@ export interface Binding {
     device: 'cpu' | 'cuda',
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
-  cpuInfo(): { threads: number; gemmKernel: string };
+  cpuInfo(): { threads: number; gemmKernel: string; cuda: CudaBuild };
   setNumThreads(n: number): void;
   ops: Record<string, (params: Record<string, unknown>) => void>;
   /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */

@@ -23,10 +23,13 @@ export { colorize } from './palette';
 export { overlay, tokenPicture, exitColor } from './pictures';
 export type { OverlayOptions, TokenPictureOptions, TokenMap } from './pictures';
 
-import { loadBinding } from './binding';
+import { type CudaBuild, loadBinding } from './binding';
 
-/** Which native binary is loaded, and the CPU engine's settings. */
-export function runtimeInfo(): { binary: string; threads: number; gemmKernel: string } {
+/**
+ * Which native binary is loaded, the CPU engine's settings, and which CUDA backend the binary carries
+ * (`'cuda'`, `'cuda (emulated)'` for the test-only emulator build, or `'none'`).
+ */
+export function runtimeInfo(): { binary: string; threads: number; gemmKernel: string; cuda: CudaBuild } {
   const { binding, file } = loadBinding();
   return { binary: file, ...binding.cpuInfo() };
 }

@@ -28,6 +28,9 @@
 #include "../cuda/device_model.h"
 void register_cuda_ops(Napi::Env env, Napi::Object exports);  // cuda_binding.cpp: exports.cudaOps (tests, bench)
 #endif
+#ifdef STEP_SEG_CUDA_EMU
+void register_emu_ops(Napi::Env env, Napi::Object exports);  // emu_binding.cpp: exports.emuOps (emulator tests)
+#endif
 
 namespace {
 
@@ -615,6 +618,15 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   return job->promise();
 }
 
+// Which CUDA backend this binary carries: the GPU one, the CPU emulator's (tests only), or none.
+#if defined(STEP_SEG_CUDA_EMU)
+constexpr const char* kCudaBuild = "cuda (emulated)";
+#elif defined(STEP_SEG_HAVE_CUDA)
+constexpr const char* kCudaBuild = "cuda";
+#else
+constexpr const char* kCudaBuild = "none";
+#endif
+
 // probeCuda() -> Promise<{ compiled, usable, reason, name, driverVersion, runtimeVersion, ... }>
 class ProbeJob : public Job {
  public:
@@ -628,6 +640,7 @@ class ProbeJob : public Job {
     o.Set("name", probe_.name), o.Set("driverVersion", probe_.driver_version);
     o.Set("runtimeVersion", probe_.runtime_version), o.Set("deviceCount", probe_.device_count);
     o.Set("computeCapability", probe_.compute_capability);
+    o.Set("emulated", kCudaBuild == std::string("cuda (emulated)"));
     return o;
   }
 
@@ -645,6 +658,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("threads", step::cpu::num_threads());
   o.Set("gemmKernel", step::cpu::gemm_kernel_name());
+  o.Set("cuda", kCudaBuild);
   return o;
 }
 
@@ -859,6 +873,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("ops", ops);
 #ifdef STEP_SEG_HAVE_CUDA
   register_cuda_ops(env, exports);
+#endif
+#ifdef STEP_SEG_CUDA_EMU
+  register_emu_ops(env, exports);
 #endif
   return exports;
 }

@@ -26,6 +26,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 #include "mma.cuh"
 
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kFlashThreads, 1)
                            TOut* __restrict__ out) {             // (A, H, D)
   using Shape = FlashShape<D>;
   constexpr int kLds = Shape::kLds;
-  extern __shared__ __align__(16) unsigned char attention_smem[];
+  STEP_DYNAMIC_SMEM(unsigned char, attention_smem);
   __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(attention_smem);  // (64, D) query tile
   __nv_bfloat16* ks = qs + Shape::kTileElems;                            // (64, D) key tile
   __nv_bfloat16* vs = ks + Shape::kTileElems;                            // (64, D) value tile
@@ -286,8 +287,8 @@ template <int kPerLane, typename TIn, typename TOut>
 void attention_launch_naive(const AttentionParams& p, int max_seqlen, const TIn* qkv, TOut* out, cudaStream_t stream) {
   NvtxRange range("attention");
   const dim3 grid(ceil_div(max_seqlen, kNaiveWarps), p.heads, p.batch);
-  attention_kernel_naive<kPerLane, TIn, TOut><<<grid, kNaiveWarps * 32, 0, stream>>>(qkv, p.offsets, p.heads,
-                                                                                    p.head_dim, p.scale, out);
+  launch<attention_kernel_naive<kPerLane, TIn, TOut>>(grid, kNaiveWarps * 32, 0, stream, qkv, p.offsets, p.heads,
+                                                      p.head_dim, p.scale, out);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
@@ -297,8 +298,8 @@ void attention_launch_flash(const AttentionParams& p, int max_seqlen, const TIn*
   static std::atomic<uint64_t> smem_configured{0};
   ensure_dynamic_smem(attention_kernel_flash<D, TIn, TOut>, FlashShape<D>::kSmemBytes, smem_configured);
   const dim3 grid(ceil_div(max_seqlen, kFlashRows), p.heads, p.batch);
-  attention_kernel_flash<D, TIn, TOut><<<grid, kFlashThreads, FlashShape<D>::kSmemBytes, stream>>>(
-      qkv, p.offsets, p.heads, p.scale * kLog2e, out);
+  launch<attention_kernel_flash<D, TIn, TOut>>(grid, kFlashThreads, FlashShape<D>::kSmemBytes, stream,
+                                               qkv, p.offsets, p.heads, p.scale * kLog2e, out);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

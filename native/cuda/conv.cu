@@ -12,6 +12,7 @@
 //                          (additions only, then one multiply), so bit-identical.
 // Weights are read in PyTorch's layout (out_c, in_c / groups, k, k) directly (no reorder pass).
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -100,15 +101,15 @@ void conv_launch(const ConvArgs& a, bool depthwise, cudaStream_t stream) {
   NvtxRange range("conv");
   const int64_t n = int64_t(a.batch) * a.out_h * a.out_w * a.out_c;
   const unsigned blocks = unsigned(ceil_div<int64_t>(n, kThreads));
-  if (depthwise) conv_kernel_depthwise<<<blocks, kThreads, 0, stream>>>(a, n);
-  else conv_kernel_dense<<<blocks, kThreads, 0, stream>>>(a, n);
+  if (depthwise) launch<conv_kernel_depthwise>(blocks, kThreads, 0, stream, a, n);
+  else launch<conv_kernel_dense>(blocks, kThreads, 0, stream, a, n);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void avg_pool_launch(const AvgPoolArgs& a, cudaStream_t stream) {
   NvtxRange range("avg_pool");
   const int64_t n = int64_t(a.out_h) * a.out_w * a.C;
-  avg_pool_kernel<<<unsigned(ceil_div<int64_t>(n, kThreads)), kThreads, 0, stream>>>(a, n);
+  launch<avg_pool_kernel>(unsigned(ceil_div<int64_t>(n, kThreads)), kThreads, 0, stream, a, n);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

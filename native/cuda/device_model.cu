@@ -15,6 +15,7 @@
 
 #include "../core/device.h"
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -184,7 +185,7 @@ TrunkSizes trunk_sizes(int H, int W) {
 // rects in image order. One block; B is small and the offsets are computed by thread 0.
 __global__ void pack_rects_kernel(int B, int prefix, const int32_t* counts, const int32_t* grid_offset,
                                   const TokenRect* stage, TokenRect* rects, int32_t* offsets, int32_t* rect_count) {
-  extern __shared__ int32_t first[];  // (B + 1) first packed rect of each image
+  STEP_DYNAMIC_SMEM(int32_t, first);  // (B + 1) first packed rect of each image
   if (threadIdx.x == 0) {
     int32_t n = 0;
     offsets[0] = 0;
@@ -674,7 +675,7 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
   };
 
   if (A0 > 0) {
-    init_rows_kernel<<<ceil_div(A0, 256), 256, 0, s>>>(B, pre, c.depth, w.offsets[0], w.rect_of_row[0], w.rect_exit, A0);
+    cuda::launch<init_rows_kernel>(ceil_div(A0, 256), 256, 0, s, B, pre, c.depth, w.offsets[0], w.rect_of_row[0], w.rect_exit, A0);
     STEP_CUDA_CHECK_LAUNCH();
   }
   // Patch embedding: im2col of every rect (bf16), one GEMM with the conv weight.
@@ -766,7 +767,7 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
       token_scatter(p, e, s);
     }
     if (A0 > 0) {
-      mark_exits_kernel<<<ceil_div(A0, 256), 256, 0, s>>>(rows, w.halt, w.rect_of_row[cur], i + 1, w.rect_exit, A0);
+      cuda::launch<mark_exits_kernel>(ceil_div(A0, 256), 256, 0, s, rows, w.halt, w.rect_of_row[cur], i + 1, w.rect_exit, A0);
       STEP_CUDA_CHECK_LAUNCH();
     }
     const int nxt = 1 - cur;
@@ -780,7 +781,7 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
       token_compact(p, e, s);
     }
     if (A0 > 0) {
-      gather_int_kernel<<<ceil_div(A0, 256), 256, 0, s>>>(w.offsets[nxt] + B, w.src_row, w.rect_of_row[cur],
+      cuda::launch<gather_int_kernel>(ceil_div(A0, 256), 256, 0, s, w.offsets[nxt] + B, w.src_row, w.rect_of_row[cur],
                                                           w.rect_of_row[nxt], A0);
       STEP_CUDA_CHECK_LAUNCH();
     }
@@ -1058,7 +1059,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       superpatch_select(sp, s);
     }
     {
-      pack_rects_kernel<<<1, 256, size_t(B + 1) * 4, s>>>(B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
+      cuda::launch<pack_rects_kernel>(1, 256, size_t(B + 1) * 4, s, B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
                                                           w.offsets[0], w.rect_count);
       STEP_CUDA_CHECK_LAUNCH();
     }

@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -145,29 +146,29 @@ int grid_stride_blocks(int64_t threads_needed) {
 void convert_to_bf16_launch(const float* x, __nv_bfloat16* y, int64_t n, cudaStream_t stream) {
   NvtxRange range("convert_to_bf16");
   if (is_aligned(x, 16) && is_aligned(y, 8)) {
-    convert_to_bf16_kernel<true><<<grid_stride_blocks(ceil_div<int64_t>(n, 4)), kThreads, 0, stream>>>(x, y, n);
+    launch<convert_to_bf16_kernel<true>>(grid_stride_blocks(ceil_div<int64_t>(n, 4)), kThreads, 0, stream, x, y, n);
   } else {
-    convert_to_bf16_kernel<false><<<grid_stride_blocks(n), kThreads, 0, stream>>>(x, y, n);
+    launch<convert_to_bf16_kernel<false>>(grid_stride_blocks(n), kThreads, 0, stream, x, y, n);
   }
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void image_normalize_launch(const NormalizeArgs& a, cudaStream_t stream) {
   NvtxRange range("image_normalize");
-  image_normalize_kernel<<<grid_stride_blocks(int64_t(a.out_h) * a.out_w), kThreads, 0, stream>>>(a);
+  launch<image_normalize_kernel>(grid_stride_blocks(int64_t(a.out_h) * a.out_w), kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void patch_gather_launch(const PatchGatherParams& p, const int32_t* tokens_device, __nv_bfloat16* out_bf16,
                          cudaStream_t stream) {
   NvtxRange range("patch_gather");
-  patch_gather_kernel<<<p.tokens, kThreads, 0, stream>>>(p, tokens_device, out_bf16);
+  launch<patch_gather_kernel>(p.tokens, kThreads, 0, stream, p, tokens_device, out_bf16);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void token_pos_embed_launch(const TokenPosEmbedParams& p, int rows_bound, cudaStream_t stream) {
   NvtxRange range("token_pos_embed");
-  token_pos_embed_kernel<<<ceil_div(rows_bound, kRowsPerBlock), kThreads, 0, stream>>>(p, rows_bound);
+  launch<token_pos_embed_kernel>(ceil_div(rows_bound, kRowsPerBlock), kThreads, 0, stream, p, rows_bound);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

@@ -24,6 +24,7 @@
 // shapes (CUTLASS's 128 x 128 x 32, 3 stages), with smaller tiles when the big ones leave SMs idle.
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 #include "mma.cuh"
 
@@ -188,7 +189,7 @@ __device__ __forceinline__ void gemm_load_stage(__nv_bfloat16* stage, const Gemm
 // (w / kWarpsN, w % kWarpsN).
 template <class Cfg, typename TOut>
 __global__ void __launch_bounds__(Cfg::kThreads) gemm_kernel_mma(GemmArgs<TOut> g) {
-  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  STEP_DYNAMIC_SMEM(unsigned char, gemm_smem);
   __nv_bfloat16* smem = reinterpret_cast<__nv_bfloat16*>(gemm_smem);  // kStages x (a tile, w tile)
   const int M = gemm_rows(g.m_device, g.M_bound);
   const int m0 = blockIdx.x * Cfg::kBM, n0 = blockIdx.y * Cfg::kBN;
@@ -264,7 +265,7 @@ template <typename TOut>
 void gemm_launch_simple(const GemmArgs<TOut>& g, cudaStream_t stream) {
   NvtxRange range("gemm");
   const dim3 grid(ceil_div(g.M_bound, kSimpleTile), ceil_div(g.N, kSimpleTile));
-  gemm_kernel_simple<TOut><<<grid, kSimpleThreads, 0, stream>>>(g);
+  launch<gemm_kernel_simple<TOut>>(grid, kSimpleThreads, 0, stream, g);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
@@ -274,7 +275,7 @@ void gemm_launch_mma(const GemmArgs<TOut>& g, cudaStream_t stream) {
   static std::atomic<uint64_t> smem_configured{0};
   ensure_dynamic_smem(gemm_kernel_mma<Cfg, TOut>, Cfg::kSmemBytes, smem_configured);
   const dim3 grid(ceil_div(g.M_bound, Cfg::kBM), ceil_div(g.N, Cfg::kBN));
-  gemm_kernel_mma<Cfg, TOut><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(g);
+  launch<gemm_kernel_mma<Cfg, TOut>>(grid, Cfg::kThreads, Cfg::kSmemBytes, stream, g);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

@@ -33,11 +33,17 @@
 
 #include <cstdint>
 
+#if defined(STEP_SEG_CUDA_EMU)
+#include "emu/ptx.h"
+#endif
+
 namespace step::cuda {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #error "mma.cuh needs sm_80 or newer (cp.async, ldmatrix, bf16 mma.sync)"
 #endif
+
+#if !defined(STEP_SEG_CUDA_EMU)
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -89,5 +95,27 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+#else  // the emulator build: the same wrappers over the host twins in emu/ptx.cpp
+
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
+  step_emu::ptx_cp_async_16(smem_dst, gmem_src, valid);
+}
+__device__ __forceinline__ void cp_async_commit() { step_emu::ptx_cp_async_commit(); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  step_emu::ptx_cp_async_wait(kPending);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  step_emu::ptx_ldmatrix_x4(r, smem_row, false);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  step_emu::ptx_ldmatrix_x4(r, smem_row, true);
+}
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  step_emu::ptx_mma_bf16_16816(d, a, b0, b1);
+}
+
+#endif
 
 }  // namespace step::cuda

@@ -12,6 +12,7 @@
 // Rows: the real count may live on the device (rows_device), with LayerNormParams::rows as the host
 // bound that sizes the grid.
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -101,14 +102,14 @@ __global__ void __launch_bounds__(kThreads) layernorm_kernel_vec(LayerNormArgs a
 
 void layernorm_launch_simple(const LayerNormArgs& a, cudaStream_t stream) {
   NvtxRange range("layernorm");
-  layernorm_kernel_simple<<<ceil_div(a.rows_bound, kRowsPerBlock), kThreads, 0, stream>>>(a);
+  launch<layernorm_kernel_simple>(ceil_div(a.rows_bound, kRowsPerBlock), kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 template <int kChunks>
 void layernorm_launch_vec(const LayerNormArgs& a, cudaStream_t stream) {
   NvtxRange range("layernorm");
-  layernorm_kernel_vec<kChunks><<<ceil_div(a.rows_bound, kRowsPerBlock), kThreads, 0, stream>>>(a);
+  launch<layernorm_kernel_vec<kChunks>>(ceil_div(a.rows_bound, kRowsPerBlock), kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

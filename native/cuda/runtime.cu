@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../core/device.h"
+#include "launch.cuh"
 
 namespace step {
 namespace {
@@ -47,7 +48,7 @@ const DeviceProbe& probe_cuda() {
       p.reason = "cannot allocate on " + p.name + ": " + describe(err);
       return p;
     }
-    probe_kernel_noop<<<1, 32>>>(flag);
+    cuda::launch<probe_kernel_noop>(1, 32, 0, nullptr, flag);
     err = cudaGetLastError();
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     cudaFree(flag);

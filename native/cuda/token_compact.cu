@@ -21,6 +21,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -42,7 +43,7 @@ struct HaltArgs {
 };
 
 __global__ void __launch_bounds__(kHaltThreads) token_halt_kernel(HaltArgs a) {
-  extern __shared__ float halt_smem[];
+  STEP_DYNAMIC_SMEM(float, halt_smem);
   float* conf = halt_smem;                                          // (max_rows)
   int* cls = reinterpret_cast<int*>(halt_smem + a.max_rows);        // (max_rows) class, -1 if no candidate
   const int b = blockIdx.x, r0 = a.offsets[b], r1 = a.offsets[b + 1], T = r1 - r0;
@@ -147,22 +148,22 @@ void token_halt_launch(const HaltArgs& a, int batch, cudaStream_t stream) {
   static std::atomic<uint64_t> done{0};
   const int smem = halt_smem_bytes(a.max_rows);
   ensure_dynamic_smem(token_halt_kernel, smem, done);
-  token_halt_kernel<<<batch, kHaltThreads, smem, stream>>>(a);
+  launch<token_halt_kernel>(batch, kHaltThreads, smem, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void token_compact_launch(const CompactArgs& a, cudaStream_t stream) {
   NvtxRange range("token_compact");
-  token_compact_kernel_offsets<<<1, kScanThreads, 0, stream>>>(a);
+  launch<token_compact_kernel_offsets>(1, kScanThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
   if (a.rows_bound == 0) return;
-  token_compact_kernel_copy<<<a.rows_bound, kCopyThreads, 0, stream>>>(a);
+  launch<token_compact_kernel_copy>(a.rows_bound, kCopyThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void token_scatter_launch(const ScatterArgs& a, cudaStream_t stream) {
   NvtxRange range("token_scatter");
-  token_scatter_kernel<<<a.rows, kCopyThreads, 0, stream>>>(a);
+  launch<token_scatter_kernel>(a.rows, kCopyThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -212,23 +213,23 @@ __global__ void __launch_bounds__(kThreads) unshare_kernel(UnshareArgs a) {
 
 void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
   NvtxRange range("window_score");
-  window_score_patch_kernel<<<a.gh * a.gw, kThreads, 0, stream>>>(a);
+  launch<window_score_patch_kernel>(a.gh * a.gw, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
   // Level l has (gh / S) * (gw / S) <= gh * gw windows (S >= 1); blocks past a level's count exit.
   const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.levels);
-  window_score_window_kernel<<<grid, kThreads, 0, stream>>>(a);
+  launch<window_score_window_kernel>(grid, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void superpatch_select_launch(const SelectArgs& a, cudaStream_t stream) {
   NvtxRange range("superpatch_select");
-  superpatch_select_kernel<<<1, kSelectThreads, 0, stream>>>(a);
+  launch<superpatch_select_kernel>(1, kSelectThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
 void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
   NvtxRange range("unshare");
-  unshare_kernel<<<a.tokens, 128, 0, stream>>>(a);
+  launch<unshare_kernel>(a.tokens, 128, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 

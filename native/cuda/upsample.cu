@@ -10,6 +10,7 @@
 //                    Probabilities differ from the CPU only through expf vs std::exp (2 ulp).
 // Layout: logits (gh, gw, K), labels (out_h, out_w) int32, probs (K, out_h, out_w).
 #include "common.cuh"
+#include "launch.cuh"
 #include "cuda_ops.h"
 
 namespace step::cuda {
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) upsample_kernel(UpsampleArgs a) {
 void upsample_launch(const UpsampleArgs& a, cudaStream_t stream) {
   NvtxRange range("upsample");
   const dim3 grid(ceil_div(a.out_w, kThreads), a.out_h);
-  upsample_kernel<<<grid, kThreads, 0, stream>>>(a);
+  launch<upsample_kernel>(grid, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
