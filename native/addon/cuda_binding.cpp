@@ -386,9 +386,10 @@ Launch prepare_convert_to_bf16(Call& call) {
 // Shared by the CUDA op and its CPU reference (on the host, `call` hands out the JS memory itself).
 step::ImageNormalizeParams read_image_normalize(Call& call, bool allow_channels_last) {
   step::ImageNormalizeParams p;
-  p.h = call.integer("h"), p.w = call.integer("w"), p.channels = call.integer("channels", 3);
+  p.h = call.integer("h"), p.w = call.integer("w"), p.channels = call.integer_or("channels", 3);
   if (p.channels != 3 && p.channels != 4) call.fail_type("3 or 4", "channels");
-  p.out_h = call.integer("outH", p.h), p.out_w = call.integer("outW", p.w);
+  // outH / outW default to h / w and may only pad (integer() takes a minimum, not a default).
+  p.out_h = call.integer_or("outH", p.h, p.h), p.out_w = call.integer_or("outW", p.w, p.w);
   const std::vector<float> mean = call.numbers("mean", 3), stdv = call.numbers("std", 3);
   for (int c = 0; c < 3; ++c) p.mean[c] = mean[c], p.std[c] = stdv[c];
   p.channels_last = call.boolean_or("channelsLast", false);
