@@ -3,6 +3,7 @@
  * (CPU, with a CUDA backend compiled in where built with nvcc).
  */
 export { loadModel, Model, cudaStatus, defaultModelPath } from './model';
+export type { CudaStatus } from './model';
 export type { SegmentResult, SegmentStats, FeaturesResult } from './model';
 export type { ModelConfig } from './config';
 export type { ImageInput, RawImage } from './image';

@@ -20,6 +20,7 @@ import {
   type SegmentOptions,
 } from './options';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
+import { compareSelfCheck, selfCheckImage, selfCheckModel } from './selfcheck';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
@@ -84,13 +85,47 @@ export interface FeaturesResult extends Tensor {
   stats: { gflops: number; ms: Record<string, number> };
 }
 
-let probe: Promise<CudaProbe> | undefined;
+let probe: Promise<CudaStatus> | undefined;
 let warnedFallback = false;
 
-/** What the CUDA probe found; runs the probe on first call only. */
-export function cudaStatus(): Promise<CudaProbe> {
-  probe ??= loadBinding().binding.probeCuda();
+/** The CUDA probe's findings, plus the GPU self-check's verdict where the probe found a usable GPU. */
+export interface CudaStatus extends CudaProbe {
+  /** The built-in check (lib/selfcheck.ts) that `device: 'auto'` needs before it takes the GPU. */
+  selfCheck: { passed: boolean; reason: string };
+}
+
+/** What the CUDA probe found, and whether the GPU passed the self-check; both run on the first call only. */
+export function cudaStatus(): Promise<CudaStatus> {
+  probe ??= (async () => {
+    const p = await loadBinding().binding.probeCuda();
+    if (!p.compiled || !p.usable) return { ...p, selfCheck: { passed: false, reason: p.reason } };
+    const failed = await gpuSelfCheck();
+    return { ...p, selfCheck: { passed: !failed, reason: failed ?? '' } };
+  })();
   return probe;
+}
+
+/**
+ * The tiny model of lib/selfcheck.ts segmented on the CPU and on the GPU: undefined when the GPU's
+ * logits agree, else why not. Runs once per process (cudaStatus caches it).
+ */
+async function gpuSelfCheck(): Promise<string | undefined> {
+  const models: Model[] = [];
+  try {
+    const src = await readSource(selfCheckModel());
+    for (const device of ['cpu', 'cuda'] as const) {
+      const { native } = await createNative(src, { device }, device);
+      models.push(new Model(native, src.config, device));
+    }
+    const image = selfCheckImage();
+    const [cpu, gpu] = await Promise.all(models.map((m) => m.segment(image, { logits: true })));
+    const why = compareSelfCheck(cpu.logits!.data as Float32Array, gpu.logits!.data as Float32Array);
+    return why && `the GPU self-check failed: ${why}`;
+  } catch (err) {
+    return `the GPU self-check failed: ${(err as Error).message}`;
+  } finally {
+    for (const m of models) m.dispose();
+  }
 }
 
 async function chooseDevice(requested: 'auto' | 'cpu' | 'cuda'): Promise<{ device: 'cpu' | 'cuda'; reason?: string }> {
@@ -100,8 +135,9 @@ async function chooseDevice(requested: 'auto' | 'cpu' | 'cuda'): Promise<{ devic
     reason = 'STEP_SEG_FORCE_CPU is set';
   } else {
     const p = await cudaStatus();
-    if (p.compiled && p.usable) return { device: 'cuda' };
-    reason = p.reason;
+    // 'cuda' asks for the GPU whatever the self-check says; 'auto' takes it only once the check passed.
+    if (p.compiled && p.usable && (requested === 'cuda' || p.selfCheck.passed)) return { device: 'cuda' };
+    reason = p.usable ? p.selfCheck.reason : p.reason;
   }
   if (requested === 'cuda') throw new DeviceUnavailableError(`device 'cuda' is not available: ${reason}`);
   warnFallback(reason);

@@ -256,6 +256,11 @@ export async function findCudaOps(): Promise<{ ops: CudaOps; device: string } | 
   return { ops, device: `${status.name} (sm_${status.computeCapability}, driver ${status.driverVersion})` };
 }
 
+/** True when the loaded binary is the CUDA emulator build (npm run build:emu): CUDA runs on the CPU, slowly. */
+export function onEmulator(): boolean {
+  return (loadBinding().binding.cpuInfo() as { cuda?: string }).cuda === 'cuda (emulated)';
+}
+
 /** STEP_SEG_REQUIRE_CUDA=1 (set by scripts/gpu-check.sh): a missing GPU is a failure, not a skip. */
 export const cudaRequired = !!process.env.STEP_SEG_REQUIRE_CUDA && process.env.STEP_SEG_REQUIRE_CUDA !== '0';
 
