@@ -1,4 +1,5 @@
-// segment() end to end on the bundled model: inputs of every kind, sizes and aspect ratios, options,
+// segment() end to end, mostly on the small stand-in model (test/fixtures/stand-in, random weights)
+// and once on the bundled trained model: inputs of every kind, sizes and aspect ratios, options,
 // batches, bad inputs, disposal and the event loop.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -119,7 +120,7 @@ test('real photos of several sizes (../shared/images)', async () => {
     assert.is(r.width, meta.width);
     assert.is(r.height, meta.height);
     assert.is(r.labels.length, meta.width! * meta.height!);
-    // an untrained model still gives more than one class over a real photo
+    // the stand-in's random weights still give more than one class over a real photo
     assert.ok(new Set(r.labels).size > 1, file);
   }
 });
