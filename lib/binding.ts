@@ -116,7 +116,7 @@ export interface Binding {
     device: 'cpu' | 'cuda',
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
-  /** `build`: the build system that made the binary (absent in binaries older than 0.1.0's). */
+  /** `build`: the build system that made the binary (absent from binaries built before it was added). */
   cpuInfo(): { threads: number; gemmKernel: string; build?: 'binding.gyp' | 'cmake-js' };
   setNumThreads(n: number): void;
   ops: Record<string, (params: Record<string, unknown>) => void>;
