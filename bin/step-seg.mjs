@@ -38,12 +38,17 @@ Options:
 Examples:
   step-seg segment photos/ --out labels --overlay
   step-seg segment "shots/**/*.jpg" --size 1024 --format json
-  step-seg info weights/default`,
+  step-seg info default
+
+The code is Apache-2.0; the bundled model (default) is for research and non-commercial use only
+(trained on CamVid): see its weights/LICENSE, or step-seg info.`,
 
   segment: `Usage: step-seg segment <files, folders or globs...> [options]
 
 Segments each image and writes, in the output folder, <name>.png (or .raw / .json), and with
---overlay <name>.overlay.png, with --tokens <name>.tokens.png. Folders are searched recursively for
+--overlay <name>.overlay.png, with --tokens <name>.tokens.png. Each image's line gives the tokens as
+shares of the dense count (patches + prefix tokens): how many enter the encoder after merging, and
+with early exits how many each block runs on average. Folders are searched recursively for
 images (jpg, png, webp, gif, tiff, avif); globs take * (within a folder), ** (any folders) and ?.
 Quote globs so the shell leaves them alone. Images that cannot be read are reported and skipped; the
 exit code is then 1.
@@ -56,10 +61,11 @@ Options:
                              json  { file, width, height, classes, dtype, labels (base64 of raw), stats }
       --overlay            also write the label colours blended on the photo
       --tokens             also write where the tokens went (superpatches, early exits, legend)
-  -m, --model PATH         a model directory or .safetensors file (default: the bundled model)
+  -m, --model PATH         a model directory or .safetensors file, or default (the bundled model, the default)
   -d, --device DEVICE      auto | cpu | cuda (default auto)
   -s, --size N             long side for inference in pixels (default: the model's input size)
-      --merge MODE         off | similarity | learned (default: the model's config)
+      --merge MODE         off | similarity | learned (default: the model's config); learned only for a
+                           model whose weights carry a merge policy (the bundled model does not)
       --prune VALUE        off | a confidence threshold such as 0.9 (default: the model's config)
   -q, --quiet              no per-image lines or progress bar, only the summary and errors
       --verbose            stack traces on errors
@@ -67,9 +73,10 @@ Options:
 
   info: `Usage: step-seg info [model] [options]
 
-Prints a model's config, classes, parameter count (from the safetensors header), merging settings
-and exit layers. model: a directory with config.json + model.safetensors, or a .safetensors file
-with its config in __metadata__ (default: the bundled model).
+Prints a model's config, classes, parameter count (from the safetensors header), merging settings,
+exit layers and licence. model: a directory with config.json + model.safetensors, a .safetensors
+file with its config in __metadata__, or default (the bundled model, the default; ./default for a
+folder of that name).
 
 Options:
       --json               the same as JSON
@@ -78,8 +85,9 @@ Options:
 
   doctor: `Usage: step-seg doctor [options]
 
-Which native binary loaded and from where, whether CUDA is usable and if not why, the GPU, driver
-and runtime versions, the CPU features and engine settings, Node and N-API versions.
+Which native binary loaded, from where and which build made it (binding.gyp or cmake-js), whether
+CUDA is usable and if not why and how to get it, the GPU, driver and runtime versions, the CPU
+features and engine settings, Node and N-API versions, and the licences.
 
 Options:
       --json               the same as JSON
@@ -92,7 +100,7 @@ Times the model on this machine, dense (merge off, prune off) against STEP (the 
 on the bundled demo image, and prints the median time, tokens and GFLOPs per size.
 
 Options:
-  -m, --model PATH         model (default: the bundled model)
+  -m, --model PATH         model, or default (the bundled model, the default)
   -d, --device DEVICE      auto | cpu | cuda (default auto)
       --image FILE         image (default: the bundled assets/demo-rocket.jpg)
       --sizes LIST         comma-separated long sides (default 512,1024)
@@ -197,6 +205,43 @@ function fmtDuration(ms) {
 function shown(p) {
   const rel = path.relative(process.cwd(), p);
   return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
+}
+
+// A --model / info argument: `default` (or nothing) is the bundled model, anything else a path.
+function modelSource(value, defaultModelPath) {
+  return value === undefined || value === 'default' ? defaultModelPath : value;
+}
+
+// The licences, for info and doctor: the code's, and where the bundled model's terms are (its
+// config.json says them in one line, as `license`).
+const kLicence = { code: 'Apache-2.0 (LICENSE)', modelFile: path.join(root, 'weights', 'LICENSE') };
+
+// A program on the PATH, or undefined.
+function onPath(name) {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    const file = path.join(dir || '.', name);
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      if (fs.statSync(file).isFile()) return file;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+// The token counts of one result in words, as shares of the dense count (patches + prefix tokens):
+// the tokens that enter the encoder after merging, and with early exits the mean over blocks of the
+// tokens each block runs on (the encoder's cost follows that one).
+function tokenFigures(t) {
+  const perBlock = t.perBlock.length ? t.perBlock.reduce((a, b) => a + b, 0) / t.perBlock.length : t.input;
+  return { dense: t.dense, input: t.input, perBlock, inputShare: t.input / t.dense, perBlockShare: perBlock / t.dense };
+}
+const pct = (x) => `${(100 * x).toFixed(0)}%`;
+function tokenWords(f) {
+  let s = `tokens: ${f.input} of ${f.dense} enter the encoder (${pct(f.inputShare)})`;
+  if (Math.round(f.perBlock) !== f.input) s += `, ${Math.round(f.perBlock)} per block on average with early exits (${pct(f.perBlockShare)})`;
+  return s;
 }
 
 // Where a model's weights are: a directory's model.safetensors, or the file itself.
@@ -351,7 +396,7 @@ async function cmdSegment(values, positionals) {
     }
   }
   const out = path.resolve(values.out ?? 'step-seg-out');
-  const { loadModel, colorize, overlay, tokenPicture } = await api();
+  const { loadModel, colorize, overlay, tokenPicture, defaultModelPath } = await api();
 
   const { files, problems } = await expandInputs(positionals);
   let failed = 0;
@@ -361,8 +406,15 @@ async function cmdSegment(values, positionals) {
   }
   if (!files.length) throw new Error('no images to segment');
 
-  const model = await loadModel(values.model, { device: checkDevice(values.device) });
+  const model = await loadModel(modelSource(values.model, defaultModelPath), { device: checkDevice(values.device) });
   const cfg = model.config;
+  if (merge?.policy === 'learned' && !cfg.policy) {
+    model.dispose();
+    throw new UsageError(
+      `--merge learned: this model carries no learned merge policy (its weights have no policy.* tensors; the bundled model ships without one). ` +
+        `Use --merge similarity (the training-free scorer, the default) or --merge off, or --model a model trained with a policy`,
+    );
+  }
   if (prune && !cfg.prune) throw new UsageError(`--prune ${values.prune}: this model has no exit heads, so --prune takes only off`);
   if (size !== undefined && (size < cfg.patchSize || size > 8192)) throw new UsageError(`--size takes ${cfg.patchSize} to 8192 for this model, not ${size}`);
   const options = {};
@@ -382,7 +434,7 @@ async function cmdSegment(values, positionals) {
     return name;
   };
   const report = (line) => (bar ? bar.say(line) : process.stderr.write(line + '\n'));
-  let ok = 0, msSum = 0, keptSum = 0, gflopsSum = 0, gflopsDenseSum = 0;
+  let ok = 0, msSum = 0, inputShareSum = 0, perBlockShareSum = 0, gflopsSum = 0, gflopsDenseSum = 0, anyExits = false;
   try {
     for (const file of files) {
       bar?.draw(path.basename(file));
@@ -417,28 +469,28 @@ async function cmdSegment(values, positionals) {
           );
         if (values.overlay) await write('.overlay.png', await overlay(bytes, result, cfg.palette));
         if (values.tokens)
-          await write('.tokens.png', await tokenPicture(bytes, result, { size: size ?? cfg.inputSize, patchSize: cfg.patchSize, depth: cfg.depth }));
+          await write('.tokens.png', await tokenPicture(bytes, result));
       } catch (err) {
         // an option the library refuses is the same for every image: stop at the first
-        if (err?.code === 'ERR_STEP_BAD_INPUT' && /for options\./.test(err.message)) throw err;
+        if (err?.code === 'ERR_STEP_BAD_INPUT' && /\boptions\./.test(err.message)) throw err;
         if (err?.code === 'ERR_STEP_DISPOSED' || err?.code === 'ERR_STEP_INTERNAL') throw err;
         failed++;
         report(`step-seg: ${file}: ${err?.message ?? err}` + (values.verbose && err?.stack ? `\n${err.stack}` : ''));
         if (bar) bar.done++;
         continue;
       }
-      const s = result.stats, t = s.tokens;
-      const active = t.perBlock.length ? t.perBlock.reduce((a, b) => a + b, 0) / t.perBlock.length : t.input;
-      const kept = active / t.dense;
+      const s = result.stats, f = tokenFigures(s.tokens);
       ok++;
       msSum += s.ms.total;
-      keptSum += kept;
+      inputShareSum += f.inputShare;
+      perBlockShareSum += f.perBlockShare;
+      anyExits ||= Math.round(f.perBlock) !== f.input;
       gflopsSum += s.gflops;
       gflopsDenseSum += s.gflopsDense;
       if (bar) bar.done++;
       else if (!quiet)
         process.stdout.write(
-          `${file}: ${result.width}x${result.height}, ${fmtMs(s.ms.total)} ms, ${t.input}/${t.dense} tokens (${(100 * kept).toFixed(0)}% kept), ` +
+          `${file}: ${result.width}x${result.height}, ${fmtMs(s.ms.total)} ms, ${tokenWords(f)}, ` +
             `${s.gflops.toFixed(2)} GFLOPs -> ${written.join(', ')}\n`,
         );
     }
@@ -449,8 +501,9 @@ async function cmdSegment(values, positionals) {
   if (ok)
     process.stdout.write(
       `${ok} image${ok === 1 ? '' : 's'} segmented${failed ? `, ${failed} failed` : ''} on ${model.device} into ${shown(out)}: ` +
-        `mean ${fmtMs(msSum / ok)} ms per image, tokens kept ${((100 * keptSum) / ok).toFixed(0)}% of dense, ` +
-        `${(gflopsSum / ok).toFixed(2)} of ${(gflopsDenseSum / ok).toFixed(2)} GFLOPs\n`,
+        `mean ${fmtMs(msSum / ok)} ms per image; of the dense tokens, ${pct(inputShareSum / ok)} enter the encoder` +
+        (anyExits ? `, ${pct(perBlockShareSum / ok)} per block on average with early exits` : '') +
+        `; ${(gflopsSum / ok).toFixed(2)} of ${(gflopsDenseSum / ok).toFixed(2)} GFLOPs (dense)\n`,
     );
   else process.stdout.write(`0 images segmented, ${failed} failed\n`);
   return failed ? 1 : 0;
@@ -458,6 +511,30 @@ async function cmdSegment(values, positionals) {
 
 // ---------------------------------------------------------------------------------------------------
 // doctor
+
+// How to get a binary with the CUDA backend, for one without it.
+function cudaHint(binary) {
+  if (binary.kind === 'STEP_SEG_BINARY') return 'unset STEP_SEG_BINARY to load the package\'s own binary, or point it at a cmake-js build made with nvcc';
+  const nvcc = onPath('nvcc');
+  if (!fs.existsSync(path.join(root, 'CMakeLists.txt')))
+    // an installed package: it ships the CPU-only sources alone
+    return (
+      (binary.kind === 'prebuilt' ? 'this prebuilt binary was built without the CUDA backend' : `npm compiled this fallback because no prebuilt binary fits ${process.platform}-${process.arch}`) +
+      '; for CUDA, run `npm run build:native` in a clone of step-seg (with nvcc) and load it with STEP_SEG_BINARY=<clone>/build/Release/step_seg.node'
+    );
+  const run = `\`npm run build:native\` in ${root} (cmake-js) builds the CUDA backend in`;
+  return nvcc ? `nvcc is on the PATH (${nvcc}): ${run}, and the next load picks it up` : `${run} once nvcc (the CUDA toolkit) is on the PATH`;
+}
+
+// The bundled model's licence in one line, from its config.
+function defaultModelLicence() {
+  try {
+    const license = JSON.parse(fs.readFileSync(path.join(root, 'weights', 'default', 'config.json'), 'utf8')).license;
+    return typeof license === 'string' ? license : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 function cpuFlags() {
   if (process.platform !== 'linux') return undefined;
@@ -496,6 +573,7 @@ async function cmdDoctor(values) {
       report.binary = {
         file: info.binary,
         kind: process.env.STEP_SEG_BINARY ? 'STEP_SEG_BINARY' : rel.startsWith('prebuilds') ? 'prebuilt' : rel.startsWith('build') ? 'local build' : 'other',
+        build: info.build ?? 'unknown',
       };
       report.engine = { threads: info.threads, gemmKernel: info.gemmKernel };
     } catch (err) {
@@ -505,6 +583,7 @@ async function cmdDoctor(values) {
     if (report.binary) {
       const p = await index.cudaStatus();
       report.cuda = p;
+      if (!p.compiled) report.cudaHint = cudaHint(report.binary);
       try {
         const m = await index.loadModel();
         report.defaultDevice = { device: m.device, reason: m.deviceReason };
@@ -522,6 +601,7 @@ async function cmdDoctor(values) {
     // reported through packageError when it matters
   }
   report.env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('STEP_SEG_')));
+  report.licence = { code: kLicence.code, bundledModel: defaultModelLicence(), terms: kLicence.modelFile };
 
   if (values.json) {
     process.stdout.write(JSON.stringify(report, null, 2) + '\n');
@@ -530,7 +610,11 @@ async function cmdDoctor(values) {
   const lines = [`step-seg ${report.version} doctor`];
   const row = (k, v) => lines.push(`  ${k.padEnd(10)} ${v}`);
   if (report.packageError) row('package', `cannot load: ${report.packageError}`);
-  if (report.binary) row('binary', `${report.binary.file} (${report.binary.kind})`);
+  if (report.binary) {
+    const b = report.binary, cuda = report.cuda?.compiled ? 'the CUDA backend compiled in' : 'CPU only';
+    row('binary', `${b.file} (${b.kind})`);
+    row('build', b.build === 'binding.gyp' ? `binding.gyp, ${cuda}: the fallback that npm install compiles` : `${b.build}, ${cuda}`);
+  }
   if (report.binaryError) {
     const [first, ...more] = report.binaryError.split('\n');
     row('binary', `NOT LOADED: ${first.replace(/^step-seg: /, '')}`);
@@ -538,7 +622,8 @@ async function cmdDoctor(values) {
   }
   if (report.cuda) {
     const c = report.cuda;
-    row('cuda', !c.compiled ? `not compiled into this binary (${c.reason})` : c.usable ? 'usable' : `not usable: ${c.reason}`);
+    row('cuda', !c.compiled ? `not compiled into this binary: ${c.reason.replace(/^this build of step-seg has no CUDA backend: /, '')}` : c.usable ? 'usable' : `not usable: ${c.reason}`);
+    if (report.cudaHint) row('', report.cudaHint);
     if (c.compiled) {
       row('gpu', c.name ? `${c.name}, compute capability ${Math.floor(c.computeCapability / 10)}.${c.computeCapability % 10}, ${c.deviceCount} device${c.deviceCount === 1 ? '' : 's'}` : 'none found');
       row('driver', `CUDA ${decodeVersion(c.driverVersion)} (${c.driverVersion}); runtime ${decodeVersion(c.runtimeVersion)} (${c.runtimeVersion}), linked statically`);
@@ -554,6 +639,8 @@ async function cmdDoctor(values) {
   if (report.sharp) row('sharp', `${report.sharp.sharp}, libvips ${report.sharp.libvips}`);
   const env = Object.entries(report.env);
   row('env', env.length ? env.map(([k, v]) => `${k}=${v}`).join(' ') : 'no STEP_SEG_* variables set');
+  row('licence', `code ${report.licence.code}; bundled model: ${report.licence.bundledModel ?? 'see its weights/LICENSE'}`);
+  row('', report.licence.terms);
   process.stdout.write(lines.join('\n') + '\n');
   return status;
 }
@@ -564,7 +651,8 @@ async function cmdDoctor(values) {
 async function cmdInfo(values, positionals) {
   if (positionals.length > 1) throw new UsageError('info takes one model (see: step-seg info --help)');
   const { loadModel, defaultModelPath } = await api();
-  const source = positionals[0] ?? defaultModelPath;
+  const source = modelSource(positionals[0], defaultModelPath);
+  const bundled = path.resolve(source) === path.resolve(defaultModelPath);
   const model = await loadModel(source, { device: 'cpu' });
   const c = model.config;
   model.dispose();
@@ -599,6 +687,8 @@ async function cmdInfo(values, positionals) {
     merge: c.merge,
     prune: c.prune,
     untrained: !!c.raw?.untrained,
+    license: typeof c.raw?.license === 'string' ? c.raw.license : undefined,
+    licenseFile: bundled ? kLicence.modelFile : undefined,
   };
   if (values.json) {
     process.stdout.write(JSON.stringify(info, null, 2) + '\n');
@@ -616,6 +706,8 @@ async function cmdInfo(values, positionals) {
   c.classNames.forEach((name, i) => lines.push(`  ${String(i).padStart(3)}  ${name.padEnd(16)} rgb(${c.palette[i].join(', ')})`));
   row('merge', c.merge ? `${c.merge.policy}: levels ${c.merge.levels.map((l) => `${l}x${l}`).join(', ')}, thresholds ${c.merge.thresholds.join(', ')}, colorTau ${c.merge.colorTau}, textureTau ${c.merge.textureTau}` : 'off');
   row('prune', c.prune ? `exit heads after blocks ${c.prune.exitLayers.join(', ')} (of ${c.depth}); threshold ${c.prune.threshold}, keepTopK ${c.prune.keepTopK}` : 'none (no exit heads: every token reaches the final head)');
+  row('licence', info.license ?? 'not stated in the config (ask whoever made the model)');
+  if (info.licenseFile) row('', info.licenseFile);
   process.stdout.write(lines.join('\n') + '\n');
   return 0;
 }
@@ -627,14 +719,15 @@ async function cmdBench(values) {
   const runs = positiveInt(values.runs, '--runs') ?? 5;
   const sizes = (values.sizes ?? '512,1024').split(',').map((s) => positiveInt(s.trim(), '--sizes'));
   const image = values.image ?? path.join(root, 'assets', 'demo-rocket.jpg');
-  const { loadModel, runtimeInfo } = await api();
+  const { loadModel, runtimeInfo, defaultModelPath } = await api();
   const bytes = await fsp.readFile(image).catch((err) => {
     throw new Error(`cannot read ${image}: ${err.message}`);
   });
-  const model = await loadModel(values.model, { device: checkDevice(values.device) });
+  const source = modelSource(values.model, defaultModelPath);
+  const model = await loadModel(source, { device: checkDevice(values.device) });
   const info = runtimeInfo();
   process.stdout.write(
-    `bench: ${values.model ?? 'the bundled model'} on ${path.relative(process.cwd(), image) || image}, ${model.device} ` +
+    `bench: ${source === defaultModelPath ? 'the bundled model' : source} on ${path.relative(process.cwd(), image) || image}, ${model.device} ` +
       `(${info.gemmKernel}, ${info.threads} threads), median of ${runs} runs after a warm-up\n\n`,
   );
   const header = `${'size'.padStart(5)}  ${'mode'.padEnd(6)} ${'ms'.padStart(9)} ${'tokens'.padStart(8)} ${'GFLOPs'.padStart(8)}`;

@@ -92,14 +92,21 @@ export interface NativeModel {
 /** The CUDA backend compiled into the binary: the GPU one, the CPU emulator's (tests only), or none. */
 export type CudaBuild = 'cuda' | 'cuda (emulated)' | 'none';
 
+/** What `cudaStatus()` found. */
 export interface CudaProbe {
+  /** The CUDA backend is compiled into the loaded binary. */
   compiled: boolean;
+  /** A GPU this binary can run on is there (driver new enough, code for its architecture). */
   usable: boolean;
+  /** Why not, when not usable (empty when usable). */
   reason: string;
+  /** The GPU's name (device 0), empty without one. */
   name: string;
+  /** CUDA versions as the runtime reports them, e.g. 13000 for 13.0; 0 when unknown. */
   driverVersion: number;
   runtimeVersion: number;
   deviceCount: number;
+  /** e.g. 90 for compute capability 9.0; 0 without a GPU. */
   computeCapability: number;
   /** True in the emulator build (npm run build:emu): the CUDA backend runs on the CPU, for tests only. */
   emulated: boolean;
@@ -114,7 +121,8 @@ export interface Binding {
     device: 'cpu' | 'cuda',
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
-  cpuInfo(): { threads: number; gemmKernel: string; cuda: CudaBuild };
+  /** `build`: the build system that made the binary (absent from binaries built before it was added). */
+  cpuInfo(): { threads: number; gemmKernel: string; build?: 'binding.gyp' | 'cmake-js'; cuda: CudaBuild };
   setNumThreads(n: number): void;
   ops: Record<string, (params: Record<string, unknown>) => void>;
   /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */

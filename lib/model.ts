@@ -20,11 +20,39 @@ import {
   type SegmentOptions,
 } from './options';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
+import type { TokenMap } from './pictures';
 import { compareSelfCheck, selfCheckImage, selfCheckModel } from './selfcheck';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
 export const defaultModelPath = path.join(packageRoot, 'weights', 'default');
+
+/** A group of encoder blocks between early exits (`'blocks 0-3'`), or all of them (`'encoder'`). */
+type BlockGroup = 'encoder' | `blocks ${number}-${number}`;
+
+/**
+ * The stages `stats.ms` times. On the CPU: `decode` (the image, on libuv's pool), `normalize`, `score`
+ * and `select` (merging), `trunk` (the learned policy's CNN), `embed`, the block groups, `head`,
+ * `upsample`. On the GPU the block groups and the head are timed with CUDA events and end in `(gpu)`
+ * (`'encoder (gpu)'`, `'head (gpu)'`, or `'graph (gpu)'` for a replayed CUDA graph), and
+ * `host + transfers` is the rest of the native call. `total` is the whole call, decoding included.
+ */
+export type StageName =
+  | 'decode'
+  | 'normalize'
+  | 'score'
+  | 'select'
+  | 'trunk'
+  | 'embed'
+  | BlockGroup
+  | 'head'
+  | 'upsample'
+  | `${BlockGroup | 'head' | 'head + upsample' | 'graph'} (gpu)`
+  | 'host + transfers'
+  | 'total';
+
+/** Milliseconds per stage (see {@link StageName}); only the stages that ran are present. */
+export type StageTimes = { [K in StageName]?: number } & { decode: number; total: number };
 
 export interface SegmentStats {
   /** Device that ran the model, and why it is the CPU when a GPU was asked for or could be used. */
@@ -48,8 +76,8 @@ export interface SegmentStats {
   gflopsDense: number;
   /** Of `gflops`, what the learned merge policy (trunk and heads) spent; 0 for the similarity scorer. */
   gflopsPolicy: number;
-  /** Milliseconds per stage for the whole call: decode, normalize, embed, encoder, head, upsample, total. */
-  ms: Record<string, number>;
+  /** Milliseconds per stage for the whole call, in the order they ran; `decode` and `total` always. */
+  ms: StageTimes;
   /** Images in the call these figures come from. */
   batchSize: number;
 }
@@ -68,9 +96,11 @@ export interface SegmentResult {
    * Where the tokens went: for every patch of the `gh x gw` grid (row-major), the index of the token
    * that carried it (tokens numbered in row-major order of their top-left patch) and that token's
    * side in patches (1 for an unmerged patch), and the number of blocks the token went through before
-   * it exited (the model's depth for tokens that reached the final head).
+   * it exited (the model's depth for tokens that reached the final head); with the model's
+   * `patchSize` and `depth` and the long side it ran at (`inputSize`), so that
+   * `tokenPicture(image, result)` needs no options.
    */
-  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array; exitLayer: Uint8Array };
+  tokenMap: Required<TokenMap>;
   /** With `logits: true`: patch-grid logits, dims `[K, gh, gw]` (the grid covers the resized, padded image). */
   logits?: Tensor;
 }
@@ -82,7 +112,8 @@ export interface FeaturesResult extends Tensor {
   intermediates?: Record<string, Tensor>;
   /** EfficientNet trunks: the five stage maps, `[N, C, h, w]` at strides 2, 4, 8, 16, 32 (data/dims: the last). */
   stages?: Tensor[];
-  stats: { gflops: number; ms: Record<string, number> };
+  /** `ms`: the stages that ran (no `decode`: the input is a tensor). */
+  stats: { gflops: number; ms: { [K in StageName]?: number } };
 }
 
 let probe: Promise<CudaStatus> | undefined;
@@ -434,7 +465,7 @@ export class Model {
           labels: r.labels,
           classes: this.config.classNames,
           stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
-          tokenMap: r.tokenMap,
+          tokenMap: { ...r.tokenMap, patchSize: this.config.patchSize, depth: this.config.depth, inputSize: opts.size },
         };
         const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
         sizes.forEach((side, l) => (result.stats.tokens.perLevel[side] = r.tokensPerSize[l]));
@@ -459,7 +490,7 @@ export class Model {
     return flops * 1e-9;
   }
 
-  #stats(s: NativeSegmentResult['stats'], ms: Record<string, number>, batchSize: number, gflopsDense: number): SegmentStats {
+  #stats(s: NativeSegmentResult['stats'], ms: StageTimes, batchSize: number, gflopsDense: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
       tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },

@@ -1,6 +1,6 @@
 /** Option checking for the public API, in one place, with errors of one shape. */
 import { checkMerge, checkPrune, kDefaultMerge, type MergeConfig, type PruneConfig } from './config';
-import { invalidParameter } from './errors';
+import { BadInputError, invalidParameter } from './errors';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 
@@ -95,7 +95,11 @@ export function checkSegmentOptions(
       throw invalidParameter(`options.merge.${field}`, expected, value);
     });
     if (merge.policy === 'learned') {
-      if (!defaults.policy) throw invalidParameter('options.merge.policy', "'similarity': this model has no learned policy", 'learned');
+      if (!defaults.policy)
+        throw new BadInputError(
+          "options.merge.policy 'learned': this model carries no learned merge policy (its weights have no policy.* tensors). " +
+            "Use policy 'similarity' (the training-free scorer, the default) or merge: false, or load a model trained with a policy (scripts/train_policy.py)",
+        );
       const heads = defaults.policy.levels;
       if (!merge.levels.every((side) => heads.includes(side)))
         throw invalidParameter('options.merge.levels', `levels among the policy's heads [${heads.join(', ')}]`, merge.levels);

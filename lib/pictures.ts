@@ -26,6 +26,12 @@ export interface TokenMap {
   size: Uint8Array;
   /** Blocks the patch's token ran before it exited; the model's depth for the final head. */
   exitLayer: Uint8Array;
+  /** The model's patch size in pixels. `segment()` results carry it. */
+  patchSize?: number;
+  /** The model's depth: tokens whose exit layer equals it reached the final head. `segment()` results carry it. */
+  depth?: number;
+  /** The long side `segment()` ran at (its `size` option, else the model's `input_size`). `segment()` results carry it. */
+  inputSize?: number;
 }
 
 export interface OverlayOptions {
@@ -34,14 +40,15 @@ export interface OverlayOptions {
 }
 
 export interface TokenPictureOptions {
-  /** The model's patch size in pixels (`model.config.patchSize`). Required. */
-  patchSize: number;
-  /** The model's depth (`model.config.depth`): tokens with this exit layer reached the final head. Required. */
-  depth: number;
+  /** The model's patch size in pixels (`model.config.patchSize`). Default: `result.tokenMap.patchSize`. */
+  patchSize?: number;
+  /** The model's depth (`model.config.depth`): tokens with this exit layer reached the final head. Default: `result.tokenMap.depth`. */
+  depth?: number;
   /**
    * The long side `segment()` ran at (its `size` option; the model's `input_size` when not given).
-   * Default: the token grid's long side times the patch size, which is right whenever that size was a
-   * multiple of the patch size. A size that does not give the result's patch grid is an error.
+   * Default: `result.tokenMap.inputSize`, else the token grid's long side times the patch size, which
+   * is right whenever that size was a multiple of the patch size. A size that does not give the
+   * result's patch grid is an error.
    */
   size?: number;
   /** Draw the legend strip below the picture. Default true. */
@@ -131,36 +138,38 @@ export function exitColor(layer: number, depth: number): Rgb {
  * the tokens per exit and per superpatch size.
  * @param image the image given to `segment()`.
  * @param result `{ width, height, tokenMap }` as `segment()` returns it.
- * @param options `patchSize` and `depth` (required: `model.config.patchSize`, `model.config.depth`),
- *   `size` (the long side `segment()` ran at; default: grid long side x patch size), `legend`
- *   (default true), `font` (`'auto'`, `'system'` or `'builtin'`).
+ * @param options `patchSize`, `depth` and `size` (the model's patch size and depth, the long side
+ *   `segment()` ran at; default: what `result.tokenMap` carries, which a `segment()` result always
+ *   does), `legend` (default true), `font` (`'auto'`, `'system'` or `'builtin'`).
  * @returns a PNG, the inference size wide (long side `size`), with the legend below the photo.
  * @throws {BadInputError} an unreadable image, a token map that does not fit the size, or a bad option.
  * @example
  * const result = await model.segment('street.jpg', { size: 1024 });
- * const png = await tokenPicture('street.jpg', result, { size: 1024, patchSize: model.config.patchSize, depth: model.config.depth });
+ * const png = await tokenPicture('street.jpg', result);
  */
 export async function tokenPicture(
   image: ImageInput,
   result: { width: number; height: number; tokenMap: TokenMap },
-  options: TokenPictureOptions,
+  options?: TokenPictureOptions,
 ): Promise<Buffer> {
   const o = checkObject(options, 'options');
-  const P = o.patchSize, depth = o.depth;
-  if (!Number.isInteger(P) || (P as number) < 1) throw invalidParameter('options.patchSize', 'a positive integer (model.config.patchSize)', P);
-  if (!Number.isInteger(depth) || (depth as number) < 1) throw invalidParameter('options.depth', 'a positive integer (model.config.depth)', depth);
+  checkResult(result);
+  const map = result.tokenMap;
+  if (!map || typeof map !== 'object') throw invalidParameter('result.tokenMap', 'the tokenMap of a segment() result', map);
+  const P = o.patchSize ?? map.patchSize, depth = o.depth ?? map.depth;
+  if (!Number.isInteger(P) || (P as number) < 1)
+    throw invalidParameter('options.patchSize', 'a positive integer (model.config.patchSize; a segment() result carries it as tokenMap.patchSize)', P);
+  if (!Number.isInteger(depth) || (depth as number) < 1)
+    throw invalidParameter('options.depth', 'a positive integer (model.config.depth; a segment() result carries it as tokenMap.depth)', depth);
   const legend = o.legend ?? true;
   if (typeof legend !== 'boolean') throw invalidParameter('options.legend', 'a boolean', legend);
   const font = o.font ?? 'auto';
   if (font !== 'auto' && font !== 'system' && font !== 'builtin') throw invalidParameter('options.font', "'auto', 'system' or 'builtin'", font);
-  checkResult(result);
-  const map = result.tokenMap;
-  if (!map || typeof map !== 'object') throw invalidParameter('result.tokenMap', 'the tokenMap of a segment() result', map);
   const { gh, gw, index, size: side, exitLayer } = map;
   const n = gh * gw;
   if (!Number.isInteger(n) || n < 1 || !(index instanceof Int32Array) || index.length !== n || !(side instanceof Uint8Array) || side.length !== n || !(exitLayer instanceof Uint8Array) || exitLayer.length !== n)
     throw invalidParameter('result.tokenMap', '{ gh, gw, index: Int32Array, size: Uint8Array, exitLayer: Uint8Array } of gh x gw entries', map);
-  const size = o.size ?? Math.max(gh, gw) * (P as number);
+  const size = o.size ?? map.inputSize ?? Math.max(gh, gw) * (P as number);
   if (!Number.isInteger(size) || (size as number) < 1) throw invalidParameter('options.size', 'a positive integer (the size segment() ran at)', size);
 
   const photo = await prepareImage(image, size as number);

@@ -76,7 +76,7 @@ async function main(): Promise<void> {
         const t0 = performance.now();
         const r = await model.forwardFeatures({ data, dims });
         call.push(performance.now() - t0);
-        gpu.push(Object.entries(r.stats.ms).filter(([k]) => k.endsWith('(gpu)')).reduce((s, [, v]) => s + v, 0));
+        gpu.push(Object.entries(r.stats.ms).filter(([k]) => k.endsWith('(gpu)')).reduce((s, [, v]) => s + (v ?? 0), 0));
         tokens = r.dims[1], gflops = r.stats.gflops;
       }
       rows.push({ model: `ViT-${key.toUpperCase()}/16`, timm: m.timm, size: N, tokens, gflops, gpu: median(gpu), call: median(call) });
@@ -163,7 +163,7 @@ async function stepTable(model: Model, name: string, photos: Map<number, RawImag
         let r = await model.segment(im, opts);
         for (let i = 0; i < Math.max(3, Math.floor(iterations / 4)); ++i) {
           r = await model.segment(im, opts);
-          ms.push(Object.entries(r.stats.ms).filter(([k]) => k.endsWith('(gpu)')).reduce((s, [, v]) => s + v, 0));
+          ms.push(Object.entries(r.stats.ms).filter(([k]) => k.endsWith('(gpu)')).reduce((s, [, v]) => s + (v ?? 0), 0));
         }
         const blocks = r.stats.tokens.perBlock;
         tokens += blocks.reduce((a, b) => a + b, 0) / blocks.length, gflops += r.stats.gflops, gpu += median(ms);

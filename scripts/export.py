@@ -123,6 +123,8 @@ def apply_overrides(cfg, a):
             cfg["prune"]["keep_top_k"] = a.keep_top_k
     if a.note:
         cfg["note"] = a.note
+    if a.license:
+        cfg["license"] = a.license
     return cfg
 
 
@@ -137,6 +139,7 @@ def main():
     ap.add_argument("--prune-threshold", type=float)
     ap.add_argument("--keep-top-k", type=int)
     ap.add_argument("--note")
+    ap.add_argument("--license", help="the weights' terms in one line (config \"license\"; `step-seg info` prints it)")
     a = ap.parse_args()
     tensors, cfg = load_checkpoints(a.inputs)
     cfg = apply_overrides(cfg, a)

@@ -13,17 +13,13 @@ cd "$root"
 fail() { echo "pack-check: FAIL: $*" >&2; exit 1; }
 step() { echo; echo "== $* =="; }
 
-platform=$(node -p process.platform)
-arch=$(node -p process.arch)
-ls prebuilds/"$platform-$arch"/*.node > /dev/null 2>&1 || fail "no prebuilt binary in prebuilds/$platform-$arch: run bash scripts/prebuild.sh first"
-# a binary older than the sources would ship last week's engine under this week's lib/
-newer=$(find native CMakeLists.txt -type f -newer "$(ls -t prebuilds/"$platform-$arch"/*.node | head -1)" | head -3)
-[ -z "$newer" ] || fail "the prebuilt binary is older than $(echo $newer | tr '\n' ' '): run bash scripts/prebuild.sh again"
+# a prebuilt binary for this platform, newer than the native sources (npm pack's prepack checks it too)
+STEP_SEG_PACK_SOURCE_ONLY= node scripts/check-prebuilt.mjs || fail "the prebuilt binary is missing or stale (above)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/step-seg-pack.XXXXXX")
 if [ "${KEEP:-}" = 1 ]; then echo "pack-check: keeping $work"; else trap 'rm -rf "$work"' EXIT; fi
 
-step "npm pack (runs prepare: lib/ -> dist/)"
+step "npm pack (runs prepack: the prebuilt binary is there; prepare: lib/ -> dist/)"
 npm pack --pack-destination "$work" --json > "$work/pack.json" 2> "$work/pack.log" || { cat "$work/pack.log" >&2; fail "npm pack failed"; }
 node - "$work/pack.json" <<'EOF' || exit 1
 const [info] = JSON.parse(require('fs').readFileSync(process.argv[2], 'utf8'));
@@ -36,8 +32,8 @@ for (const f of info.files) {
   (groups[g] ??= { n: 0, bytes: 0 }).n++, (groups[g].bytes += f.size);
 }
 for (const [g, { n, bytes }] of Object.entries(groups)) console.log(`  ${g.padEnd(16)} ${String(n).padStart(3)} files ${(bytes / 1024).toFixed(1).padStart(9)} KiB`);
-const must = [/^prebuilds\/[^/]+\/[^/]+\.node$/, /^bin\/step-seg\.mjs$/, /^dist\/index\.js$/, /^dist\/index\.mjs$/, /^dist\/index\.d\.ts$/, /^dist\/pictures\.js$/, /^weights\/default\/model\.safetensors$/, /^weights\/default\/config\.json$/, /^assets\/demo-rocket\.jpg$/, /^binding\.gyp$/];
-const mustNot = [/^test\//, /^build\//, /^node_modules\//, /^\.ci\//, /^\.device\//, /^lib\//, /\.tgz$/, /(^|\/)fixtures\//, /\.onnx$/, /^scripts\/(?!demo\.mjs$)/];
+const must = [/^prebuilds\/[^/]+\/[^/]+\.node$/, /^bin\/step-seg\.mjs$/, /^dist\/index\.js$/, /^dist\/index\.mjs$/, /^dist\/index\.d\.ts$/, /^dist\/pictures\.js$/, /^weights\/default\/model\.safetensors$/, /^weights\/default\/config\.json$/, /^assets\/demo-rocket\.jpg$/, /^binding\.gyp$/, /^native\/addon\/addon\.cpp$/, /^LICENSE$/, /^weights\/LICENSE$/];
+const mustNot = [/^test\//, /^build\//, /^node_modules\//, /^\.ci\//, /^\.device\//, /^lib\//, /\.tgz$/, /(^|\/)fixtures\//, /\.onnx$/, /^scripts\/(?!demo\.mjs$)/, /^native\/cuda\//, /^native\/addon\/cuda_binding\.cpp$/, /^CMakeLists\.txt$/];
 const missing = must.filter((re) => !files.some((f) => re.test(f)));
 const unwanted = files.filter((f) => mustNot.some((re) => re.test(f)));
 if (missing.length) console.error(`pack-check: the tarball lacks ${missing.map(String).join(', ')}`);

@@ -654,10 +654,19 @@ Napi::Value probe_cuda(const Napi::CallbackInfo& info) {
   return job->promise();
 }
 
+// Which build system made this binary: binding.gyp defines STEP_SEG_BUILD_GYP (the CPU-only fallback
+// that npm install compiles); CMakeLists.txt (cmake-js, prebuildify) is the other.
+#ifdef STEP_SEG_BUILD_GYP
+constexpr const char* kBuildSystem = "binding.gyp";
+#else
+constexpr const char* kBuildSystem = "cmake-js";
+#endif
+
 Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("threads", step::cpu::num_threads());
   o.Set("gemmKernel", step::cpu::gemm_kernel_name());
+  o.Set("build", kBuildSystem);
   o.Set("cuda", kCudaBuild);
   return o;
 }

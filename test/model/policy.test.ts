@@ -117,7 +117,11 @@ test('a model without a policy refuses the learned scorer', async () => {
     await plain.segment({ data: new Uint8Array(48), width: 4, height: 4, channels: 3 }, { merge: { policy: 'learned' } });
     assert.unreachable();
   } catch (err) {
-    assert.match((err as Error).message, /this model has no learned policy/);
+    assert.instance(err, BadInputError);
+    // plain words: what is missing and what to use instead, not "Expected 'similarity' ... received"
+    assert.match((err as Error).message, /this model carries no learned merge policy/);
+    assert.match((err as Error).message, /Use policy 'similarity'/);
+    assert.not.match((err as Error).message, /Expected|received/);
   }
   plain.dispose();
 });

@@ -61,11 +61,16 @@ test('usage errors: one line on stderr, exit code 2', () => {
   }
 });
 
-test('info prints the config, classes, parameters and merging of the bundled model', async () => {
-  const r = stepSeg(['info', 'weights/default']);
+test('info prints the config, classes, parameters, merging and licence of the bundled model', async ({ tmp }) => {
+  // `default` names the bundled model from any folder, not only inside a clone
+  const r = stepSeg(['info', 'default'], tmp);
   assert.is(r.code, 0, r.stderr);
   for (const k of ['arch', 'params', 'classes', 'merge', 'prune', 'sky', 'bicyclist', 'patch 16']) assert.match(r.stdout, k);
-  const j = stepSeg(['info', 'weights/default', '--json']);
+  assert.match(r.stdout, /licence\s+research and non-commercial use only/);
+  assert.ok(r.stdout.includes(path.join(repoRoot, 'weights', 'LICENSE')), 'the path of the terms');
+  assert.is(stepSeg(['info'], tmp).stdout, r.stdout, 'no argument is the bundled model too');
+  assert.is(stepSeg(['info', 'weights/default']).stdout, r.stdout, 'the path works inside the clone');
+  const j = stepSeg(['info', 'default', '--json']);
   const info = JSON.parse(j.stdout);
   const header = await readHeaderFromFile(path.join(repoRoot, 'weights', 'default', 'model.safetensors'));
   assert.is(info.params, header.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0));
@@ -81,7 +86,7 @@ test('segment writes the label map, the overlay and the token picture', async ({
   const r = stepSeg(['segment', demo, '--out', out, '--overlay', '--tokens', '--model', standIn]);
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, /1 image segmented/);
-  assert.match(r.stdout, /tokens kept \d+% of dense/);
+  assert.match(r.stdout, /of the dense tokens, \d+% enter the encoder/);
   assert.equal(fs.readdirSync(out).sort(), ['demo-rocket.overlay.png', 'demo-rocket.png', 'demo-rocket.tokens.png']);
   for (const f of ['demo-rocket.png', 'demo-rocket.overlay.png']) {
     const m = await sharp(path.join(out, f)).metadata();
@@ -135,7 +140,35 @@ test('folders and globs expand to their images; same names do not overwrite each
   assert.match(none.stderr, /in\/\*\.png: no images match/);
 });
 
-test('doctor prints the binary it loaded', () => {
+test('the token counts say what each number is, and the numbers are those of the stats', ({ tmp }) => {
+  // the bundled model merges and has exits: both shares appear, each of the dense count
+  const out = path.join(tmp, 'out6');
+  const r = stepSeg(['segment', demo, '--out', out, '--format', 'json', '--size', '320']);
+  assert.is(r.code, 0, r.stderr);
+  const { tokens } = JSON.parse(fs.readFileSync(path.join(out, 'demo-rocket.json'), 'utf8')).stats;
+  const perBlock = tokens.perBlock.reduce((a: number, b: number) => a + b, 0) / tokens.perBlock.length;
+  const share = (n: number) => `${Math.round((100 * n) / tokens.dense)}%`;
+  assert.ok(Math.round(perBlock) < tokens.input, 'tokens halted at the exits');
+  const line = r.stdout.split('\n').find((l) => l.startsWith(`${demo}:`))!;
+  assert.ok(
+    line.includes(`tokens: ${tokens.input} of ${tokens.dense} enter the encoder (${share(tokens.input)}), ${Math.round(perBlock)} per block on average with early exits (${share(perBlock)})`),
+    line,
+  );
+  assert.match(r.stdout, new RegExp(`of the dense tokens, ${share(tokens.input)} enter the encoder, ${share(perBlock)} per block on average with early exits`));
+  assert.not.match(r.stdout, /kept/);
+});
+
+test('--merge learned on a model without a learned policy says so plainly, and what to use', () => {
+  const r = stepSeg(['segment', demo, '--merge', 'learned', '--out', path.join(os.tmpdir(), 'step-seg-never-written')]);
+  assert.is(r.code, 2);
+  assert.match(r.stderr, /^step-seg: [^\n]+\n$/);
+  assert.match(r.stderr, /this model carries no learned merge policy/);
+  assert.match(r.stderr, /--merge similarity/);
+  assert.not.match(r.stderr, /Expected|received|of type/);
+  assert.match(stepSeg(['segment', '--help']).stdout, /learned only for a\s+model whose weights carry a merge policy/);
+});
+
+test('doctor prints the binary it loaded, which build made it, and the licences', () => {
   const r = stepSeg(['doctor']);
   assert.is(r.code, 0, r.stderr);
   const m = /binary\s+(\S+\.node)/.exec(r.stdout);
@@ -145,6 +178,19 @@ test('doctor prints the binary it loaded', () => {
   const j = JSON.parse(stepSeg(['doctor', '--json']).stdout);
   assert.is(j.binary.file, m![1]);
   assert.type(j.cuda.compiled, 'boolean');
+  assert.match(r.stdout, /licence\s+code Apache-2\.0[^\n]*bundled model: research and non-commercial use only/);
+  assert.ok(r.stdout.includes(path.join(repoRoot, 'weights', 'LICENSE')));
+  // the build that made the binary, and without CUDA how to get it: never "built without nvcc" for
+  // the binding.gyp fallback (which never looks for nvcc)
+  assert.ok(['binding.gyp', 'cmake-js'].includes(j.binary.build), j.binary.build);
+  assert.match(r.stdout, new RegExp(`build\\s+${j.binary.build.replace('.', '\\.')}, (CPU only|the CUDA backend compiled in)`));
+  assert.not.match(r.stdout, /built without nvcc/);
+  if (!j.cuda.compiled) {
+    const nvcc = (process.env.PATH ?? '').split(path.delimiter).some((d) => fs.existsSync(path.join(d, 'nvcc')));
+    assert.match(r.stdout, /`npm run build:native`[^\n]* builds the CUDA backend in/);
+    assert.match(r.stdout, nvcc ? /nvcc is on the PATH/ : /once nvcc \(the CUDA toolkit\) is on the PATH/);
+    if (j.binary.build === 'binding.gyp') assert.match(r.stdout, /CPU-only fallback built from binding\.gyp/);
+  }
 });
 
 test.run();

@@ -83,9 +83,22 @@ test('tokenPicture is the inference size wide, with the legend below', async ({ 
   }
 });
 
-test('size defaults to the grid long side x patch size', async ({ model, merged }) => {
+test('size defaults to the size the result ran at, else the grid long side x patch size', async ({ model, merged }) => {
   const opts = { patchSize: model.config.patchSize, depth: model.config.depth, legend: false };
+  assert.is(merged.tokenMap.inputSize, 256);
   assert.equal(await tokenPicture(demo, merged, opts), await tokenPicture(demo, merged, { ...opts, size: 256 }));
+  const { inputSize, ...bare } = merged.tokenMap;
+  assert.equal(await tokenPicture(demo, { ...merged, tokenMap: bare }, opts), await tokenPicture(demo, merged, { ...opts, size: 256 }));
+  // 250 is no multiple of 16: the grid alone would say 256; the result says 250, the size the model saw
+  const odd = await model.segment(demo, { size: 250 });
+  const pic = await decode(await tokenPicture(demo, odd, { legend: false }));
+  assert.equal([pic.width, pic.height], [250, 167]);
+});
+
+test('a segment() result carries patchSize, depth and the size, so tokenPicture needs no options', async ({ model, merged }) => {
+  assert.equal([merged.tokenMap.patchSize, merged.tokenMap.depth], [model.config.patchSize, model.config.depth]);
+  const explicit = { size: 256, patchSize: model.config.patchSize, depth: model.config.depth };
+  assert.equal(await tokenPicture(demo, merged), await tokenPicture(demo, merged, explicit));
 });
 
 test('a merged token picture differs from a dense one (outlines go where tokens went)', async ({ model, merged, dense }) => {
@@ -136,7 +149,9 @@ test('tokenPicture checks its options against the result', async ({ model, merge
   const P = model.config.patchSize, depth = model.config.depth;
   await rejects(() => tokenPicture(demo, merged, { size: 512, patchSize: P, depth }), (e: Error) => e instanceof BadInputError && /options\.size/.test(e.message));
   await rejects(() => tokenPicture(demo, merged, { size: 256, patchSize: 0, depth }), (e: Error) => e instanceof BadInputError && /options\.patchSize/.test(e.message));
-  await rejects(() => tokenPicture(demo, merged, { size: 256, patchSize: P } as never), (e: Error) => e instanceof BadInputError && /options\.depth/.test(e.message));
+  // a token map made by hand, without the model's depth: the option is needed
+  const { depth: _, ...noDepth } = merged.tokenMap;
+  await rejects(() => tokenPicture(demo, { ...merged, tokenMap: noDepth }, { size: 256, patchSize: P }), (e: Error) => e instanceof BadInputError && /options\.depth/.test(e.message));
   await rejects(
     () => tokenPicture(demo, { ...merged, tokenMap: { ...merged.tokenMap, index: new Int32Array(3) } }, { size: 256, patchSize: P, depth }),
     (e: Error) => e instanceof BadInputError && /result\.tokenMap/.test(e.message),
