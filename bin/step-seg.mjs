@@ -611,7 +611,8 @@ async function cmdDoctor(values) {
   const row = (k, v) => lines.push(`  ${k.padEnd(10)} ${v}`);
   if (report.packageError) row('package', `cannot load: ${report.packageError}`);
   if (report.binary) {
-    const b = report.binary, cuda = report.cuda?.compiled ? 'the CUDA backend compiled in' : 'CPU only';
+    const b = report.binary;
+    const cuda = report.cuda?.emulated ? 'cuda (emulated): the CUDA emulator build, for tests only' : report.cuda?.compiled ? 'the CUDA backend compiled in' : 'CPU only';
     row('binary', `${b.file} (${b.kind})`);
     row('build', b.build === 'binding.gyp' ? `binding.gyp, ${cuda}: the fallback that npm install compiles` : `${b.build}, ${cuda}`);
   }
@@ -622,7 +623,9 @@ async function cmdDoctor(values) {
   }
   if (report.cuda) {
     const c = report.cuda;
-    row('cuda', !c.compiled ? `not compiled into this binary: ${c.reason.replace(/^this build of step-seg has no CUDA backend: /, '')}` : c.usable ? 'usable' : `not usable: ${c.reason}`);
+    const kind = c.emulated ? 'cuda (emulated)' : 'cuda';
+    row('cuda', !c.compiled ? `not compiled into this binary: ${c.reason.replace(/^this build of step-seg has no CUDA backend: /, '')}` : c.usable ? `${kind}: usable` : `${kind}: not usable: ${c.reason}`);
+    if (c.usable && c.selfCheck) row('self-check', c.selfCheck.passed ? "passed (device 'auto' takes the GPU)" : `${c.selfCheck.reason} (device 'auto' takes the CPU)`);
     if (report.cudaHint) row('', report.cudaHint);
     if (c.compiled) {
       row('gpu', c.name ? `${c.name}, compute capability ${Math.floor(c.computeCapability / 10)}.${c.computeCapability % 10}, ${c.deviceCount} device${c.deviceCount === 1 ? '' : 's'}` : 'none found');

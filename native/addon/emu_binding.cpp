@@ -6,6 +6,7 @@
 //   ldmatrix(smem: Uint16Array(1024), addr: Int32Array(32), trans: boolean) -> Uint32Array(128)
 //   plantedBugs() -> string[];  planted(name, bug: boolean, x: Float32Array) -> Float32Array
 //       a planted-bug kernel or its correct twin; a caught bug throws the emulator's fault
+//   capture() -> string[]: graph capture and replay, and what a capture forbids (selftest_capture)
 //   lastFault() -> string;  resetFault();  setMemoryCapacity(bytes)
 #include <napi.h>
 
@@ -85,6 +86,15 @@ Napi::Value planted(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value capture(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const std::vector<std::string> lines = step::cuda::selftest_capture();
+    Napi::Array a = Napi::Array::New(info.Env(), lines.size());
+    for (size_t i = 0; i < lines.size(); ++i) a.Set(uint32_t(i), lines[i]);
+    return a;
+  });
+}
+
 Napi::Value last_fault(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), step_emu::last_fault()); }
 
 Napi::Value reset_fault(const Napi::CallbackInfo& info) {
@@ -107,6 +117,7 @@ void register_emu_ops(Napi::Env env, Napi::Object exports) {
   ops.Set("ldmatrix", Napi::Function::New(env, ldmatrix, "ldmatrix"));
   ops.Set("plantedBugs", Napi::Function::New(env, planted_bugs, "plantedBugs"));
   ops.Set("planted", Napi::Function::New(env, planted, "planted"));
+  ops.Set("capture", Napi::Function::New(env, capture, "capture"));
   ops.Set("lastFault", Napi::Function::New(env, last_fault, "lastFault"));
   ops.Set("resetFault", Napi::Function::New(env, reset_fault, "resetFault"));
   ops.Set("setMemoryCapacity", Napi::Function::New(env, set_memory_capacity, "setMemoryCapacity"));

@@ -23,6 +23,7 @@ interface EmuOps {
   ldmatrix(smem: Uint16Array, addr: Int32Array, trans: boolean): Uint32Array;
   plantedBugs(): string[];
   planted(name: string, bug: boolean, x: Float32Array): Float32Array;
+  capture(): string[];
   lastFault(): string;
   resetFault(): void;
   setMemoryCapacity(bytes: number): void;
@@ -162,6 +163,40 @@ emuTest('a fragment lane off by one gives output the comparison catches', (ops) 
 
 emuTest('every planted bug has a test above', (ops) => {
   assert.equal(ops.plantedBugs().sort(), ['barrier', 'early_exit', 'fragment', 'mask', 'misaligned', 'past_end', 'wait_group']);
+});
+
+emuTest('graphs: a capture records and replays; what a capture forbids fails and invalidates it', (ops) => {
+  const lines = ops.capture();
+  assert.equal(lines, [
+    'begin: cudaSuccess',
+    'end: cudaSuccess',
+    'after capture: 0.000000', // recorded, not run
+    'instantiate: cudaSuccess',
+    'launch: cudaSuccess',
+    'launch: cudaSuccess',
+    'after two replays: 6.000000',
+    'stream synchronize: cudaErrorStreamCaptureUnsupported',
+    'stream synchronize, then end: cudaErrorStreamCaptureInvalidated',
+    'malloc: cudaErrorStreamCaptureUnsupported',
+    'malloc, then end: cudaErrorStreamCaptureInvalidated',
+    'copy from pageable memory: cudaErrorStreamCaptureUnsupported',
+    'copy from pageable memory, then end: cudaErrorStreamCaptureInvalidated',
+    'device synchronize: cudaErrorStreamCaptureUnsupported',
+    'device synchronize, then end: cudaErrorStreamCaptureInvalidated',
+  ]);
+});
+
+emuTest('launch limits of sm_90 and out of memory as a typed error', (ops) => {
+  ops.setMemoryCapacity(64 * 1024);
+  try {
+    assert.throws(() => ops.planted('barrier', false, new Float32Array(128 * 1024)), (err: Error & { code?: string }) =>
+      err.code === 'ERR_STEP_OUT_OF_MEMORY' && /cudaErrorMemoryAllocation/.test(err.message));
+  } finally {
+    ops.setMemoryCapacity(16 * 1024 ** 3);
+  }
+  // 2048 threads in a block: a launch error, as on the GPU (the planted kernel takes its block from x).
+  assert.throws(() => ops.planted('barrier', false, new Float32Array(2048)), /cudaErrorInvalidConfiguration.*over 1024 threads/);
+  ops.resetFault();
 });
 
 function roundedBf16(x: Float32Array): Float32Array {

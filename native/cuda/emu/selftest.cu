@@ -108,7 +108,58 @@ __global__ void planted_mask_kernel(const float* x, float* y, int bug) {
   y[threadIdx.x] = v;
 }
 
+__global__ void selftest_add_kernel(float* x, float v) { x[threadIdx.x] += v; }
+
 }  // namespace
+
+std::vector<std::string> selftest_capture() {
+  std::vector<std::string> out;
+  auto note = [&](const char* what, cudaError_t err) {
+    out.push_back(std::string(what) + ": " + cudaGetErrorName(err));
+    cudaGetLastError();
+  };
+  cudaStream_t s = nullptr;
+  STEP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  float* x = nullptr;
+  STEP_CUDA_CHECK(cudaMalloc(&x, 32 * 4));
+  STEP_CUDA_CHECK(cudaMemset(x, 0, 32 * 4));
+  float host[32];
+  // A legal capture: the launches are recorded, not run, then replayed once per graph launch.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  note("begin", cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  launch<selftest_add_kernel>(1, 32, 0, s, x, 1.f);
+  launch<selftest_add_kernel>(1, 32, 0, s, x, 2.f);
+  note("end", cudaStreamEndCapture(s, &graph));
+  STEP_CUDA_CHECK(cudaMemcpy(host, x, 4, cudaMemcpyDeviceToHost));
+  out.push_back("after capture: " + std::to_string(host[0]));
+  note("instantiate", cudaGraphInstantiate(&exec, graph, 0));
+  note("launch", cudaGraphLaunch(exec, s));
+  note("launch", cudaGraphLaunch(exec, s));
+  STEP_CUDA_CHECK(cudaStreamSynchronize(s));
+  STEP_CUDA_CHECK(cudaMemcpy(host, x, 4, cudaMemcpyDeviceToHost));
+  out.push_back("after two replays: " + std::to_string(host[0]));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  // What a capture forbids: each fails and invalidates the capture.
+  auto illegal = [&](const char* what, auto body) {
+    cudaGraph_t g = nullptr;
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+    note(what, body());
+    note((std::string(what) + ", then end").c_str(), cudaStreamEndCapture(s, &g));
+    if (g) cudaGraphDestroy(g);
+  };
+  illegal("stream synchronize", [&] { return cudaStreamSynchronize(s); });
+  illegal("malloc", [&] {
+    void* p = nullptr;
+    return cudaMalloc(&p, 64);
+  });
+  illegal("copy from pageable memory", [&] { return cudaMemcpyAsync(x, host, 4, cudaMemcpyHostToDevice, s); });
+  illegal("device synchronize", [&] { return cudaDeviceSynchronize(); });
+  STEP_CUDA_CHECK(cudaFree(x));
+  STEP_CUDA_CHECK(cudaStreamDestroy(s));
+  return out;
+}
 
 void selftest_mma(const uint32_t* a, const uint32_t* b, const float* c, float* d) {
   DeviceBuffer da(32 * 4 * 4), db(32 * 2 * 4), dc(32 * 4 * 4), dd(32 * 4 * 4);

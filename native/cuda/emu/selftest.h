@@ -12,6 +12,10 @@ void selftest_mma(const uint32_t* a, const uint32_t* b, const float* c, float* d
 // One warp's ldmatrix.x4 (or .trans) over 1024 b16 of shared memory; addr (32) element offsets; out (32, 4).
 void selftest_ldmatrix(const uint16_t* smem, const int32_t* addr, bool trans, uint32_t* out);
 
+// CUDA graph capture on the emulated runtime: a legal capture recorded and replayed, then what a
+// capture forbids; one line per step, "<step>: <cudaError name>" (or the value read back).
+std::vector<std::string> selftest_capture();
+
 // The planted bugs (selftest.cu): each runs its kernel on x, the correct variant or the buggy one,
 // and returns the output or throws the emulator's fault.
 std::vector<std::string> planted_bug_names();
