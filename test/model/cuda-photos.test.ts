@@ -45,38 +45,33 @@ test('the bundled model on real photos: the GPU gives the CPU\'s superpatches, e
     assert.equal(Array.from(b.tokenMap.index), Array.from(a.tokenMap.index), `${name}: superpatches`);
     // Halting decides from bf16 logits on the GPU: a token whose confidence sits on the threshold may
     // halt at another exit (measured on the emulator: 2 of 384 on the truck at 384 px).
-    const { gh, gw } = a.tokenMap, ea = a.tokenMap.exitLayer, eb = b.tokenMap.exitLayer;
+    const ea = a.tokenMap.exitLayer, eb = b.tokenMap.exitLayer;
     let sameExit = 0;
     for (let i = 0; i < ea.length; i++) sameExit += ea[i] === eb[i] ? 1 : 0;
     assert.ok(sameExit >= 0.99 * ea.length, `${name}: exit layers agree on ${sameExit} of ${ea.length} patches`);
-    // Labels: the same wherever the CPU is not near a tie (top-2 probability margin >= 0.05) and the
-    // patch and its neighbours halted at the same exit on both devices; >= 99% of all pixels (the
-    // gradient photo, a street model's near-tie everywhere, measured 99.2% at 384 px).
-    const W = a.width, H = a.height, n = W * H, K = a.probabilities!.dims[0], p = a.probabilities!.data;
-    const scale = size / Math.max(W, H);
-    const exitDiffers = (py: number, px: number): boolean => {
-      for (let dy = -1; dy <= 1; dy++)
-        for (let dx = -1; dx <= 1; dx++) {
-          const y = py + dy, x = px + dx;
-          if (y >= 0 && y < gh && x >= 0 && x < gw && ea[y * gw + x] !== eb[y * gw + x]) return true;
-        }
-      return false;
-    };
+    // Labels: >= 99% of all pixels (the gradient photo, a street model's near-tie everywhere, measured
+    // 99.2% at 384 px). Where every token halted at the same exit on both devices, the encoder saw the
+    // same tokens and the labels must match wherever the CPU is not near a tie (top-2 probability margin
+    // >= 0.05). One token halting elsewhere changes every later block's context through attention
+    // (measured: the truck's logits then differ by 1.3e-2 relative instead of 4e-3), so only the
+    // percentage holds there.
+    const W = a.width, n = W * a.height, K = a.probabilities!.dims[0], p = a.probabilities!.data;
+    const sameTokens = sameExit === ea.length;
     let same = 0;
     for (let i = 0; i < n; i++) {
       if (a.labels[i] === b.labels[i]) {
         same++;
         continue;
       }
+      if (!sameTokens) continue;
       let first = 0, second = 0;
       for (let k = 0; k < K; k++) {
         const v = p[k * n + i];
         if (v > first) (second = first), (first = v);
         else if (v > second) second = v;
       }
-      const y = Math.floor(i / W), x = i % W;
-      if (first - second >= 0.05 && !exitDiffers(Math.floor((y * scale) / 16), Math.floor((x * scale) / 16)))
-        assert.unreachable(`${name}: pixel (${x}, ${y}) has label ${b.labels[i]} on the GPU, ${a.labels[i]} on the CPU (margin ${(first - second).toFixed(3)})`);
+      if (first - second >= 0.05)
+        assert.unreachable(`${name}: pixel (${i % W}, ${Math.floor(i / W)}) has label ${b.labels[i]} on the GPU, ${a.labels[i]} on the CPU (margin ${(first - second).toFixed(3)})`);
     }
     const agree = same / n;
     assert.ok(agree >= 0.99, `${name} at ${size}: labels agree on ${(agree * 100).toFixed(3)}%`);
