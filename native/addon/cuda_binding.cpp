@@ -53,6 +53,7 @@
 #include <vector>
 
 #include "../core/errors.h"
+#include "guarded.h"
 #include "../cpu/cpu_backend.h"
 #include "../cuda/cuda_ops.h"
 #include "../cuda/device_model.h"
@@ -676,23 +677,7 @@ constexpr OpEntry kOps[] = {
 
 // ---- exports --------------------------------------------------------------------------------------
 
-// Runs `body`, turning engine errors into JS Errors with the engine's code (Napi errors pass as they are).
-template <typename Body>
-Napi::Value guarded(Napi::Env env, Body body) {
-  try {
-    return body();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const step::Error& e) {
-    Napi::Error err = Napi::Error::New(env, e.what());
-    err.Set("code", Napi::String::New(env, step::error_code_name(e.code())));
-    throw err;
-  } catch (const std::exception& e) {
-    Napi::Error err = Napi::Error::New(env, std::string("internal error: ") + e.what());
-    err.Set("code", Napi::String::New(env, step::error_code_name(step::ErrorCode::kInternal)));
-    throw err;
-  }
-}
+using step::addon::guarded;
 
 // cudaOps.<name>(params): info.Data() is the op's OpEntry.
 Napi::Value run_op(const Napi::CallbackInfo& info) {

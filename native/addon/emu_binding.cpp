@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../core/errors.h"
+#include "guarded.h"
 #include "../cuda/emu/selftest.h"
 
 namespace {
@@ -28,18 +29,7 @@ Array typed(const Napi::CallbackInfo& info, size_t i, size_t length, const char*
   return a;
 }
 
-template <typename Body>
-Napi::Value guarded(Napi::Env env, Body body) {
-  try {
-    return body();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const step::Error& e) {
-    Napi::Error err = Napi::Error::New(env, e.what());
-    err.Set("code", Napi::String::New(env, step::error_code_name(e.code())));
-    throw err;
-  }
-}
+using step::addon::guarded;
 
 Napi::Value mma(const Napi::CallbackInfo& info) {
   auto a = typed<Napi::Uint32Array>(info, 0, 128, "a"), b = typed<Napi::Uint32Array>(info, 1, 64, "b");
