@@ -27,6 +27,7 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -140,7 +141,8 @@ struct Block {
 };
 
 Block g_block;
-std::atomic<bool> g_active{false};   // a block is running (read by the hooks of every host thread)
+std::atomic<bool> g_active{false};   // a launch is running (read by the hooks of every host thread)
+pthread_t g_exec_thread{};           // the host thread running it (written before g_active is set)
 std::vector<ShadowCell> g_dyn_shadow(kArenaBytes / 2);
 std::vector<ShadowCell> g_static_shadow;                     // 2-byte units of the writable data
 uintptr_t g_static_lo = 0, g_static_hi = 0;                  // the addon's writable data
@@ -362,11 +364,12 @@ void check_access(const void* p, size_t bytes, bool write, bool aligned) {
 }
 
 inline void on_access(const void* p, size_t bytes, bool write, bool aligned) {
-  if (!g_active.load(std::memory_order_relaxed)) return;
+  if (!g_active.load(std::memory_order_acquire)) return;
+  if (!pthread_equal(pthread_self(), g_exec_thread)) return;  // host code on another thread: not ours to read
   Fiber* f = g_block.cur;
   if (!f || !f->checking) return;
   const uint8_t* frame = static_cast<const uint8_t*>(__builtin_frame_address(0));
-  if (frame < f->stack_lo || frame >= f->stack_hi) return;  // host code on another thread
+  if (frame < f->stack_lo || frame >= f->stack_hi) return;  // not on the fiber's stack: not kernel code
   const uint8_t* a = static_cast<const uint8_t*>(p);
   if (a >= f->stack_lo && a + bytes <= f->stack_hi) return;  // the thread's own locals
   check_access(p, bytes, write, aligned);
@@ -554,7 +557,8 @@ cudaError_t execute_launch(const KernelLaunch& l, std::string* what) {
   }
   b.dyn = arena(), b.dyn_bytes = l.dynamic_smem;
   b.faulted = false, b.fault_what.clear();
-  g_active.store(true, std::memory_order_relaxed);
+  g_exec_thread = pthread_self();
+  g_active.store(true, std::memory_order_release);
   try {
     for (unsigned z = 0; z < l.grid.z && !b.faulted; ++z)
       for (unsigned y = 0; y < l.grid.y && !b.faulted; ++y)
