@@ -14,8 +14,7 @@
  * Timing, ours and torch's alike: 2 warm-ups, then N runs enqueued back to back, each between two CUDA
  * events; the median (cudaOps.time, native/cuda/test_support.h; scripts/bench_torch_cuda.py). Inputs
  * stay in L2 between runs where they fit, for both.
- * The dense forward of a whole model on the GPU is not measured: the CUDA backend runtime that runs the
- * model is a later step (the script says so).
+ * Whole-model forwards on the GPU are scripts/bench-cuda-model.ts's.
  *
  * Usage, on the GPU machine (scripts/gpu-check.sh runs it), from the package root:
  *   node --import tsx scripts/bench-cuda.ts [--iterations 50] [--all-kernels] [--no-torch]
@@ -215,7 +214,7 @@ async function main(): Promise<void> {
     `bench-cuda: ${device}, median of ${args.iterations} runs per shape (CUDA events, back to back)`,
     ...formatTable(rows),
     ...notes,
-    'model: the whole-model dense forward on the GPU is not measured yet: the CUDA backend runtime that runs the model is a later step',
+    'model: whole-model forwards are measured by scripts/bench-cuda-model.ts',
   ];
   console.log(lines.join('\n'));
   if (args.out) {

@@ -150,13 +150,6 @@ struct ModelState {
 #endif
     return model->forward(cpu_backend(), in);
   }
-  bool on_gpu() const {
-#ifdef STEP_SEG_HAVE_CUDA
-    return gpu != nullptr;
-#else
-    return false;
-#endif
-  }
 };
 
 class NativeModel : public Napi::ObjectWrap<NativeModel> {

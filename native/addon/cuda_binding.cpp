@@ -26,10 +26,10 @@
 //   patchGather({ images, height, width, patch, pixels, tokens, rects, out?, outBf16?, tokensDevice? })
 //   tokenPosEmbed({ batch, C, prefix, prefixTokens?, posPrefix?, posGrid, gridOffset, gridW, offsets,
 //                   rects, embedded, out, rowsBound? })
-//   windowScore({ image, h, w, channels?, patch, gh, gw, levels, sizes, colorTau?, textureTau?, scores })
+//   windowScore({ image, h, w, channels?, patch, gh, gw, levels, sizes, colorTau, textureTau, scores })
 //   superpatchSelect({ image?, gh, gw, levels, sizes, thresholds, scores, rects, count, tokenOfPatch })
 //   unshare({ K, tokens, rects, logits, gridOffset, gridW, grid, tokensDevice? })
-//   tokenHalt({ batch, K, prefix?, offsets, logits, threshold?, topK?, halt, maxSeqlen? })
+//   tokenHalt({ batch, K, prefix?, offsets, logits, threshold, topK, halt, maxSeqlen? })
 //   tokenCompact({ batch, C, offsets, halt, x, out, newOffsets, srcRow, rowsBound? })
 //   tokenScatter({ rows, K, src, index, mask?, table, rowsDevice? })
 //   upsample({ K, gh, gw, patch, logits, validH, validW, outH, outW, labels, probs? })
@@ -39,6 +39,8 @@
 //   chooseGemm(M, N, K, aligned?), chooseAttention(D, aligned?), chooseLayernorm(C, aligned?) -> variant
 //   cpuImageNormalize(params): the CPU op on the same params (plus channelsLast?); `ops` does not
 //     export image_normalize, and the bit-identity test wants the CPU code itself as the reference.
+// Settings the engine always receives from lib/ (colorTau, textureTau, threshold, topK) have no default
+// here either; layernorm's eps, optional for the op tests, defaults to kDefaultLayerNormEps.
 // kernel: 'auto' (the op's choose_<op>_kernel) or a variant: gemm 'simple' | 'mma128x128' | 'mma128x64'
 // | 'mma64x64', attention 'naive' | 'flash', layernorm 'simple' | 'vec'.
 #include <napi.h>
@@ -63,6 +65,10 @@ namespace {
 
 namespace cuda = step::cuda;
 using Launch = std::function<void(void* stream)>;
+
+// The one default of cudaOps for a setting the engine always receives: layernorm's eps when a test
+// leaves it out (timm's LayerNorm eps, as lib/config.ts's norm_eps default).
+constexpr float kDefaultLayerNormEps = 1e-6f;
 
 // ---- reading the params object -------------------------------------------------------------------
 
@@ -156,12 +162,12 @@ class Call {
     return int(d);
   }
   int integer_or(const char* key, int fallback, int min = 0) const { return has(key) ? integer(key, min) : fallback; }
-  float number_or(const char* key, float fallback) const {
-    if (!has(key)) return fallback;
+  float number(const char* key) const {
     const Napi::Value v = params_.Get(key);
     if (!v.IsNumber()) fail_type("a number", key);
     return v.As<Napi::Number>().FloatValue();
   }
+  float number_or(const char* key, float fallback) const { return has(key) ? number(key) : fallback; }
   bool boolean_or(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const Napi::Value v = params_.Get(key);
@@ -358,7 +364,7 @@ Launch prepare_layernorm(Call& call) {
   static constexpr cuda::LayerNormKernel kKinds[] = {cuda::LayerNormKernel::kAuto, cuda::LayerNormKernel::kSimple,
                                                      cuda::LayerNormKernel::kVec};
   x.kernel = parse_kernel(call, kKinds, layernorm_kernel_name);
-  p.rows = call.integer("rows"), p.C = call.integer("C", 1), p.eps = call.number_or("eps", 1e-6f);
+  p.rows = call.integer("rows"), p.C = call.integer("C", 1), p.eps = call.number_or("eps", kDefaultLayerNormEps);
   const int64_t x_rows = call.length<float>("x") / p.C;  // rows the gather may read
   if (call.has("rowsIndex")) {
     const int32_t* index = call.host<int32_t>("rowsIndex", p.rows);
@@ -494,7 +500,7 @@ Launch prepare_window_score(Call& call) {
   p.h = call.integer("h", 1), p.w = call.integer("w", 1), p.channels = call.integer_or("channels", 3, 3);
   p.patch = call.integer("patch", 1), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
   p.levels = call.integer("levels");
-  p.color_tau = call.number_or("colorTau", 8.f), p.texture_tau = call.number_or("textureTau", 16.f);
+  p.color_tau = call.number("colorTau"), p.texture_tau = call.number("textureTau");
   if (int64_t(p.gh) * p.patch < p.h || int64_t(p.gw) * p.patch < p.w) call.fail_range("gh x gw patches must cover h x w");
   const int64_t scores = check_levels(call, p.levels, p.gh, p.gw);
   p.image = call.array<uint8_t>("image", int64_t(p.h) * p.w * p.channels, Use::kIn);
@@ -550,7 +556,7 @@ Launch prepare_token_halt(Call& call) {
   step::TokenHaltParams p;
   cuda::TokenHaltDeviceExtras x;
   p.batch = call.integer("batch"), p.K = call.integer("K", 1), p.prefix = call.integer_or("prefix", 0);
-  p.threshold = call.number_or("threshold", 1.f), p.top_k = call.integer_or("topK", 5);
+  p.threshold = call.number("threshold"), p.top_k = call.integer("topK");
   int64_t A = 0;
   const int max_t = check_offsets(call, call.host<int32_t>("offsets", int64_t(p.batch) + 1), p.batch, &A);
   x.max_seqlen = call.integer_or("maxSeqlen", max_t);

@@ -37,8 +37,6 @@
 namespace step {
 namespace {
 
-constexpr int kStemChannels = 32;
-
 // One stage of the arch definition.
 struct StageSpec {
   int repeats, kernel, stride, out, expand;
@@ -54,7 +52,7 @@ using BlockSpec = EffNetTrunk::Block;
 
 std::vector<BlockSpec> block_specs() {
   std::vector<BlockSpec> blocks;
-  int in = kStemChannels, feature = 0;
+  int in = EffNetTrunk::kStemChannels, feature = 0;
   for (int s = 0; s < int(std::size(kStages)); ++s) {
     const StageSpec& st = kStages[s];
     for (int r = 0; r < st.repeats; ++r) {
@@ -79,7 +77,7 @@ struct ConvBn {
 };
 
 std::vector<ConvBn> conv_bn_pairs() {
-  std::vector<ConvBn> pairs = {{"conv_stem", "bn1", {kStemChannels, 3, 3, 3}}};
+  std::vector<ConvBn> pairs = {{"conv_stem", "bn1", {EffNetTrunk::kStemChannels, 3, 3, 3}}};
   for (const BlockSpec& b : block_specs()) {
     const int64_t k = b.kernel;
     if (b.separable) {
@@ -230,7 +228,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
   std::vector<Tensor> features;
   features.reserve(kFeatures);
   Tensor stem;  // (B, ceil(H / 2), ceil(W / 2), 32)
-  conv(x, H, W, 3, "conv_stem", kStemChannels, 3, 2, false, stem);
+  conv(x, H, W, 3, "conv_stem", EffNetTrunk::kStemChannels, 3, 2, false, stem);
   int ih = int(stem.dim(1)), iw = int(stem.dim(2));  // the current map's height and width
   Tensor own = std::move(stem);   // the current map while it is not a feature map
   const float* cur = own.data();  // (B, ih, iw, block.in): the next block's input, `own` or a feature map

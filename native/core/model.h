@@ -3,6 +3,7 @@
 // forward() runs the whole network over a packed token list, one backend call per step.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,16 +19,17 @@
 
 namespace step {
 
+// Every field is set by the addon from lib/config.ts's ModelConfig, which holds the defaults: none here.
 struct VitConfig {
-  int patch = 16, embed_dim = 0, depth = 0, heads = 0, mlp_hidden = 0;
-  bool qkv_bias = true, class_token = true, no_embed_class = false, pre_norm = false, layer_scale = false;
+  int patch = 0, embed_dim = 0, depth = 0, heads = 0, mlp_hidden = 0;
+  bool qkv_bias = false, class_token = false, no_embed_class = false, pre_norm = false, layer_scale = false;
   int reg_tokens = 0;
-  float norm_eps = 1e-6f;
+  float norm_eps = 0.f;
   int grid_h = 0, grid_w = 0;  // patch grid the position embeddings were trained for
   int num_classes = 0;         // 0: no segmentation head (features only)
   std::vector<int> exit_layers;  // early-exit heads after these blocks (1-based count of blocks run)
   std::vector<int> policy_levels;  // window sides with learned merge-policy heads (empty: no policy)
-  int policy_outputs = 1;          // 1: sigmoid heads; 2: two-way softmax heads (class 1 = merge)
+  int policy_outputs = 0;          // 1: sigmoid heads; 2: two-way softmax heads (class 1 = merge)
   int prefix() const { return (class_token ? 1 : 0) + reg_tokens; }
 };
 
@@ -51,8 +53,8 @@ struct ForwardStats {
 struct PruneSettings {
   bool enabled = false;
   std::vector<int> layers;
-  float threshold = 1.f;
-  int top_k = 5;
+  float threshold = std::numeric_limits<float>::quiet_NaN();  // set when enabled (lib/config.ts: the defaults)
+  int top_k = -1;
 };
 
 struct EncoderInput {

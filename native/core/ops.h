@@ -13,6 +13,7 @@
 // Packed lists: image b owns rows offsets[b] .. offsets[b+1]-1, offsets has B + 1 entries, offsets[0] = 0.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 namespace step {
 
@@ -72,7 +73,7 @@ struct AvgPoolParams {
 // y[r] = (x[src(r)] - mean) / sqrt(var + eps) * gamma + beta, over C; src(r) = rows_index ? rows_index[r] : r.
 struct LayerNormParams {
   int rows = 0, C = 0;
-  float eps = 1e-6f;
+  float eps = 0.f;                      // > 0; no default here: VitConfig::norm_eps
   const float* x = nullptr;             // (rows or more, C) row-major
   const int32_t* rows_index = nullptr;  // (rows) int32 source row of each output row, or null
   const float* gamma = nullptr;         // (C)
@@ -102,7 +103,7 @@ struct TokenRect {
 };
 struct PatchGatherParams {
   int images = 0, height = 0, width = 0;  // B, padded H and W in pixels (multiples of P)
-  int patch = 16;                         // P
+  int patch = 0;                          // P
   const float* pixels = nullptr;          // (B, 3, H, W) normalised float32
   int tokens = 0;                         // number of rects
   const TokenRect* rects = nullptr;       // (tokens)
@@ -124,11 +125,11 @@ struct PatchGatherParams {
 struct WindowScoreParams {
   const uint8_t* image = nullptr;  // (h, w, channels) uint8, the resized image (no padding)
   int h = 0, w = 0, channels = 3;
-  int patch = 16;                  // P
+  int patch = 0;                   // P
   int gh = 0, gw = 0;              // patch grid over the padded image: ceil(h / P) x ceil(w / P)
   int levels = 0;
   const int32_t* sizes = nullptr;  // (levels) window side S of each level, in patches
-  float color_tau = 8.f, texture_tau = 16.f;
+  float color_tau = 0.f, texture_tau = 0.f;  // > 0; no default here: lib/config.ts (kDefaultMerge)
   float* scores = nullptr;         // per level (gh / S, gw / S) row-major, levels concatenated
 };
 
@@ -191,8 +192,9 @@ struct TokenHaltParams {
   int batch = 0, K = 0, prefix = 0;
   const int32_t* offsets = nullptr;  // (B + 1) rows of each image in the active list
   const float* logits = nullptr;     // (A, K) exit-head logits of every active row
-  float threshold = 1.f;
-  int top_k = 5;
+  // No defaults here (lib/config.ts, the prune config): unset, the op refuses to run.
+  float threshold = std::numeric_limits<float>::quiet_NaN();
+  int top_k = -1;
   uint8_t* halt = nullptr;           // (A) 1 = halts here, 0 = stays active
 };
 
@@ -253,7 +255,7 @@ struct ImageNormalizeParams {
 //   gx = (x + 0.5) * valid_w / (out_w * P) - 0.5,  gy likewise   (align_corners = False, clamped)
 struct UpsampleParams {
   int K = 0;
-  int gh = 0, gw = 0, patch = 16;
+  int gh = 0, gw = 0, patch = 0;
   const float* logits = nullptr;  // (gh, gw, K)
   int valid_h = 0, valid_w = 0;   // pixels of real image inside the grid (resized image size)
   int out_h = 0, out_w = 0;

@@ -3,12 +3,14 @@
 // does, so the result matches timm to float32 rounding. Rows are independent: parallel over rows.
 #include <cmath>
 
+#include "../core/errors.h"
 #include "cpu_backend.h"
 #include "parallel.h"
 
 namespace step::cpu {
 
 void layernorm(const LayerNormParams& p) {
+  STEP_CHECK(p.eps > 0, "layernorm: eps must be set (> 0)");
   const int C = p.C;
   parallel_for(p.rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {

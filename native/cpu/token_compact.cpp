@@ -8,12 +8,14 @@
 #include <cstring>
 #include <vector>
 
+#include "../core/errors.h"
 #include "cpu_backend.h"
 #include "parallel.h"
 
 namespace step::cpu {
 
 void token_halt(const TokenHaltParams& p) {
+  STEP_CHECK(!std::isnan(p.threshold) && p.top_k >= 0, "token_halt: threshold or top_k not set");
   parallel_for(p.batch, 1, [&](int64_t begin, int64_t end) {
     struct Candidate {
       int cls;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../core/errors.h"
 #include "cpu_backend.h"
 #include "parallel.h"
 
@@ -102,6 +103,7 @@ void unshare(const UnshareParams& p) {
 namespace step::cpu {
 
 void window_score(const WindowScoreParams& p) {
+  STEP_CHECK(p.color_tau > 0 && p.texture_tau > 0, "window_score: color_tau and texture_tau must be set (> 0)");
   const int P = p.patch, cells = p.gh * p.gw;
   // Per patch: mean colour (3) and texture s_p, from sums over its valid pixels (one image pass).
   std::vector<float> mean(size_t(cells) * 3), texture(cells);

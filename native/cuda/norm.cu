@@ -125,6 +125,7 @@ LayerNormKernel choose_layernorm_kernel(int C, bool aligned) {
 
 void layernorm(const LayerNormParams& p, const LayerNormDeviceExtras& x, void* stream) {
   STEP_CHECK(p.rows >= 0 && p.C > 0, "cuda::layernorm: bad rows or C");
+  STEP_CHECK(p.eps > 0, "cuda::layernorm: eps must be set (> 0)");
   if (p.rows == 0) return;
   STEP_CHECK(p.x && p.gamma && p.beta, "cuda::layernorm: missing x, gamma or beta");
   STEP_CHECK(p.y || x.y_bf16, "cuda::layernorm: no output (y or y_bf16)");

@@ -19,6 +19,7 @@
 //   token_scatter_kernel   one block per source row, threads over K; blocks past the real count
 //                          (rows_device, when set) exit at once.
 #include <algorithm>
+#include <cmath>
 
 #include "common.cuh"
 #include "launch.cuh"
@@ -176,6 +177,7 @@ int token_halt_max_rows() { return 99 * 1024 / 8; }
 
 void token_halt(const TokenHaltParams& p, const TokenHaltDeviceExtras& x, void* stream) {
   STEP_CHECK(p.batch >= 0 && p.K > 0 && p.prefix >= 0 && p.top_k >= 0, "cuda::token_halt: bad batch, K, prefix or top_k");
+  STEP_CHECK(!std::isnan(p.threshold), "cuda::token_halt: threshold not set");
   STEP_CHECK(x.max_seqlen >= 0 && x.max_seqlen <= token_halt_max_rows(),
              "cuda::token_halt: max_seqlen must be in 0 .. token_halt_max_rows()");
   if (p.batch == 0) return;

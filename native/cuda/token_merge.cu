@@ -243,6 +243,7 @@ void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, 
   STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.levels >= 0,
              "cuda::window_score: bad sizes");
   STEP_CHECK(p.channels >= 3, "cuda::window_score: needs at least 3 channels");
+  STEP_CHECK(p.color_tau > 0 && p.texture_tau > 0, "cuda::window_score: color_tau and texture_tau must be set (> 0)");
   STEP_CHECK(int64_t(p.gh) * p.patch >= p.h && int64_t(p.gw) * p.patch >= p.w,
              "cuda::window_score: the patch grid does not cover the image");
   STEP_CHECK(p.levels <= 65535, "cuda::window_score: too many levels");

@@ -104,8 +104,8 @@ export interface CudaWindowScoreParams {
   gw: number;
   levels: number;
   sizes: Int32Array; // (levels)
-  colorTau?: number;
-  textureTau?: number;
+  colorTau: number;
+  textureTau: number;
   scores: Float32Array; // levels concatenated
 }
 export interface CudaSuperpatchSelectParams {
@@ -136,8 +136,8 @@ export interface CudaTokenHaltParams {
   prefix?: number;
   offsets: Int32Array;
   logits: Float32Array; // (A, K)
-  threshold?: number;
-  topK?: number;
+  threshold: number;
+  topK: number;
   halt: Uint8Array; // (A)
   maxSeqlen?: number; // default: the largest T of offsets
 }
