@@ -111,6 +111,8 @@ if (skipped) {
   if (uvuSkipped) byReason.set('test.skip()', uvuSkipped);
   console.log('skipped tests, by reason:');
   for (const [reason, n] of byReason) console.log(`  ${n} x ${reason}`);
+  if (wholeRun && !useEmu && skips.some((r) => /cuda|CUDA|GPU|NVIDIA/.test(r.reason)))
+    console.log('  (without a GPU, `npm run build:emu` builds the CUDA emulator; npm test then runs the CUDA tests on it)');
 }
 for (const p of problems) console.log(`run-tests: ${p}`);
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
