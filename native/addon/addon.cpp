@@ -87,7 +87,10 @@ Napi::Object stats_to_js(Napi::Env env, const step::ForwardStats& s) {
 }
 
 // ---- jobs ----------------------------------------------------------------------------------------
-// An AsyncWorker that settles a Promise and carries the engine's error code to JS.
+// An AsyncWorker that settles a Promise and carries the engine's error code to JS. Completion runs in
+// the environment that queued the job; when that environment is being torn down (a Worker exiting,
+// or terminated mid-call) nobody waits for the Promise and settling it fails: that is swallowed
+// instead of escaping as a C++ exception (which would abort the process).
 class Job : public Napi::AsyncWorker {
  public:
   explicit Job(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
@@ -96,38 +99,59 @@ class Job : public Napi::AsyncWorker {
  protected:
   virtual void run() = 0;                        // worker thread
   virtual Napi::Value result(Napi::Env env) = 0; // main thread
+  void fail(ErrorCode code, const std::string& message) {
+    code_ = code;
+    message_ = message;
+    failed_ = true;
+  }
 
  private:
   void Execute() final {
     try {
       run();
     } catch (const Error& e) {
-      code_ = e.code();
-      SetError(e.what());
+      fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {
-      code_ = ErrorCode::kOutOfMemory;
-      SetError("out of memory while running the model: try a smaller input size or batch");
+      fail(ErrorCode::kOutOfMemory, "out of memory while running the model: try a smaller input size or batch");
     } catch (const std::exception& e) {
-      code_ = ErrorCode::kInternal;
-      SetError(std::string("internal error: ") + e.what());
+      fail(ErrorCode::kInternal, std::string("internal error: ") + e.what());
     }
   }
-  void OnOK() final {
-    Napi::Env env = Env();
+  void reject(Napi::Env env, ErrorCode code, const std::string& message) {
+    Napi::Error err = Napi::Error::New(env, message);
+    err.Set("code", Napi::String::New(env, step::error_code_name(code)));
+    deferred_.Reject(err.Value());
+  }
+  void settle(Napi::Env env) {
+    if (failed_) return reject(env, code_, message_);
     try {
       deferred_.Resolve(result(env));
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
+    } catch (const std::bad_alloc&) {
+      reject(env, ErrorCode::kOutOfMemory, "out of memory while returning the results");
+    } catch (const Error& e) {
+      reject(env, e.code(), e.what());
+    } catch (const std::exception& e) {
+      reject(env, ErrorCode::kInternal, std::string("internal error: ") + e.what());
     }
   }
-  void OnError(const Napi::Error& e) final {
-    Napi::Error err = Napi::Error::New(Env(), e.Message());
-    err.Set("code", Napi::String::New(Env(), step::error_code_name(code_)));
-    deferred_.Reject(err.Value());
+  void OnWorkComplete(Napi::Env env, napi_status status) final {
+    if (status != napi_cancelled) {
+      try {
+        Napi::HandleScope scope(env);
+        settle(env);
+      } catch (...) {
+        // the environment is shutting down: the Promise has no one to settle for
+      }
+    }
+    Destroy();
   }
 
   Napi::Promise::Deferred deferred_;
+  bool failed_ = false;
   ErrorCode code_ = ErrorCode::kInternal;
+  std::string message_;
 };
 
 // What a NativeModel owns; jobs share it, so dispose() during a run frees it when the run ends.
@@ -156,16 +180,26 @@ struct ModelState {
   }
 };
 
+// Per-environment state (the main thread and every worker_threads Worker that loads the addon each
+// have their own): JS handles never outlive or cross the environment that made them, so no static
+// holds one. Freed by Node when the environment is torn down (a Worker exits).
+struct AddonData {
+  Napi::FunctionReference model_ctor;  // NativeModel, for results of createModel
+};
+
+AddonData& addon_data(Napi::Env env) {
+  AddonData* d = env.GetInstanceData<AddonData>();
+  if (!d) throw Napi::Error::New(env, "step-seg: the addon is not initialised in this environment");
+  return *d;
+}
+
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
  public:
-  static Napi::FunctionReference* constructor;
   static Napi::Function define(Napi::Env env) {
-    Napi::Function f = DefineClass(env, "NativeModel",
-                                   {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
-                                    InstanceMethod("segment", &NativeModel::segment),
-                                    InstanceMethod("dispose", &NativeModel::dispose)});
-    constructor = new Napi::FunctionReference(Napi::Persistent(f));
-    return f;
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
+                        InstanceMethod("segment", &NativeModel::segment),
+                        InstanceMethod("dispose", &NativeModel::dispose)});
   }
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
   std::shared_ptr<ModelState> state;
@@ -186,7 +220,6 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return info.Env().Undefined();
   }
 };
-Napi::FunctionReference* NativeModel::constructor = nullptr;
 
 // createModel(config, tensors, source, dataOffset, device): source is a path or a Buffer; device 'cpu' or
 // 'cuda' (uploads the weights to the GPU; rejects with the reason when it cannot).
@@ -229,8 +262,8 @@ class CreateModelJob : public Job {
     throw Error(ErrorCode::kDeviceUnavailable, "this build of step-seg has no CUDA backend");
 #endif
   }
-  Napi::Value result(Napi::Env) override {
-    Napi::Object obj = NativeModel::constructor->New({});
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object obj = addon_data(env).model_ctor.New({});
     NativeModel::Unwrap(obj)->state = state_;
     return obj;
   }
@@ -835,7 +868,11 @@ Napi::Value op_avg_pool(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
-  exports.Set("NativeModel", NativeModel::define(env));
+  auto* data = new AddonData();
+  Napi::Function ctor = NativeModel::define(env);
+  data->model_ctor = Napi::Persistent(ctor);
+  env.SetInstanceData<AddonData>(data);  // deleted with the environment
+  exports.Set("NativeModel", ctor);
   exports.Set("createModel", Napi::Function::New(env, create_model));
   exports.Set("probeCuda", Napi::Function::New(env, probe_cuda));
   exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
