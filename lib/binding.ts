@@ -111,6 +111,10 @@ export interface Binding {
   probeCuda(): Promise<CudaProbe>;
   cpuInfo(): { threads: number; gemmKernel: string };
   setNumThreads(n: number): void;
+  /** A copy of a typed array's bytes in memory the addon maps (large views only; undefined: copy in JS). */
+  capture(view: ArrayBufferView): ArrayBuffer | undefined;
+  /** RGBA -> RGB in place on a libuv worker thread: the first 3 * pixels bytes of `rgba` become RGB. */
+  dropAlpha(rgba: Uint8Array, pixels: number): Promise<void>;
   ops: Record<string, (params: Record<string, unknown>) => void>;
   /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
   cudaOps?: Record<string, (...args: unknown[]) => unknown>;

@@ -337,7 +337,8 @@ export function checkMerge(
   const colorTau = m.colorTau ?? base.colorTau, textureTau = m.textureTau ?? base.textureTau;
   if (typeof colorTau !== 'number' || !(colorTau > 0)) report('colorTau', 'a positive number', colorTau);
   if (typeof textureTau !== 'number' || !(textureTau > 0)) report('textureTau', 'a positive number', textureTau);
-  return { policy, levels: levels as number[], thresholds: thresholds as number[], colorTau, textureTau };
+  // copies: the caller's arrays may change after the call
+  return { policy, levels: [...(levels as number[])], thresholds: [...(thresholds as number[])], colorTau, textureTau };
 }
 
 /** Checks pruning settings (camelCase fields) over `base`, whose exitLayers are those with weights. */
@@ -353,5 +354,5 @@ export function checkPrune(
   const exitLayers = p.exitLayers ?? base.exitLayers;
   if (!Array.isArray(exitLayers) || !exitLayers.every((l, i) => base.exitLayers.includes(l) && (i === 0 || l > exitLayers[i - 1])))
     report('exitLayers', `increasing layers among the model's exit heads [${base.exitLayers.join(', ')}]`, exitLayers);
-  return { exitLayers: exitLayers as number[], threshold, keepTopK: keepTopK as number };
+  return { exitLayers: [...(exitLayers as number[])], threshold, keepTopK: keepTopK as number };
 }

@@ -7,7 +7,8 @@ import * as fs from 'node:fs/promises';
 
 import sharp from 'sharp';
 
-import { BadInputError, invalidParameter } from './errors';
+import { loadBinding } from './binding';
+import { BadInputError, OutOfMemoryError, invalidParameter } from './errors';
 
 /** Raw pixels, row-major, interleaved: RGB or RGBA (alpha is ignored). */
 export interface RawImage {
@@ -52,15 +53,67 @@ function checkRaw(img: RawImage, name: string): void {
     throw new BadInputError(`${name} has ${img.width * img.height} pixels, more than the limit of ${kMaxInputPixels}`);
 }
 
-// RGBA -> RGB, alpha dropped (not composited: alpha carries no meaning for segmentation).
-function dropAlpha(rgba: Uint8Array | Uint8ClampedArray, pixels: number): Buffer {
-  const rgb = Buffer.allocUnsafe(pixels * 3);
-  for (let i = 0; i < pixels; i++) {
-    rgb[3 * i] = rgba[4 * i];
-    rgb[3 * i + 1] = rgba[4 * i + 1];
-    rgb[3 * i + 2] = rgba[4 * i + 2];
+const kCaptured = Symbol('step-seg captured image');
+
+/**
+ * An image input whose bytes step-seg owns: a path, or a copy of the caller's encoded bytes or raw
+ * pixels made when the call was made (`captureImage`), so the caller may reuse its buffers as soon as
+ * `segment()` has returned its Promise.
+ */
+export interface CapturedImage {
+  readonly [kCaptured]: true;
+  readonly name: string;
+  readonly path?: string;
+  readonly encoded?: Buffer;
+  readonly raw?: { data: Buffer; width: number; height: number; channels: 3 | 4 };
+}
+
+function isCaptured(v: unknown): v is CapturedImage {
+  return !!v && typeof v === 'object' && (v as CapturedImage)[kCaptured] === true;
+}
+
+/**
+ * A copy of `view`'s bytes that step-seg owns. Large copies go through the addon (huge pages
+ * populated up front, a few threads: page faults on fresh memory cost more than the copy); a copy
+ * that cannot be allocated is an OutOfMemoryError.
+ */
+export function copyBytes(view: Uint8Array | Uint8ClampedArray, name: string): Buffer {
+  try {
+    const ab = loadBinding().binding.capture(view);
+    if (ab) return Buffer.from(ab);
+    return Buffer.from(view); // a copy
+  } catch (err) {
+    if (err instanceof RangeError)
+      throw new OutOfMemoryError(`cannot allocate ${Math.round(view.byteLength / 2 ** 20)} MiB to copy ${name}: ${err.message}`, { cause: err });
+    throw err;
   }
-  return rgb;
+}
+
+/**
+ * Checks an input and takes what `segment()` will read of it, synchronously: raw pixels and encoded
+ * bytes are copied (the caller may change or reuse its buffer once the call has returned), a path is
+ * kept as a string. Throws BadInputError for inputs that are not images.
+ */
+export function captureImage(input: ImageInput | CapturedImage, name = 'image'): CapturedImage {
+  if (isCaptured(input)) return input;
+  if (typeof input === 'string') return { [kCaptured]: true, name: `${name} (${input})`, path: input };
+  if (isRaw(input)) {
+    checkRaw(input, name);
+    const { width, height, channels } = input;
+    return { [kCaptured]: true, name, raw: { data: copyBytes(input.data, name), width, height, channels } };
+  }
+  if (input instanceof Uint8Array) {
+    if (input.length === 0) throw new BadInputError(`${name} is an empty buffer: expected an encoded image (PNG, JPEG, WebP)`);
+    return { [kCaptured]: true, name, encoded: copyBytes(input, name) };
+  }
+  throw invalidParameter(name, 'a file path, an encoded image Buffer or raw pixels { data, width, height, channels }', input);
+}
+
+// RGBA -> RGB in place, alpha dropped (not composited: alpha carries no meaning for segmentation), on
+// a libuv worker thread: `rgba` must be a buffer step-seg owns. Resolves with its first 3 * pixels bytes.
+async function dropAlpha(rgba: Buffer, pixels: number): Promise<Buffer> {
+  await loadBinding().binding.dropAlpha(rgba, pixels);
+  return rgba.subarray(0, pixels * 3);
 }
 
 /** Size of the resized image: the long side becomes `size`, the aspect ratio is kept. */
@@ -69,28 +122,41 @@ export function resizedSize(width: number, height: number, size: number): [numbe
   return [Math.max(1, Math.round(width * scale)), Math.max(1, Math.round(height * scale))];
 }
 
-/** Decodes, orients and resizes one image so that its long side is `size`. */
-export async function prepareImage(input: ImageInput, size: number, name = 'image'): Promise<PreparedImage> {
+/**
+ * Decodes, orients and resizes one image so that its long side is `size`. A raw or encoded input not
+ * captured yet is captured (copied) first, before this returns its Promise.
+ */
+export function prepareImage(input: ImageInput | CapturedImage, size: number, name = 'image'): Promise<PreparedImage> {
+  let captured: CapturedImage;
+  try {
+    captured = captureImage(input, name);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return decode(captured, size);
+}
+
+async function decode(img: CapturedImage, size: number): Promise<PreparedImage> {
+  const name = img.name;
   let pipeline: sharp.Sharp;
   let width: number, height: number;
-  if (typeof input === 'string') {
+  if (img.path !== undefined) {
     let bytes: Buffer;
     try {
-      bytes = await fs.readFile(input);
+      bytes = await fs.readFile(img.path);
     } catch (err) {
-      throw new BadInputError(`cannot read image file ${input}: ${(err as Error).message}`, { cause: err });
+      throw new BadInputError(`cannot read image file ${img.path}: ${(err as Error).message}`, { cause: err });
     }
-    return prepareImage(bytes, size, `${name} (${input})`);
-  } else if (isRaw(input)) {
-    checkRaw(input, name);
-    width = input.width;
-    height = input.height;
-    pipeline = sharp(input.channels === 4 ? dropAlpha(input.data, width * height) : Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength), {
-      raw: { width, height, channels: 3 },
-    });
-  } else if (input instanceof Uint8Array) {
-    if (input.length === 0) throw new BadInputError(`${name} is an empty buffer: expected an encoded image (PNG, JPEG, WebP)`);
-    const data = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+    if (bytes.length === 0) throw new BadInputError(`${name} is an empty file: expected an encoded image (PNG, JPEG, WebP)`);
+    return decode({ [kCaptured]: true, name, encoded: bytes }, size);
+  } else if (img.raw) {
+    let { data, channels } = img.raw;
+    width = img.raw.width;
+    height = img.raw.height;
+    if (channels === 4) data = await dropAlpha(data, width * height);
+    pipeline = sharp(data, { raw: { width, height, channels: 3 } });
+  } else {
+    const data = img.encoded!;
     pipeline = sharp(data, { failOn: 'error', limitInputPixels: kMaxInputPixels }).rotate();
     let meta: sharp.Metadata;
     try {
@@ -111,15 +177,14 @@ export async function prepareImage(input: ImageInput, size: number, name = 'imag
       } catch (err) {
         throw new BadInputError(`${name} could not be decoded: ${(err as Error).message}`, { cause: err });
       }
-      return prepareImage({ data: raw.data, width: raw.info.width, height: raw.info.height, channels: 4 }, size, name);
+      const { width: w, height: h } = raw.info;
+      return decode({ [kCaptured]: true, name, raw: { data: raw.data, width: w, height: h, channels: 4 } }, size);
     }
     const swap = (meta.orientation ?? 1) >= 5;
     width = swap ? meta.height : meta.width;
     height = swap ? meta.width : meta.height;
     if (meta.width * meta.height > kMaxInputPixels)
       throw new BadInputError(`${name} is ${meta.width} x ${meta.height}, more than the limit of ${kMaxInputPixels} pixels`);
-  } else {
-    throw invalidParameter(name, 'a file path, an encoded image Buffer or raw pixels { data, width, height, channels }', input);
   }
   const [rw, rh] = resizedSize(width, height, size);
   try {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
 import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, fromNative, invalidParameter } from './errors';
-import { prepareImage, type ImageInput, type PreparedImage } from './image';
+import { captureImage, prepareImage, type CapturedImage, type ImageInput, type PreparedImage } from './image';
 import {
   checkForwardOptions,
   checkLoadOptions,
@@ -353,11 +353,19 @@ export class Model {
           ? 'this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()'
           : `this model is a bare ${this.config.kind} trunk: use forwardFeatures()`,
       );
+    // What the call reads of the caller's inputs is taken now (raw pixels and encoded bytes copied),
+    // so the caller may reuse its buffers once this has returned. A hole in the array is an error.
+    const captured: CapturedImage[] = [];
+    for (let i = 0; i < images.length; i++) {
+      const name = images.length > 1 ? `images[${i}]` : 'image';
+      if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
+      captured.push(captureImage(images[i], name));
+    }
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
     let decodeMs = 0;
-    const decoding = Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image'))).then(
+    const decoding = Promise.all(captured.map((im) => prepareImage(im, opts.size))).then(
       (prepared) => ((decodeMs = performance.now() - t0), prepared),
     );
     decoding.catch(() => undefined); // rejection is reported through the queued work below
