@@ -6,6 +6,8 @@
  */
 import * as path from 'node:path';
 
+import { InternalError } from './errors';
+
 export interface NativeConfig {
   arch: 'vit' | 'efficientnet_lite0';
   patchSize: number;
@@ -149,7 +151,7 @@ export function loadBinding(): { binding: Binding; file: string } {
       failures.push(`${file}: ${(err as Error).message}`);
     }
   }
-  throw new Error(
+  throw new InternalError(
     [
       `step-seg: no native binary could be loaded for ${process.platform}-${process.arch} (Node ${process.version}).`,
       ...failures.map((f) => '  ' + f),

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
-import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, fromNative, invalidParameter } from './errors';
+import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, coded, fromNative, invalidParameter } from './errors';
 import { captureImage, prepareImage, type CapturedImage, type ImageInput, type PreparedImage } from './image';
 import {
   checkForwardOptions,
@@ -207,7 +207,11 @@ function configFromMetadata(header: SafetensorsHeader, where: string): ModelConf
  * const { labels, width, height } = await model.segment('street.jpg');
  * model.dispose();
  */
-export async function loadModel(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
+export function loadModel(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
+  return coded(() => load(source, options));
+}
+
+async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
   const opts = checkLoadOptions(options);
   if (source !== undefined && typeof source !== 'string' && !(source instanceof Uint8Array))
     throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
@@ -267,7 +271,11 @@ export class Model {
    * @throws {BadInputError} wrong dims, a data length that does not match, or NaN / infinite values.
    * @throws {DisposedError} after `dispose()`.
    */
-  async forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
+  forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
+    return coded(() => this.#forwardFeatures(pixels, options));
+  }
+
+  async #forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
     this.#live();
     const opts = checkForwardOptions(options);
     if (!pixels || typeof pixels !== 'object') throw invalidParameter('pixels', 'a tensor { data: Float32Array, dims: [N, 3, H, W] }', pixels);
@@ -337,7 +345,11 @@ export class Model {
    * Segments several images in one packed batch (each keeps its own size and token count); the
    * results equal those of segmenting each image alone.
    */
-  async segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
+  segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
+    return coded(() => this.#segmentBatch(images, options));
+  }
+
+  async #segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
     this.#live();
     if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
     const opts = checkSegmentOptions(options, {
