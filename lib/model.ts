@@ -20,6 +20,7 @@ import {
   type SegmentOptions,
 } from './options';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
+import { kLimits } from './limits';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
@@ -282,8 +283,16 @@ export class Model {
     const { data, dims } = pixels;
     const P = this.config.patchSize;
     if (!(data instanceof Float32Array)) throw invalidParameter('pixels.data', 'a Float32Array', data);
-    if (!Array.isArray(dims) || dims.length !== 4 || !dims.every((d) => Number.isInteger(d) && d > 0) || dims[1] !== 3)
-      throw invalidParameter('pixels.dims', '[N, 3, H, W] with positive integers', dims);
+    if (
+      !Array.isArray(dims) ||
+      dims.length !== 4 ||
+      !dims.every((d) => Number.isInteger(d) && d > 0) ||
+      dims[1] !== 3 ||
+      dims[0] > kLimits.batch ||
+      dims[2] > kLimits.featuresSide ||
+      dims[3] > kLimits.featuresSide
+    )
+      throw invalidParameter('pixels.dims', `[N, 3, H, W] with positive integers, N at most ${kLimits.batch}, H and W at most ${kLimits.featuresSide}`, dims);
     if (this.config.kind === 'vit' && (dims[2] % P || dims[3] % P))
       throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
     if (data.length !== numel(dims))
@@ -461,6 +470,8 @@ export class Model {
   #checkMemory(images: number, patches: number, extraFloats: number): void {
     const c = this.config;
     const A = patches + images * (c.regTokens + (c.classToken ? 1 : 0));
+    if (A > kLimits.tokens)
+      throw new BadInputError(`this input needs ${A} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller size or fewer images per call`);
     const hidden = c.embedDim * c.mlpRatio;
     const floats = A * (7 * c.embedDim + hidden + c.numClasses) + patches * (3 * c.patchSize * c.patchSize + c.embedDim) + extraFloats;
     const bytes = floats * 4;

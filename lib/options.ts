@@ -1,6 +1,7 @@
 /** Option checking for the public API, in one place, with errors of one shape. */
 import { checkMerge, checkPrune, kDefaultMerge, type MergeConfig, type PruneConfig } from './config';
 import { invalidParameter } from './errors';
+import { kLimits } from './limits';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 
@@ -60,7 +61,7 @@ export function checkLoadOptions(options: unknown): Required<LoadOptions> {
   return { device };
 }
 
-export const kMaxSize = 8192;
+export const kMaxSize = kLimits.size;
 
 export interface CheckedSegmentOptions {
   size: number;

@@ -57,6 +57,10 @@ function parseHeader(json: Buffer, total: number, where: string): SafetensorsHea
       !offsets.every((d) => Number.isInteger(d) && d >= 0)
     )
       throw new BadModelError(`${where}: tensor ${name} has a malformed header entry ${JSON.stringify(v)}`);
+    let count = 1;
+    for (const d of shape as number[]) count *= d;
+    if (!Number.isSafeInteger(count))
+      throw new BadModelError(`${where}: tensor ${name} has shape [${(shape as number[]).join(', ')}]: too many elements to hold`);
     const [begin, end] = offsets as number[];
     if (end < begin) throw new BadModelError(`${where}: tensor ${name} ends (${end}) before it begins (${begin})`);
     if (end > dataSize)

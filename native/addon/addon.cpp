@@ -46,11 +46,39 @@ step::cpu::CpuBackend& cpu_backend() {
 }
 
 // ---- reading JS values ---------------------------------------------------------------------------
-int get_int(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
-  return v.As<Napi::Number>().Int32Value();
+// lib/ checks every value against the engine's limits (lib/limits.ts) before it comes here; these
+// checks keep a value that slipped past from being truncated or wrapped: a coded BadInput error.
+[[noreturn]] void throw_bad_input(Napi::Env env, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, step::error_code_name(ErrorCode::kBadInput)));
+  throw err;
 }
+int to_int(const Napi::Value& v, const std::string& what, double min = -2147483648.0, double max = 2147483647.0) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= min && d <= max) || d != std::floor(d))
+    throw_bad_input(v.Env(), what + " must be an integer from " + std::to_string(int64_t(min)) + " to " + std::to_string(int64_t(max)) +
+                                 " but is " + std::to_string(d));
+  return int(d);
+}
+int64_t to_int64(const Napi::Value& v, const std::string& what) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
+    throw_bad_input(v.Env(), what + " must be an integer from 0 to 2^53 - 1 but is " + std::to_string(d));
+  return int64_t(d);
+}
+float to_float(const Napi::Value& v, const std::string& what) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (std::isnan(d)) throw_bad_input(v.Env(), what + " is NaN");
+  return float(d);
+}
+Napi::Array to_array(const Napi::Value& v, const std::string& what) {
+  if (!v.IsArray()) throw_bad_input(v.Env(), "expected an array for " + what);
+  return v.As<Napi::Array>();
+}
+int get_int(const Napi::Object& o, const char* key) { return to_int(o.Get(key), key); }
 double get_double(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
@@ -293,18 +321,21 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   step::VitConfig cfg;
   const bool effnet = c.Get("arch").ToString().Utf8Value() == "efficientnet_lite0";
   if (!effnet) {
-  cfg.patch = get_int(c, "patchSize"), cfg.embed_dim = get_int(c, "embedDim"), cfg.depth = get_int(c, "depth");
-  cfg.heads = get_int(c, "numHeads"), cfg.mlp_hidden = get_int(c, "mlpHidden");
+  // the same limits as lib/limits.ts
+  cfg.patch = to_int(c.Get("patchSize"), "patchSize", 1, 256), cfg.embed_dim = to_int(c.Get("embedDim"), "embedDim", 1, 16384);
+  cfg.depth = to_int(c.Get("depth"), "depth", 1, 255);
+  cfg.heads = to_int(c.Get("numHeads"), "numHeads", 1, cfg.embed_dim), cfg.mlp_hidden = to_int(c.Get("mlpHidden"), "mlpHidden", 1, 131072);
   cfg.qkv_bias = get_bool(c, "qkvBias"), cfg.class_token = get_bool(c, "classToken");
   cfg.no_embed_class = get_bool(c, "noEmbedClass"), cfg.pre_norm = get_bool(c, "preNorm");
-  cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = get_int(c, "regTokens");
+  cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = to_int(c.Get("regTokens"), "regTokens", 0, 256);
   cfg.norm_eps = float(get_double(c, "normEps"));
-  cfg.grid_h = get_int(c, "gridH"), cfg.grid_w = get_int(c, "gridW"), cfg.num_classes = get_int(c, "numClasses");
-  Napi::Array exits = c.Get("exitLayers").As<Napi::Array>();
-  for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(exits.Get(i).As<Napi::Number>().Int32Value());
-  Napi::Array policy = c.Get("policyLevels").As<Napi::Array>();
-  for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(policy.Get(i).As<Napi::Number>().Int32Value());
-  cfg.policy_outputs = get_int(c, "policyOutputs");
+  cfg.grid_h = to_int(c.Get("gridH"), "gridH", 1, 32768), cfg.grid_w = to_int(c.Get("gridW"), "gridW", 1, 32768);
+  cfg.num_classes = to_int(c.Get("numClasses"), "numClasses", 0, 65536);
+  Napi::Array exits = to_array(c.Get("exitLayers"), "exitLayers");
+  for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(to_int(exits.Get(i), "exitLayers[i]", 1, cfg.depth - 1));
+  Napi::Array policy = to_array(c.Get("policyLevels"), "policyLevels");
+  for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(to_int(policy.Get(i), "policyLevels[i]", 2, 64));
+  cfg.policy_outputs = to_int(c.Get("policyOutputs"), "policyOutputs", 1, 2);
   }
 
   Napi::Array list = info[1].As<Napi::Array>();
@@ -315,7 +346,7 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
     e.name = t.Get("name").As<Napi::String>().Utf8Value();
     e.dtype = t.Get("dtype").As<Napi::String>().Utf8Value();
     Napi::Array shape = t.Get("shape").As<Napi::Array>();
-    for (uint32_t d = 0; d < shape.Length(); ++d) e.shape.push_back(shape.Get(d).As<Napi::Number>().Int64Value());
+    for (uint32_t d = 0; d < shape.Length(); ++d) e.shape.push_back(to_int64(shape.Get(d), "tensor shape"));
     e.begin = uint64_t(get_double(t, "begin")), e.end = uint64_t(get_double(t, "end"));
     entries.push_back(std::move(e));
   }
@@ -325,7 +356,7 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   else buffer = info[2].As<Napi::Buffer<uint8_t>>();
   const bool cuda = info.Length() > 4 && info[4].IsString() && info[4].As<Napi::String>().Utf8Value() == "cuda";
   auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
-                                 uint64_t(info[3].As<Napi::Number>().Int64Value()), cuda);
+                                 uint64_t(to_int64(info[3], "dataOffset")), cuda);
   job->Queue();
   return job->promise();
 }
@@ -407,8 +438,9 @@ Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
   auto state = live(info.Env());
   std::vector<float> pixels = get_vector<float>(info[0], "pixels");
   Napi::Array dims = info[1].As<Napi::Array>();
-  int n = dims.Get(0u).As<Napi::Number>().Int32Value(), h = dims.Get(2u).As<Napi::Number>().Int32Value();
-  int w = dims.Get(3u).As<Napi::Number>().Int32Value();
+  int n = to_int(dims.Get(0u), "dims[0]", 1, 4096), h = to_int(dims.Get(2u), "dims[2]", 1, 65536);
+  int w = to_int(dims.Get(3u), "dims[3]", 1, 65536);
+  if (pixels.size() != size_t(n) * 3 * h * w) throw_bad_input(info.Env(), "pixels do not match dims");
   auto* job = new ForwardJob(info.Env(), state, std::move(pixels), n, h, w, info[2].ToBoolean().Value());
   job->Queue();
   return job->promise();
@@ -614,8 +646,9 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     Napi::Object o = list.Get(i).As<Napi::Object>();
     SegmentJob::Image im;
     im.rgb = get_vector<uint8_t>(o.Get("data"), "image data");
-    im.w = get_int(o, "width"), im.h = get_int(o, "height"), im.channels = get_int(o, "channels");
-    im.out_w = get_int(o, "outWidth"), im.out_h = get_int(o, "outHeight");
+    im.w = to_int(o.Get("width"), "width", 1, 65536), im.h = to_int(o.Get("height"), "height", 1, 65536);
+    im.channels = to_int(o.Get("channels"), "channels", 3, 4);
+    im.out_w = to_int(o.Get("outWidth"), "outWidth", 1), im.out_h = to_int(o.Get("outHeight"), "outHeight", 1);
     if (im.rgb.size() != size_t(im.w) * im.h * im.channels)
       throw Napi::RangeError::New(env, "image data length does not match width * height * channels");
     images.push_back(std::move(im));
@@ -623,8 +656,10 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   float mean[3], stdv[3];
   Napi::Array m = opts.Get("mean").As<Napi::Array>(), s = opts.Get("std").As<Napi::Array>();
   for (uint32_t c = 0; c < 3; ++c) {
-    mean[c] = m.Get(c).As<Napi::Number>().FloatValue();
-    stdv[c] = s.Get(c).As<Napi::Number>().FloatValue();
+    mean[c] = to_float(m.Get(c), "mean");
+    stdv[c] = to_float(s.Get(c), "std");
+    if (!std::isfinite(255.f * mean[c]) || !(255.f * stdv[c] > 0.f) || !std::isfinite(1.f / (255.f * stdv[c])))
+      throw_bad_input(env, "pixel mean and std must be finite and std positive");
   }
   step::MergeSettings merge;
   Napi::Value mv = opts.Get("merge");
@@ -634,8 +669,8 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     merge.policy = policy == "learned" ? step::MergePolicy::kLearned : step::MergePolicy::kSimilarity;
     Napi::Array sizes = m.Get("levels").As<Napi::Array>(), thr = m.Get("thresholds").As<Napi::Array>();
     for (uint32_t i = 0; i < sizes.Length(); ++i) {
-      merge.sizes.push_back(sizes.Get(i).As<Napi::Number>().Int32Value());
-      merge.thresholds.push_back(thr.Get(i).As<Napi::Number>().FloatValue());
+      merge.sizes.push_back(to_int(sizes.Get(i), "merge.levels[i]", 2, 64));
+      merge.thresholds.push_back(to_float(thr.Get(i), "merge.thresholds[i]"));
     }
     merge.color_tau = float(get_double(m, "colorTau")), merge.texture_tau = float(get_double(m, "textureTau"));
   }
@@ -644,9 +679,9 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   if (pv.IsObject()) {
     Napi::Object pr = pv.As<Napi::Object>();
     prune.enabled = true;
-    prune.threshold = float(get_double(pr, "threshold")), prune.top_k = get_int(pr, "keepTopK");
+    prune.threshold = float(get_double(pr, "threshold")), prune.top_k = to_int(pr.Get("keepTopK"), "keepTopK", 0);
     Napi::Array layers = pr.Get("exitLayers").As<Napi::Array>();
-    for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(layers.Get(i).As<Napi::Number>().Int32Value());
+    for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(to_int(layers.Get(i), "prune.exitLayers[i]", 1, 255));
   }
   auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"),
                              std::move(merge), std::move(prune));
@@ -688,7 +723,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value set_num_threads(const Napi::CallbackInfo& info) {
-  step::cpu::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  step::cpu::set_num_threads(to_int(info[0], "threads", 1, 4096));
   return info.Env().Undefined();
 }
 

@@ -25,7 +25,12 @@ Tensor read_tensor(const TensorEntry& e, const std::vector<int64_t>& shape, cons
   if (elem == 0)
     throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has dtype " + e.dtype + ": expected F32, F16 or BF16");
   uint64_t numel = 1;
-  for (int64_t d : shape) numel *= uint64_t(d);
+  bool overflow = false;
+  for (int64_t d : shape) overflow |= d < 0 || __builtin_mul_overflow(numel, uint64_t(d), &numel);
+  uint64_t bytes = 0;
+  overflow |= __builtin_mul_overflow(numel, uint64_t(elem), &bytes) || bytes > (uint64_t(1) << 48);
+  if (overflow)
+    throw Error(ErrorCode::kBadModel, "tensor " + e.name + " has shape " + shape_str(shape) + ": too large to hold");
   if (e.end < e.begin || e.end - e.begin != numel * elem)
     throw Error(ErrorCode::kBadModel, "tensor " + e.name + " spans " + std::to_string(e.end - e.begin) + " bytes but " +
                                           e.dtype + " " + shape_str(shape) + " needs " + std::to_string(numel * elem));
