@@ -21,6 +21,7 @@
  * [C] and `exit_heads.<layer>.head.weight` [K, C] / `.bias` [K] for every exit layer.
  */
 import { BadModelError } from './errors';
+import { shown } from './json';
 import { float32Ok, kLimits } from './limits';
 import type { NativeConfig } from './binding';
 
@@ -95,7 +96,7 @@ const kImageNetMean: [number, number, number] = [0.485, 0.456, 0.406];
 const kImageNetStd: [number, number, number] = [0.229, 0.224, 0.225];
 
 function fail(where: string, field: string, expected: string, value: unknown): never {
-  throw new BadModelError(`${where}: config field ${field} must be ${expected} but is ${JSON.stringify(value)}`);
+  throw new BadModelError(`${where}: config field ${field} must be ${expected} but is ${shown(value)}`);
 }
 
 function int(raw: Record<string, unknown>, field: string, where: string, def: number | undefined, min: number, max: number): number {
@@ -138,7 +139,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   const arch = (r.arch ?? 'timm.VisionTransformer') as string;
   if (typeof arch === 'string' && /efficientnet_lite0/i.test(arch)) return parseTrunkConfig(r, arch, where);
   if (typeof arch !== 'string' || !/VisionTransformer/i.test(arch))
-    throw new BadModelError(`${where}: config arch ${JSON.stringify(r.arch)} is not supported: expected a timm VisionTransformer`);
+    throw new BadModelError(`${where}: config arch ${shown(r.arch)} is not supported: expected a timm VisionTransformer`);
   const img = r.img_size;
   let imgSize: [number, number];
   const side = (d: unknown) => Number.isInteger(d) && (d as number) > 0 && (d as number) <= kLimits.imgSide;

@@ -19,6 +19,7 @@ import {
   type LoadOptions,
   type SegmentOptions,
 } from './options';
+import { parseJsonStrict } from './json';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
 import { kLimits } from './limits';
 import { numel, type Tensor } from './tensor';
@@ -168,12 +169,7 @@ async function readSource(source: string | Buffer | Uint8Array): Promise<ModelSo
     } catch (err) {
       throw new BadModelError(`cannot read ${configPath}: a model directory holds config.json and model.safetensors`, { cause: err });
     }
-    let raw: unknown;
-    try {
-      raw = JSON.parse(text);
-    } catch (err) {
-      throw new BadModelError(`${configPath} is not valid JSON: ${(err as Error).message}`, { cause: err });
-    }
+    const raw = parseJsonStrict(text, configPath);
     const header = await readHeaderFromFile(weightsPath);
     return { header, weights: weightsPath, where: source, config: parseConfig(raw, configPath) };
   }
@@ -185,12 +181,7 @@ function configFromMetadata(header: SafetensorsHeader, where: string): ModelConf
   const text = header.metadata.config;
   if (text === undefined)
     throw new BadModelError(`${where}: a single-file model needs its config as JSON in the safetensors __metadata__ under "config"`);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new BadModelError(`${where}: __metadata__.config is not valid JSON: ${(err as Error).message}`, { cause: err });
-  }
+  const raw = parseJsonStrict(text, `${where}: __metadata__.config`);
   return parseConfig(raw, `${where} (__metadata__.config)`);
 }
 
