@@ -111,11 +111,12 @@ function bool(raw: Record<string, unknown>, field: string, where: string, def: b
   return v;
 }
 
-function triple(raw: Record<string, unknown>, field: string, where: string, def: [number, number, number]) {
+function triple(raw: Record<string, unknown>, field: string, where: string, def: [number, number, number], positive = false) {
   const v = raw[field] ?? def;
-  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x)))
-    fail(where, field, 'an array of 3 finite numbers', v);
-  return v as [number, number, number];
+  // float32 in the engine; a std of 0 (or one that rounds to 0 there) would divide by zero
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => float32Ok(x, positive)))
+    fail(where, field, positive ? 'an array of 3 positive numbers (at least 1.2e-38, float32)' : 'an array of 3 finite numbers', v);
+  return [v[0], v[1], v[2]] as [number, number, number];
 }
 
 /** A colour per class: the config's palette, or a fixed, well-spread one. */
@@ -249,7 +250,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     layerScale: initValues !== null,
     normEps,
     pixelMean: triple(r, 'pixel_mean', where, kImageNetMean),
-    pixelStd: triple(r, 'pixel_std', where, kImageNetStd),
+    pixelStd: triple(r, 'pixel_std', where, kImageNetStd, true),
     numClasses,
     classNames,
     palette,
@@ -265,7 +266,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
 // pixel_mean / pixel_std are in 0..255 units (127.5 for the policy), as the fixture's config gives them.
 function parseTrunkConfig(r: Record<string, unknown>, arch: string, where: string): ModelConfig {
   const pixelMean = triple(r, 'pixel_mean', where, [127.5, 127.5, 127.5]);
-  const pixelStd = triple(r, 'pixel_std', where, [127.5, 127.5, 127.5]);
+  const pixelStd = triple(r, 'pixel_std', where, [127.5, 127.5, 127.5], true);
   return {
     kind: 'efficientnet_lite0',
     arch,

@@ -370,6 +370,21 @@ class ForwardJob : public Job {
 
  protected:
   void run() override {
+    try {
+      run_model();
+    } catch (const step::NonFiniteError& e) {
+      // the inputs are finite (lib/ checks): either they are far outside the normalised range or the
+      // weights are too large for float32
+      float peak = 0.f;
+      for (float v : pixels_) peak = std::max(peak, std::fabs(v));
+      if (peak > 1e4f)
+        throw Error(ErrorCode::kBadInput, std::string(e.what()) + ": pixels.data holds values as large as " + std::to_string(peak) +
+                                              " (normalised pixels lie within about +-10)");
+      throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for pixels within +-" + std::to_string(peak) +
+                                            ": the model's weights are too large for float32 (a huge weight, bias or scale)");
+    }
+  }
+  void run_model() {
     std::lock_guard<std::mutex> lock(state_->run_mutex);
     if (state_->trunk) return run_trunk();
     const int P = state_->model->config().patch;
@@ -394,6 +409,7 @@ class ForwardJob : public Job {
       for (int b = 0; b < n_; ++b)
         for (int64_t i = 0; i < hh * ww; ++i)
           for (int64_t c = 0; c < C; ++c) nchw.data()[(b * C + c) * hh * ww + i] = m.data()[(b * hh * ww + i) * C + c];
+      if (!step::all_finite(nchw.data(), nchw.numel())) throw step::NonFiniteError("stage maps of the EfficientNet trunk");
       stage_dims_.push_back({C, hh, ww});
       stages_.push_back(std::move(nchw));
     }
@@ -463,6 +479,14 @@ class SegmentJob : public Job {
 
  protected:
   void run() override {
+    try {
+      run_model();
+    } catch (const step::NonFiniteError& e) {
+      // images are uint8 and mean / std finite and positive (lib/ checks): the model is at fault
+      throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for this image: the model's weights (or its pixel_std) are too large for float32");
+    }
+  }
+  void run_model() {
     using clock = std::chrono::steady_clock;
     std::lock_guard<std::mutex> lock(state_->run_mutex);
 #ifdef STEP_SEG_HAVE_CUDA

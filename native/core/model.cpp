@@ -291,6 +291,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     Tensor exit_logits({A, K});
     layernorm(x, ex + "norm", h);
     linear(h, C, ex + "head", K, exit_logits, Epilogue::kNone, nullptr);
+    if (!all_finite(exit_logits.data(), exit_logits.numel()))
+      throw NonFiniteError("logits of the exit head after block " + std::to_string(i + 1));
     std::vector<uint8_t> halt(A);
     TokenHaltParams th;
     th.batch = B, th.K = K, th.prefix = pre, th.offsets = out.offsets.data(), th.logits = exit_logits.data();
@@ -325,6 +327,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   out.tokens.reset({A, C});
   layernorm(x, "norm", out.tokens);
   capture("final_norm", out.tokens, A);
+  if (K == 0 && !all_finite(out.tokens.data(), out.tokens.numel())) throw NonFiniteError("final-norm features");
   st.ms.emplace_back(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" + std::to_string(c.depth - 1),
                      since_ms(t0));
 
@@ -333,6 +336,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     t0 = clock::now();
     Tensor logits({A, K});  // (A, K); prefix rows are computed and never filed
     linear(out.tokens, C, "decoder.head", K, logits, Epilogue::kNone, nullptr);
+    if (!all_finite(logits.data(), logits.numel())) throw NonFiniteError("logits of the segmentation head");
     TokenScatterParams sc;
     sc.rows = A, sc.K = K, sc.src = logits.data(), sc.index = rect_of_row.data(), sc.table = rect_logits.data();
     backend.token_scatter(sc);
