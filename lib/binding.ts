@@ -89,6 +89,8 @@ export interface NativeModel {
     },
   ): Promise<NativeSegmentResult[]>;
   dispose(): void;
+  /** The position-embedding cache (tests and diagnostics). */
+  cacheInfo(): { posEntries?: number; posBytes?: number; posLimit?: number };
 }
 
 export interface CudaProbe {

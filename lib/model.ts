@@ -213,6 +213,9 @@ async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions
   return new Model(native, src.config, device, reason);
 }
 
+/** @internal The native model behind a Model (tests and diagnostics; not exported from the package). */
+export const nativeOf = new WeakMap<object, NativeModel>();
+
 /** A loaded model. Calls run one at a time, in call order; `dispose()` frees its memory. */
 export class Model {
   /** The parsed config (timm fields in camelCase, plus the segmentation fields). */
@@ -228,6 +231,7 @@ export class Model {
   /** @internal use {@link loadModel} */
   constructor(native: NativeModel, config: ModelConfig, device: 'cpu' | 'cuda', deviceReason?: string) {
     this.#native = native;
+    nativeOf.set(this, native);
     this.config = config;
     this.device = device;
     this.deviceReason = deviceReason;

@@ -233,7 +233,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return DefineClass(env, "NativeModel",
                        {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
                         InstanceMethod("segment", &NativeModel::segment),
-                        InstanceMethod("dispose", &NativeModel::dispose)});
+                        InstanceMethod("dispose", &NativeModel::dispose),
+                        InstanceMethod("cacheInfo", &NativeModel::cache_info)});
   }
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
   std::shared_ptr<ModelState> state;
@@ -252,6 +253,16 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     state.reset();
     return info.Env().Undefined();
+  }
+  // cacheInfo() -> { posEntries, posBytes, posLimit }: the position-embedding cache (tests, diagnostics)
+  Napi::Value cache_info(const Napi::CallbackInfo& info) {
+    auto s = live(info.Env());
+    Napi::Object o = Napi::Object::New(info.Env());
+    if (s->model) {
+      const step::VitModel::PosCacheInfo c = s->model->pos_cache_info();
+      o.Set("posEntries", double(c.entries)), o.Set("posBytes", double(c.bytes)), o.Set("posLimit", double(c.limit));
+    }
+    return o;
   }
 };
 

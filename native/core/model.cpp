@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 
 namespace step {
@@ -114,7 +116,15 @@ std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* da
 }
 
 VitModel::VitModel(VitConfig cfg, std::map<std::string, Tensor> weights, std::unique_ptr<MergePolicyNet> policy)
-    : cfg_(cfg), weights_(std::move(weights)), policy_(std::move(policy)) {}
+    : cfg_(cfg), weights_(std::move(weights)), policy_(std::move(policy)) {
+  double mb = 64;
+  if (const char* env = std::getenv("STEP_SEG_POS_CACHE_MB")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && v >= 0 && v < 1e9) mb = v;
+  }
+  pos_limit_ = size_t(mb * 1048576.0);
+}
 
 const Tensor& VitModel::w(const std::string& name) const {
   auto it = weights_.find(name);
@@ -126,23 +136,44 @@ const float* VitModel::w_or_null(const std::string& name) const {
   return it == weights_.end() ? nullptr : it->second.data();
 }
 
-const Tensor& VitModel::pos_grid(Backend& backend, int gh, int gw) {
+std::shared_ptr<const Tensor> VitModel::pos_grid(Backend& backend, int gh, int gw) {
   std::lock_guard<std::mutex> lock(pos_mutex_);
   auto key = std::make_pair(gh, gw);
   auto it = pos_cache_.find(key);
-  if (it != pos_cache_.end()) return it->second;
+  if (it != pos_cache_.end()) {
+    it->second.used = ++pos_clock_;
+    return it->second.grid;
+  }
   const int C = cfg_.embed_dim;
   const float* trained = w("pos_embed").data() + (cfg_.no_embed_class ? 0 : int64_t(cfg_.prefix()) * C);
-  Tensor grid({gh, gw, C});
+  auto grid = std::make_shared<Tensor>(std::vector<int64_t>{gh, gw, C});
   if (gh == cfg_.grid_h && gw == cfg_.grid_w) {
-    std::memcpy(grid.data(), trained, grid.numel() * sizeof(float));
+    std::memcpy(grid->data(), trained, grid->numel() * sizeof(float));
   } else {
     PosResampleParams p;
     p.C = C, p.src_h = cfg_.grid_h, p.src_w = cfg_.grid_w, p.src = trained;
-    p.dst_h = gh, p.dst_w = gw, p.dst = grid.data();
+    p.dst_h = gh, p.dst_w = gw, p.dst = grid->data();
     backend.pos_resample(p);
   }
-  return pos_cache_.emplace(key, std::move(grid)).first->second;
+  const size_t bytes = grid->numel() * sizeof(float);
+  // make room: least recently used first (a grid larger than the whole limit is used, not kept)
+  while (!pos_cache_.empty() && pos_bytes_ + bytes > pos_limit_) {
+    auto oldest = pos_cache_.begin();
+    for (auto i = pos_cache_.begin(); i != pos_cache_.end(); ++i)
+      if (i->second.used < oldest->second.used) oldest = i;
+    pos_bytes_ -= oldest->second.grid->numel() * sizeof(float);
+    pos_cache_.erase(oldest);
+  }
+  if (bytes <= pos_limit_) {
+    pos_cache_.emplace(key, PosEntry{grid, ++pos_clock_});
+    pos_bytes_ += bytes;
+  }
+  return grid;
+}
+
+VitModel::PosCacheInfo VitModel::pos_cache_info() {
+  std::lock_guard<std::mutex> lock(pos_mutex_);
+  return {pos_cache_.size(), pos_bytes_, pos_limit_};
 }
 
 EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
@@ -183,8 +214,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   // Position embeddings of each image's grid, concatenated in grid order.
   Tensor pos({cells, C});
   for (int b = 0; b < B; ++b) {
-    const Tensor& g = pos_grid(backend, in.grids[b].first, in.grids[b].second);
-    std::memcpy(pos.data() + int64_t(out.grid_offset[b]) * C, g.data(), g.numel() * sizeof(float));
+    const std::shared_ptr<const Tensor> g = pos_grid(backend, in.grids[b].first, in.grids[b].second);
+    std::memcpy(pos.data() + int64_t(out.grid_offset[b]) * C, g->data(), g->numel() * sizeof(float));
   }
 
   auto capture = [&](const std::string& name, const Tensor& t, int rows) {

@@ -87,8 +87,13 @@ class VitModel {
   const Tensor& w(const std::string& name) const;
   const float* w_or_null(const std::string& name) const;
   // Position embeddings for a patch grid, (gh, gw, C): the trained grid, or resampled (with
-  // `backend`'s pos_resample, on the host) and cached.
-  const Tensor& pos_grid(Backend& backend, int gh, int gw);
+  // `backend`'s pos_resample, on the host). Cached, least recently used first out once the cache holds
+  // more than its byte limit (STEP_SEG_POS_CACHE_MB, default 64); the grid a caller holds stays valid.
+  std::shared_ptr<const Tensor> pos_grid(Backend& backend, int gh, int gw);
+  struct PosCacheInfo {
+    size_t entries = 0, bytes = 0, limit = 0;
+  };
+  PosCacheInfo pos_cache_info();
 
  private:
 
@@ -96,7 +101,13 @@ class VitModel {
   std::map<std::string, Tensor> weights_;
   std::unique_ptr<MergePolicyNet> policy_;
   std::mutex pos_mutex_;
-  std::map<std::pair<int, int>, Tensor> pos_cache_;
+  struct PosEntry {
+    std::shared_ptr<const Tensor> grid;
+    uint64_t used = 0;  // pos_clock_ at the last use
+  };
+  std::map<std::pair<int, int>, PosEntry> pos_cache_;
+  size_t pos_bytes_ = 0, pos_limit_ = 0;
+  uint64_t pos_clock_ = 0;
   PackedWeightCache packed_;  // the gemm weights, packed on first use
 };
 
