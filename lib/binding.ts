@@ -54,16 +54,19 @@ export interface NativeSegmentImage {
   channels: number;
   outWidth: number;
   outHeight: number;
+  /** Result arrays, allocated by the caller and filled by the addon: labels (out pixels), probs (K x out pixels),
+   * logits (K x gh x gw), and the token map (gh x gw each). */
+  labels: Uint8Array | Uint16Array;
+  probs?: Float32Array;
+  logits?: Float32Array;
+  index: Int32Array;
+  size: Uint8Array;
+  exitLayer: Uint8Array;
 }
 
 export interface NativeSegmentResult {
-  labels: Uint8Array | Uint16Array;
-  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array; exitLayer: Uint8Array };
   tokensPerSize: number[];
-  probs?: Float32Array;
-  logits?: Float32Array;
-  logitsDims?: [number, number, number];
-  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number };
+  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number; tiles: number };
 }
 
 export interface NativeModel {
@@ -86,6 +89,7 @@ export interface NativeModel {
       logits: boolean;
       merge?: { policy: string; levels: number[]; thresholds: number[]; colorTau: number; textureTau: number };
       prune?: { exitLayers: number[]; threshold: number; keepTopK: number };
+      tile?: { size: number; stride: number };
     },
   ): Promise<NativeSegmentResult[]>;
   dispose(): void;

@@ -372,11 +372,13 @@ export class Model {
     // What the call reads of the caller's inputs is taken now (raw pixels and encoded bytes copied),
     // so the caller may reuse its buffers once this has returned. A hole in the array is an error.
     const captured: CapturedImage[] = [];
+    const tCopy = performance.now();
     for (let i = 0; i < images.length; i++) {
       const name = images.length > 1 ? `images[${i}]` : 'image';
       if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
       captured.push(captureImage(images[i], name));
     }
+    const copyMs = performance.now() - tCopy; // the only work on the main thread that grows with the input
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
@@ -389,16 +391,38 @@ export class Model {
       const prepared = await decoding;
       this.#checkSegmentMemory(prepared, opts);
       const t1 = performance.now();
+      const K = this.config.numClasses, P = this.config.patchSize;
+      // Every result array is allocated here, where a failed allocation is a RangeError (an
+      // OutOfMemoryError, see coded()), and filled by the addon on its worker thread.
+      const outputs = prepared.map((p) => {
+        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P), pixels = p.width * p.height;
+        return {
+          gh,
+          gw,
+          labels: K <= 256 ? new Uint8Array(pixels) : new Uint16Array(pixels),
+          probs: opts.probabilities ? new Float32Array(K * pixels) : undefined,
+          logits: opts.logits ? new Float32Array(K * gh * gw) : undefined,
+          index: new Int32Array(gh * gw),
+          size: new Uint8Array(gh * gw),
+          exitLayer: new Uint8Array(gh * gw),
+        };
+      });
       let out;
       try {
         out = await this.#native.segment(
-          prepared.map((p) => ({
+          prepared.map((p, i) => ({
             data: p.data,
             width: p.resizedWidth,
             height: p.resizedHeight,
             channels: 3,
             outWidth: p.width,
             outHeight: p.height,
+            labels: outputs[i].labels,
+            probs: outputs[i].probs,
+            logits: outputs[i].logits,
+            index: outputs[i].index,
+            size: outputs[i].size,
+            exitLayer: outputs[i].exitLayer,
           })),
           {
             mean: this.config.pixelMean,
@@ -412,23 +436,22 @@ export class Model {
       } catch (err) {
         throw fromNative(err);
       }
-      const total = decodeMs + performance.now() - t1;
-      const gflopsDense = this.#denseGflops(out.map((r) => r.tokenMap.gh * r.tokenMap.gw));
+      const total = copyMs + decodeMs + performance.now() - t1;
+      const gflopsDense = this.#denseGflops(outputs.map((o) => o.gh * o.gw));
       return out.map((r, i) => {
-        const p = prepared[i];
+        const p = prepared[i], o = outputs[i];
         const result: SegmentResult = {
           width: p.width,
           height: p.height,
-          labels: r.labels,
+          labels: o.labels,
           classes: this.config.classNames,
-          stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
-          tokenMap: r.tokenMap,
+          stats: this.#stats(r.stats, { copy: copyMs, decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
+          tokenMap: { gh: o.gh, gw: o.gw, index: o.index, size: o.size, exitLayer: o.exitLayer },
         };
         const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
         sizes.forEach((side, l) => (result.stats.tokens.perLevel[side] = r.tokensPerSize[l]));
-        const K = this.config.numClasses;
-        if (r.probs) result.probabilities = { type: 'float32', data: r.probs, dims: [K, p.height, p.width] };
-        if (r.logits && r.logitsDims) result.logits = { type: 'float32', data: r.logits, dims: r.logitsDims };
+        if (o.probs) result.probabilities = { type: 'float32', data: o.probs, dims: [K, p.height, p.width] };
+        if (o.logits) result.logits = { type: 'float32', data: o.logits, dims: [K, o.gh, o.gw] };
         return result;
       });
     });

@@ -473,18 +473,39 @@ Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
   return job->promise();
 }
 
-// segment(images: [{ data: Uint8Array, width, height, channels, outWidth, outHeight }],
-//         { mean: [3], std: [3] (0..1 units), probs: bool, logits: bool })
+// segment(images, options) -> Promise<[{ tokensPerSize, stats }]>
+//   images: [{ data: Uint8Array (h, w, channels) resized image, width, height, channels, outWidth, outHeight,
+//              labels: Uint8Array | Uint16Array (outHeight * outWidth), probs?: Float32Array (K * out pixels),
+//              logits?: Float32Array (K * gh * gw), index: Int32Array, size: Uint8Array, exitLayer: Uint8Array
+//              (gh * gw each: the token map) }]
+//   options: { mean: [3], std: [3] (0..1 units), probs, logits, merge?, prune?, tile?: { size, stride } (pixels,
+//              multiples of the patch size) }
+// Every array is allocated by the caller (lib/model.ts, where a failed allocation is a catchable RangeError)
+// and written here on the worker thread: nothing proportional to the image runs on the main thread. The
+// arrays (and the image) are held by references until the job ends; the caller does not see them before.
+// With `tile`, each image is run as overlapping tiles of size x size pixels at the given stride (the last
+// tile of a row or column ends at the image's edge, as mmsegmentation's slide mode), one tile per forward,
+// and the patch-grid logits of the tiles are averaged where they overlap before upsampling.
 class SegmentJob : public Job {
  public:
   struct Image {
-    std::vector<uint8_t> rgb;  // (h, w, channels) resized image
-    int w, h, channels, out_w, out_h;
+    const uint8_t* rgb = nullptr;  // (h, w, channels) resized image (held by refs)
+    int w = 0, h = 0, channels = 3, out_w = 0, out_h = 0;
+    uint8_t* labels8 = nullptr;
+    uint16_t* labels16 = nullptr;
+    float* probs = nullptr;   // (K, out_h, out_w) or null
+    float* logits = nullptr;  // (K, gh, gw) or null
+    int32_t* index = nullptr;
+    uint8_t* size = nullptr;
+    uint8_t* exit_layer = nullptr;
   };
-  SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, float mean[3], float std[3],
-             bool probs, bool logits, step::MergeSettings merge, step::PruneSettings prune)
-      : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits),
-        merge_(std::move(merge)), prune_(std::move(prune)) {
+  struct Tile {
+    int size = 0, stride = 0;  // pixels, multiples of P; size 0: no tiling
+  };
+  SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, std::vector<Napi::ObjectReference> refs,
+             float mean[3], float std[3], bool probs, bool logits, step::MergeSettings merge, step::PruneSettings prune, Tile tile)
+      : Job(env), state_(std::move(state)), images_(std::move(images)), refs_(std::move(refs)), want_probs_(probs),
+        want_logits_(logits), merge_(std::move(merge)), prune_(std::move(prune)), tile_(tile) {
     for (int c = 0; c < 3; ++c) mean_[c] = mean[c], std_[c] = std[c];
   }
 
@@ -497,199 +518,340 @@ class SegmentJob : public Job {
       throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for this image: the model's weights (or its pixel_std) are too large for float32");
     }
   }
-  void run_model() {
-    using clock = std::chrono::steady_clock;
-    std::lock_guard<std::mutex> lock(state_->run_mutex);
-#ifdef STEP_SEG_HAVE_CUDA
-    if (state_->gpu) return run_gpu();
-#endif
+
+ private:
+  using clock = std::chrono::steady_clock;
+  static double ms_since(clock::time_point t0) { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); }
+
+  // One image, or one tile of one: interleaved uint8 rows of w pixels.
+  struct View {
+    const uint8_t* rgb;
+    int w, h, channels;
+  };
+  // One forward over a batch of views: normalising, merging, the encoder (on the model's device).
+  struct Pass {
+    step::EncoderOutput out;
+    step::MergePlan plan;
+    std::vector<std::pair<int, int>> grids;
+    std::vector<int32_t> rect_start;  // (B + 1) first rect of each view in plan.rects
+  };
+  // Per image: what comes back besides the caller's arrays.
+  struct Result {
+    int gh = 0, gw = 0;
+    step::Tensor grid;                     // (gh * gw, K) patch-grid logits (blended over tiles)
+    std::vector<int64_t> tokens_per_size;  // per merge level, then 1 x 1
+    int64_t dense = 0, input = 0;
+    int tiles = 0;
+  };
+
+  Pass run_pass(const std::vector<View>& views) {
     step::VitModel& model = *state_->model;
     step::Backend& backend = cpu_backend();
-    const int P = model.config().patch, K = model.config().num_classes, B = int(images_.size());
+    const int P = model.config().patch, B = int(views.size());
     auto t0 = clock::now();
+    Pass pass;
     step::EncoderInput in;
     in.images = B;
-    for (const Image& im : images_) {
-      int gh = (im.h + P - 1) / P, gw = (im.w + P - 1) / P;
+    for (const View& v : views) {
+      const int gh = (v.h + P - 1) / P, gw = (v.w + P - 1) / P;
       in.grids.push_back({gh, gw});
-      grids_.push_back({gh, gw});
       in.height = std::max(in.height, gh * P), in.width = std::max(in.width, gw * P);
     }
+    pass.grids = in.grids;
     step::Tensor pixels({B, 3, in.height, in.width});  // (B, 3, H, W)
     for (int b = 0; b < B; ++b) {
       step::ImageNormalizeParams p;
-      p.src = images_[b].rgb.data(), p.h = images_[b].h, p.w = images_[b].w, p.channels = images_[b].channels;
+      p.src = views[b].rgb, p.h = views[b].h, p.w = views[b].w, p.channels = views[b].channels;
       for (int c = 0; c < 3; ++c) p.mean[c] = 255.f * mean_[c], p.std[c] = 255.f * std_[c];
       p.out_h = in.height, p.out_w = in.width, p.out = pixels.data() + int64_t(b) * 3 * in.height * in.width;
       backend.image_normalize(p);
     }
     in.pixels = pixels.data();
-    double normalize_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-
+    const double normalize_ms = ms_since(t0);
     std::vector<step::MergeImage> merge_images;
     for (int b = 0; b < B; ++b)
-      merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, in.grids[b].first,
-                              in.grids[b].second});
-    plan_ = step::plan_merge(backend, merge_images, P, merge_, model.policy());
-    in.rects = plan_.rects;
+      merge_images.push_back({views[b].rgb, views[b].h, views[b].w, views[b].channels, in.grids[b].first, in.grids[b].second});
+    pass.plan = step::plan_merge(backend, merge_images, P, merge_, model.policy());
+    in.rects = pass.plan.rects;
     in.prune = prune_;
-
     in.want_tokens = false;
-    out_ = state_->forward(in);
-    count_tokens();
-    out_.stats.ms.insert(out_.stats.ms.begin(), {{"normalize", normalize_ms}, {"score", plan_.score_ms}, {"select", plan_.select_ms}});
-    out_.stats.gflops += plan_.gflops;
-
-    t0 = clock::now();
-    for (int b = 0; b < B; ++b) {
-      const Image& im = images_[b];
-      Result& r = results_[b];
-      r.labels.resize(size_t(im.out_h) * im.out_w);
-      if (want_probs_) r.probs.resize(size_t(K) * im.out_h * im.out_w);
-      step::UpsampleParams u;
-      u.K = K, u.gh = in.grids[b].first, u.gw = in.grids[b].second, u.patch = P;
-      u.logits = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
-      u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
-      u.labels = r.labels.data(), u.probs = want_probs_ ? r.probs.data() : nullptr;
-      backend.upsample(u);
-    }
-    out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+    pass.out = state_->forward(in);
+    if (!step::all_finite(pass.out.grid_logits.data(), pass.out.grid_logits.numel()))
+      throw step::NonFiniteError("patch-grid logits");
+    pass.out.stats.ms.insert(pass.out.stats.ms.begin(),
+                             {{"normalize", normalize_ms}, {"score", pass.plan.score_ms}, {"select", pass.plan.select_ms}});
+    pass.out.stats.gflops += pass.plan.gflops;
+    gflops_policy_ += pass.plan.gflops;
+    index_rects(pass);
+    return pass;
   }
+  static void index_rects(Pass& pass) {
+    const int B = int(pass.grids.size());
+    pass.rect_start.assign(B + 1, 0);
+    for (const step::TokenRect& r : pass.plan.rects) ++pass.rect_start[r.image + 1];
+    for (int b = 0; b < B; ++b) pass.rect_start[b + 1] += pass.rect_start[b];
+  }
+
+  // Adds view b of `pass` to image `im`'s result at patch offset (oy, ox): token map entries (token
+  // indices offset by `first_token`), token counts, and (with acc) its logits into the running sums.
+  void file(const Pass& pass, int b, Result& r, const Image& im, int oy, int ox, int64_t first_token, float* acc, float* weight) {
+    const int K = state_->model->config().num_classes, pre = state_->model->config().prefix();
+    const auto [gh, gw] = pass.grids[b];
+    const std::vector<int32_t>& map = pass.plan.token_of_patch[b];
+    const int32_t first_rect = pass.rect_start[b];
+    const step::TokenRect* rects = pass.plan.rects.data() + first_rect;
+    const float* logits = acc ? pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K : nullptr;
+    for (int i = 0; i < gh; ++i)
+      for (int j = 0; j < gw; ++j) {
+        const int64_t at = int64_t(oy + i) * r.gw + (ox + j), t = map[size_t(i) * gw + j];
+        im.index[at] = int32_t(first_token + t);
+        im.size[at] = uint8_t(rects[t].size);
+        im.exit_layer[at] = uint8_t(pass.out.rect_exit[size_t(first_rect + t)]);
+        if (acc) {
+          const float* l = logits + (int64_t(i) * gw + j) * K;
+          float* a = acc + at * K;
+          for (int k = 0; k < K; ++k) a[k] += l[k];
+          weight[at] += 1.f;
+        }
+      }
+    const std::vector<int64_t>& per = pass.plan.tokens_per_size[b];
+    if (r.tokens_per_size.size() < per.size()) r.tokens_per_size.resize(per.size(), 0);
+    for (size_t l = 0; l < per.size(); ++l) r.tokens_per_size[l] += per[l];
+    r.dense += int64_t(gh) * gw + pre;
+    r.input += pre + (pass.rect_start[b + 1] - pass.rect_start[b]);
+    r.tiles += 1;
+  }
+
+  // Sums the statistics of a pass into stats_ (stage times by name, counts per block and exit).
+  void add_stats(const step::ForwardStats& s) {
+    if (!have_stats_) {
+      stats_ = s;
+      have_stats_ = true;
+      return;
+    }
+    stats_.dense_tokens += s.dense_tokens, stats_.input_tokens += s.input_tokens, stats_.gflops += s.gflops;
+    for (size_t i = 0; i < s.per_block.size(); ++i) {
+      if (i < stats_.per_block.size()) stats_.per_block[i] += s.per_block[i];
+      else stats_.per_block.push_back(s.per_block[i]);
+    }
+    for (size_t i = 0; i < s.halted.size(); ++i) {
+      if (i < stats_.halted.size()) stats_.halted[i] += s.halted[i];
+      else stats_.halted.push_back(s.halted[i]);
+    }
+    for (const auto& [name, v] : s.ms) {
+      auto it = std::find_if(stats_.ms.begin(), stats_.ms.end(), [&](const auto& e) { return e.first == name; });
+      if (it != stats_.ms.end()) it->second += v;
+      else stats_.ms.emplace_back(name, v);
+    }
+  }
+
+  void run_model() {
+    std::lock_guard<std::mutex> lock(state_->run_mutex);
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes, B = int(images_.size());
+    results_.resize(B);
+    for (int b = 0; b < B; ++b) {
+      results_[b].gh = (images_[b].h + P - 1) / P, results_[b].gw = (images_[b].w + P - 1) / P;
+      results_[b].grid.reset({int64_t(results_[b].gh) * results_[b].gw, K});
+    }
+#ifdef STEP_SEG_HAVE_CUDA
+    if (state_->gpu && tile_.size == 0) return run_gpu();
+#endif
+    if (tile_.size == 0) {
+      std::vector<View> views;
+      for (const Image& im : images_) views.push_back({im.rgb, im.w, im.h, im.channels});
+      Pass pass = run_pass(views);
+      add_stats(pass.out.stats);
+      for (int b = 0; b < B; ++b) {
+        Result& r = results_[b];
+        file(pass, b, r, images_[b], 0, 0, 0, nullptr, nullptr);
+        std::memcpy(r.grid.data(), pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K, r.grid.numel() * sizeof(float));
+      }
+    } else {
+      for (int b = 0; b < B; ++b) run_tiles(b);
+    }
+    auto t0 = clock::now();
+    for (int b = 0; b < B; ++b) upsample(b);
+    stats_.ms.emplace_back("upsample", ms_since(t0));
+  }
+
+  // Image b as overlapping tiles, one forward each, logits averaged over the overlaps.
+  void run_tiles(int b) {
+    const Image& im = images_[b];
+    Result& r = results_[b];
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes;
+    const int tg = tile_.size / P, sg = std::max(1, tile_.stride / P);
+    // tile origins (in patches) along one axis: every sg patches, the last one flush with the end
+    auto origins = [&](int g) {
+      std::vector<int> o;
+      if (g <= tg) return std::vector<int>{0};
+      for (int at = 0;; at += sg) {
+        if (at + tg >= g) {
+          o.push_back(g - tg);
+          break;
+        }
+        o.push_back(at);
+      }
+      return o;
+    };
+    const std::vector<int> oys = origins(r.gh), oxs = origins(r.gw);
+    step::Tensor& acc = r.grid;
+    acc.fill(0.f);
+    std::vector<float> weight(size_t(r.gh) * r.gw, 0.f);
+    std::vector<uint8_t> crop;
+    int64_t first_token = 0;
+    for (int oy : oys)
+      for (int ox : oxs) {
+        const int x0 = ox * P, y0 = oy * P;
+        const int cw = std::min(tg * P, im.w - x0), ch = std::min(tg * P, im.h - y0);
+        crop.resize(size_t(cw) * ch * im.channels);
+        for (int y = 0; y < ch; ++y)
+          std::memcpy(crop.data() + size_t(y) * cw * im.channels, im.rgb + (size_t(y0 + y) * im.w + x0) * im.channels, size_t(cw) * im.channels);
+        Pass pass = run_pass({{crop.data(), cw, ch, im.channels}});
+        add_stats(pass.out.stats);
+        file(pass, 0, r, im, oy, ox, first_token, acc.data(), weight.data());
+        first_token += pass.rect_start[1];
+      }
+    for (size_t i = 0; i < weight.size(); ++i) {
+      float* a = acc.data() + int64_t(i) * K;
+      const float inv = 1.f / weight[i];
+      for (int k = 0; k < K; ++k) a[k] *= inv;
+    }
+  }
+
+  void upsample(int b) {
+    const Image& im = images_[b];
+    const Result& r = results_[b];
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes;
+    step::UpsampleParams u;
+    u.K = K, u.gh = r.gh, u.gw = r.gw, u.patch = P, u.logits = r.grid.data();
+    u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
+    u.labels_u8 = im.labels8, u.labels_u16 = im.labels16, u.probs = want_probs_ ? im.probs : nullptr;
+    cpu_backend().upsample(u);
+    write_logits(b);
+  }
+  void write_logits(int b) {  // (K, gh, gw) from the (gh, gw, K) grid
+    if (!want_logits_) return;
+    const Image& im = images_[b];
+    const Result& r = results_[b];
+    const int K = state_->model->config().num_classes;
+    const int64_t cells = int64_t(r.gh) * r.gw;
+    for (int64_t i = 0; i < cells; ++i)
+      for (int k = 0; k < K; ++k) im.logits[k * cells + i] = r.grid.data()[i * K + k];
+  }
+
 #ifdef STEP_SEG_HAVE_CUDA
   // The whole call on the GPU (device_model.h), from the resized uint8 images to the labels.
   void run_gpu() {
-    step::VitModel& model = *state_->model;
-    const int P = model.config().patch, B = int(images_.size());
+    const int K = state_->model->config().num_classes, B = int(images_.size());
     step::cuda::DeviceModel::SegmentRequest req;
-    for (const Image& im : images_) {
-      req.images.push_back({im.rgb.data(), im.h, im.w, im.channels, im.out_h, im.out_w});
-      grids_.push_back({(im.h + P - 1) / P, (im.w + P - 1) / P});
-    }
+    for (const Image& im : images_) req.images.push_back({im.rgb, im.h, im.w, im.channels, im.out_h, im.out_w});
     for (int c = 0; c < 3; ++c) req.mean[c] = 255.f * mean_[c], req.std[c] = 255.f * std_[c];
     req.merge = merge_, req.prune = prune_, req.want_probs = want_probs_, req.want_logits = want_logits_;
     step::cuda::DeviceModel::SegmentResult res = state_->gpu->segment(req);
-    out_ = std::move(res.enc);
-    plan_ = std::move(res.plan);
-    count_tokens();
+    Pass pass;
+    pass.out = std::move(res.enc);
+    pass.plan = std::move(res.plan);
+    for (const Result& r : results_) pass.grids.push_back({r.gh, r.gw});
+    index_rects(pass);
+    add_stats(pass.out.stats);
+    gflops_policy_ += pass.plan.gflops;
     for (int b = 0; b < B; ++b) {
-      results_[b].labels = std::move(res.labels[b]);
-      if (want_probs_) results_[b].probs = std::move(res.probs[b]);
+      const Image& im = images_[b];
+      Result& r = results_[b];
+      const bool logits = want_logits_ && pass.out.grid_logits.numel() > 0;  // downloaded only when asked for
+      file(pass, b, r, im, 0, 0, 0, nullptr, nullptr);
+      const std::vector<int32_t>& labels = res.labels[b];
+      for (size_t i = 0; i < labels.size(); ++i) {
+        if (im.labels8) im.labels8[i] = uint8_t(labels[i]);
+        else im.labels16[i] = uint16_t(labels[i]);
+      }
+      if (want_probs_) std::memcpy(im.probs, res.probs[b].data(), res.probs[b].size() * sizeof(float));
+      if (logits) {
+        std::memcpy(r.grid.data(), pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K, r.grid.numel() * sizeof(float));
+        write_logits(b);
+      }
     }
   }
 #endif
-  // From plan_ and grids_: rect_start_ (image b's rects start after those of images 0 .. b-1) and each
-  // result's dense and input token counts (input: the tokens entering block 0; exits shrink the offsets).
-  void count_tokens() {
-    const int B = int(images_.size()), pre = state_->model->config().prefix();
-    rect_start_.assign(B + 1, 0);
-    for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
-    for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
-    results_.resize(B);
-    for (int b = 0; b < B; ++b) {
-      results_[b].dense = int64_t(grids_[b].first) * grids_[b].second + pre;
-      results_[b].input = pre + (rect_start_[b + 1] - rect_start_[b]);
-    }
-  }
+
   Napi::Value result(Napi::Env env) override {
-    const int K = state_->model->config().num_classes;
     Napi::Array list = Napi::Array::New(env, results_.size());
     for (size_t b = 0; b < results_.size(); ++b) {
       const Result& r = results_[b];
       Napi::Object o = Napi::Object::New(env);
-      const size_t n = r.labels.size();
-      if (K <= 256) {
-        Napi::Uint8Array labels = Napi::Uint8Array::New(env, n);
-        for (size_t i = 0; i < n; ++i) labels[i] = uint8_t(r.labels[i]);
-        o.Set("labels", labels);
-      } else {
-        Napi::Uint16Array labels = Napi::Uint16Array::New(env, n);
-        for (size_t i = 0; i < n; ++i) labels[i] = uint16_t(r.labels[i]);
-        o.Set("labels", labels);
-      }
-      if (want_probs_) o.Set("probs", to_js(env, r.probs.data(), r.probs.size()));
-      if (want_logits_) {  // (K, gh, gw) from the (gh, gw, K) grid
-        const auto [gh, gw] = grids_[b];
-        Napi::Float32Array a = Napi::Float32Array::New(env, size_t(K) * gh * gw);
-        const float* g = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
-        for (int k = 0; k < K; ++k)
-          for (int i = 0; i < gh * gw; ++i) a[size_t(k) * gh * gw + i] = g[int64_t(i) * K + k];
-        o.Set("logits", a);
-        Napi::Array dims = Napi::Array::New(env, 3);
-        dims.Set(0u, K), dims.Set(1u, gh), dims.Set(2u, gw);
-        o.Set("logitsDims", dims);
-      }
-      {  // where the tokens went: for every patch, the index (within this image) and side of its token
-        const std::vector<int32_t>& map = plan_.token_of_patch[b];
-        Napi::Int32Array index = Napi::Int32Array::New(env, map.size());
-        Napi::Uint8Array size = Napi::Uint8Array::New(env, map.size());
-        Napi::Uint8Array exit_layer = Napi::Uint8Array::New(env, map.size());
-        const int32_t first_rect = rect_start_[b];
-        const step::TokenRect* rects = plan_.rects.data() + rect_start_[b];
-        for (size_t i = 0; i < map.size(); ++i) {
-          index[i] = map[i];
-          size[i] = uint8_t(rects[map[i]].size);
-          exit_layer[i] = uint8_t(out_.rect_exit[first_rect + map[i]]);
-        }
-        Napi::Object tm = Napi::Object::New(env);
-        tm.Set("gh", grids_[b].first), tm.Set("gw", grids_[b].second), tm.Set("index", index), tm.Set("size", size);
-        tm.Set("exitLayer", exit_layer);
-        o.Set("tokenMap", tm);
-        Napi::Array per = Napi::Array::New(env, plan_.tokens_per_size[b].size());
-        for (size_t l = 0; l < plan_.tokens_per_size[b].size(); ++l) per.Set(uint32_t(l), double(plan_.tokens_per_size[b][l]));
-        o.Set("tokensPerSize", per);
-      }
-      Napi::Object stats = stats_to_js(env, out_.stats);
+      Napi::Array per = Napi::Array::New(env, r.tokens_per_size.size());
+      for (size_t l = 0; l < r.tokens_per_size.size(); ++l) per.Set(uint32_t(l), double(r.tokens_per_size[l]));
+      o.Set("tokensPerSize", per);
+      Napi::Object stats = stats_to_js(env, stats_);
       stats.Set("denseTokens", double(r.dense));
       stats.Set("inputTokens", double(r.input));
-      stats.Set("gflopsPolicy", plan_.gflops);
-      stats.Set("batchDenseTokens", double(out_.stats.dense_tokens));
-      stats.Set("batchInputTokens", double(out_.stats.input_tokens));
+      stats.Set("gflopsPolicy", gflops_policy());
+      stats.Set("batchDenseTokens", double(stats_.dense_tokens));
+      stats.Set("batchInputTokens", double(stats_.input_tokens));
+      stats.Set("tiles", r.tiles);
       o.Set("stats", stats);
       list.Set(uint32_t(b), o);
     }
     return list;
   }
-
- private:
-  struct Result {
-    std::vector<int32_t> labels;
-    std::vector<float> probs;
-    int64_t dense = 0, input = 0;
-  };
+  double gflops_policy() const { return gflops_policy_; }
 
   std::shared_ptr<ModelState> state_;
   std::vector<Image> images_;
+  std::vector<Napi::ObjectReference> refs_;  // the image data and the caller's result arrays
   float mean_[3], std_[3];
   bool want_probs_, want_logits_;
   step::MergeSettings merge_;
   step::PruneSettings prune_;
-  step::MergePlan plan_;
-  std::vector<int32_t> rect_start_;
-  std::vector<std::pair<int, int>> grids_;  // (gh, gw) of each image, as run
-  step::EncoderOutput out_;
+  Tile tile_;
+  step::ForwardStats stats_;
+  bool have_stats_ = false;
+  double gflops_policy_ = 0;
   std::vector<Result> results_;
 };
+
+// A typed array argument of exactly `n` elements of `type`, whose data pointer is returned; the array
+// is kept alive in `refs`.
+template <typename T>
+T* out_array(const Napi::Value& v, napi_typedarray_type type, size_t n, const char* what, std::vector<Napi::ObjectReference>& refs) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type || v.As<Napi::TypedArray>().ElementLength() != n)
+    throw_bad_input(v.Env(), std::string(what) + ": expected a typed array of " + std::to_string(n) + " elements of the right type");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  refs.push_back(Napi::Persistent(ta.As<Napi::Object>()));
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
 
 Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto state = live(env);
   if (!state->model) throw Napi::Error::New(env, "segment() needs a ViT segmentation model");
-  Napi::Array list = info[0].As<Napi::Array>();
+  const int P = state->model->config().patch, K = state->model->config().num_classes;
+  Napi::Array list = to_array(info[0], "images");
+  if (!info[1].IsObject()) throw_bad_input(env, "segment: expected an options object");
   Napi::Object opts = info[1].As<Napi::Object>();
+  const bool want_probs = get_bool(opts, "probs"), want_logits = get_bool(opts, "logits");
   std::vector<SegmentJob::Image> images;
+  std::vector<Napi::ObjectReference> refs;
   for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_bad_input(env, "segment: expected image objects");
     Napi::Object o = list.Get(i).As<Napi::Object>();
     SegmentJob::Image im;
-    im.rgb = get_vector<uint8_t>(o.Get("data"), "image data");
-    im.w = to_int(o.Get("width"), "width", 1, 65536), im.h = to_int(o.Get("height"), "height", 1, 65536);
+    im.w = to_int(o.Get("width"), "width", 1, 1 << 20), im.h = to_int(o.Get("height"), "height", 1, 1 << 20);
     im.channels = to_int(o.Get("channels"), "channels", 3, 4);
     im.out_w = to_int(o.Get("outWidth"), "outWidth", 1), im.out_h = to_int(o.Get("outHeight"), "outHeight", 1);
-    if (im.rgb.size() != size_t(im.w) * im.h * im.channels)
-      throw Napi::RangeError::New(env, "image data length does not match width * height * channels");
-    images.push_back(std::move(im));
+    im.rgb = out_array<uint8_t>(o.Get("data"), napi_uint8_array, size_t(im.w) * im.h * im.channels, "image data", refs);
+    const size_t pixels = size_t(im.out_w) * im.out_h, cells = size_t((im.h + P - 1) / P) * ((im.w + P - 1) / P);
+    if (K <= 256) im.labels8 = out_array<uint8_t>(o.Get("labels"), napi_uint8_array, pixels, "labels", refs);
+    else im.labels16 = out_array<uint16_t>(o.Get("labels"), napi_uint16_array, pixels, "labels", refs);
+    if (want_probs) im.probs = out_array<float>(o.Get("probs"), napi_float32_array, size_t(K) * pixels, "probs", refs);
+    if (want_logits) im.logits = out_array<float>(o.Get("logits"), napi_float32_array, size_t(K) * cells, "logits", refs);
+    im.index = out_array<int32_t>(o.Get("index"), napi_int32_array, cells, "tokenMap.index", refs);
+    im.size = out_array<uint8_t>(o.Get("size"), napi_uint8_array, cells, "tokenMap.size", refs);
+    im.exit_layer = out_array<uint8_t>(o.Get("exitLayer"), napi_uint8_array, cells, "tokenMap.exitLayer", refs);
+    images.push_back(im);
   }
   float mean[3], stdv[3];
-  Napi::Array m = opts.Get("mean").As<Napi::Array>(), s = opts.Get("std").As<Napi::Array>();
+  Napi::Array m = to_array(opts.Get("mean"), "mean"), s = to_array(opts.Get("std"), "std");
   for (uint32_t c = 0; c < 3; ++c) {
     mean[c] = to_float(m.Get(c), "mean");
     stdv[c] = to_float(s.Get(c), "std");
@@ -700,26 +862,36 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   Napi::Value mv = opts.Get("merge");
   if (mv.IsObject()) {
     Napi::Object m = mv.As<Napi::Object>();
-    std::string policy = m.Get("policy").As<Napi::String>().Utf8Value();
+    std::string policy = m.Get("policy").ToString().Utf8Value();
     merge.policy = policy == "learned" ? step::MergePolicy::kLearned : step::MergePolicy::kSimilarity;
-    Napi::Array sizes = m.Get("levels").As<Napi::Array>(), thr = m.Get("thresholds").As<Napi::Array>();
+    Napi::Array sizes = to_array(m.Get("levels"), "merge.levels"), thr = to_array(m.Get("thresholds"), "merge.thresholds");
+    if (sizes.Length() != thr.Length() || sizes.Length() > 8) throw_bad_input(env, "merge: one threshold per level, at most 8 levels");
     for (uint32_t i = 0; i < sizes.Length(); ++i) {
       merge.sizes.push_back(to_int(sizes.Get(i), "merge.levels[i]", 2, 64));
       merge.thresholds.push_back(to_float(thr.Get(i), "merge.thresholds[i]"));
     }
-    merge.color_tau = float(get_double(m, "colorTau")), merge.texture_tau = float(get_double(m, "textureTau"));
+    merge.color_tau = to_float(m.Get("colorTau"), "colorTau"), merge.texture_tau = to_float(m.Get("textureTau"), "textureTau");
+    if (!(merge.color_tau > 0.f) || !(merge.texture_tau > 0.f)) throw_bad_input(env, "merge: colorTau and textureTau must be positive");
   }
   step::PruneSettings prune;
   Napi::Value pv = opts.Get("prune");
   if (pv.IsObject()) {
     Napi::Object pr = pv.As<Napi::Object>();
     prune.enabled = true;
-    prune.threshold = float(get_double(pr, "threshold")), prune.top_k = to_int(pr.Get("keepTopK"), "keepTopK", 0);
-    Napi::Array layers = pr.Get("exitLayers").As<Napi::Array>();
+    prune.threshold = to_float(pr.Get("threshold"), "threshold"), prune.top_k = to_int(pr.Get("keepTopK"), "keepTopK", 0);
+    Napi::Array layers = to_array(pr.Get("exitLayers"), "prune.exitLayers");
     for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(to_int(layers.Get(i), "prune.exitLayers[i]", 1, 255));
   }
-  auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"),
-                             std::move(merge), std::move(prune));
+  SegmentJob::Tile tile;
+  Napi::Value tv = opts.Get("tile");
+  if (tv.IsObject()) {
+    Napi::Object t = tv.As<Napi::Object>();
+    tile.size = to_int(t.Get("size"), "tile.size", P, 1 << 16), tile.stride = to_int(t.Get("stride"), "tile.stride", P, 1 << 16);
+    if (tile.size % P || tile.stride % P || tile.stride > tile.size)
+      throw_bad_input(env, "tile: size and stride must be multiples of the patch size, stride at most size");
+  }
+  auto* job = new SegmentJob(env, state, std::move(images), std::move(refs), mean, stdv, want_probs, want_logits, std::move(merge),
+                             std::move(prune), tile);
   job->Queue();
   return job->promise();
 }

@@ -92,7 +92,9 @@ void upsample(const UpsampleParams& p) {
           if (v[k] > v[best]) best = k;
         }
         const int64_t pix = y * p.out_w + x;
-        p.labels[pix] = best;
+        if (p.labels) p.labels[pix] = best;
+        if (p.labels_u8) p.labels_u8[pix] = uint8_t(best);
+        if (p.labels_u16) p.labels_u16[pix] = uint16_t(best);
         if (p.probs) {
           const float top = v[best];
           float sum = 0.f;
