@@ -115,6 +115,9 @@ export interface Binding {
     source: string | Buffer,
     dataOffset: number,
     device: 'cpu' | 'cuda',
+    /** A path source: the bytes its header was parsed from and the file's size then (checked again on load). */
+    header?: Uint8Array,
+    fileSize?: number,
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
   cpuInfo(): { threads: number; gemmKernel: string };

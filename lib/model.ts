@@ -125,7 +125,7 @@ async function createNative(
 ): Promise<{ native: NativeModel; device: 'cpu' | 'cuda'; reason?: string }> {
   const { binding } = loadBinding();
   const create = (device: 'cpu' | 'cuda') =>
-    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device);
+    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device, src.header.prefix, src.header.fileSize);
   try {
     return { native: await create(choice.device), ...choice };
   } catch (err) {

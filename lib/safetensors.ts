@@ -22,6 +22,9 @@ export interface SafetensorsHeader {
   metadata: Record<string, string>;
   dataOffset: number; // byte where the data section starts
   dataSize: number; // bytes in the data section
+  /** Read from a file: its first dataOffset bytes and its size then (the addon checks them again). */
+  prefix?: Buffer;
+  fileSize?: number;
 }
 
 const kMaxHeader = 100 * 1024 * 1024;
@@ -123,9 +126,12 @@ export async function readHeaderFromFile(file: string): Promise<SafetensorsHeade
     const prefix = Buffer.alloc(8);
     await handle.read(prefix, 0, Math.min(8, size), 0);
     const n = headerLength(prefix, size, file);
-    const json = Buffer.alloc(n);
-    await handle.read(json, 0, n, 8);
-    return parseHeader(json, size, file);
+    const prefixBytes = Buffer.alloc(8 + n);
+    const { bytesRead } = await handle.read(prefixBytes, 0, 8 + n, 0);
+    if (bytesRead !== 8 + n || !prefixBytes.subarray(0, 8).equals(prefix))
+      throw new BadModelError(`${file}: the file changed while its header was read: load it again once it has been written`);
+    const header = parseHeader(prefixBytes.subarray(8), size, file);
+    return { ...header, prefix: prefixBytes, fileSize: size };
   } finally {
     await handle.close();
   }

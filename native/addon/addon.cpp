@@ -271,9 +271,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 class CreateModelJob : public Job {
  public:
   CreateModelJob(Napi::Env env, bool effnet, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
-                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda)
+                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda, std::vector<uint8_t> header, uint64_t file_size)
       : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset),
-        cuda_(cuda) {
+        cuda_(cuda), header_(std::move(header)), file_size_(file_size) {
     if (!buffer.IsEmpty()) {
       buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
       buffer_data_ = buffer.Data();
@@ -283,21 +283,27 @@ class CreateModelJob : public Job {
 
  protected:
   void run() override {
-    std::unique_ptr<step::FileMap> map;
-    const uint8_t* data = buffer_data_;
-    size_t size = buffer_size_;
+    // A file is read (pread) into memory owned here, never mapped: another process that truncates or
+    // rewrites it meanwhile makes this a BadModel error ("changed while it was loading"), not SIGBUS.
+    std::unique_ptr<step::FileSource> file;
+    std::unique_ptr<step::MemorySource> memory;
+    const step::ByteSource* src;
     if (!path_.empty()) {
-      map = std::make_unique<step::FileMap>(path_);
-      data = map->data(), size = map->size();
+      file = std::make_unique<step::FileSource>(path_, data_offset_);
+      if (!header_.empty()) file->expect_prefix(header_.data(), header_.size(), file_size_);
+      src = file.get();
+    } else {
+      if (data_offset_ > buffer_size_)
+        throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
+      memory = std::make_unique<step::MemorySource>(buffer_data_ + data_offset_, buffer_size_ - data_offset_);
+      src = memory.get();
     }
-    if (data_offset_ > size)
-      throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
     state_ = std::make_shared<ModelState>();
     if (effnet_)
-      state_->trunk = std::make_unique<step::EffNetTrunk>(
-          step::EffNetConfig{}, step::load_effnet_weights("", data + data_offset_, size - data_offset_, entries_, {}));
+      state_->trunk = std::make_unique<step::EffNetTrunk>(step::EffNetConfig{}, step::load_effnet_weights("", *src, entries_, {}));
     else
-      state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
+      state_->model = step::load_vit_model(cfg_, *src, entries_);
+    if (file) file->expect_unchanged();  // every byte was read after the open: the same file throughout
     if (!cuda_) return;
 #ifdef STEP_SEG_HAVE_CUDA
     if (!state_->model)
@@ -323,6 +329,8 @@ class CreateModelJob : public Job {
   size_t buffer_size_ = 0;
   uint64_t data_offset_;
   bool cuda_;
+  std::vector<uint8_t> header_;  // the file's first bytes as lib/ parsed them (path sources)
+  uint64_t file_size_;
   std::shared_ptr<ModelState> state_;
 };
 
@@ -364,10 +372,19 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   std::string path;
   Napi::Buffer<uint8_t> buffer;
   if (info[2].IsString()) path = info[2].As<Napi::String>().Utf8Value();
-  else buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  else if (info[2].IsBuffer()) buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  else throw_bad_input(env, "createModel: the source is a path or a Buffer");
   const bool cuda = info.Length() > 4 && info[4].IsString() && info[4].As<Napi::String>().Utf8Value() == "cuda";
+  // optional: the bytes the header was parsed from and the file's size then (a path source is checked
+  // against them: a file replaced between the two reads is refused)
+  std::vector<uint8_t> header;
+  uint64_t file_size = 0;
+  if (info.Length() > 6 && info[5].IsTypedArray()) {
+    header = get_vector<uint8_t>(info[5], "header");
+    file_size = uint64_t(to_int64(info[6], "fileSize"));
+  }
   auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
-                                 uint64_t(to_int64(info[3], "dataOffset")), cuda);
+                                 uint64_t(to_int64(info[3], "dataOffset")), cuda, std::move(header), file_size);
   job->Queue();
   return job->promise();
 }

@@ -71,6 +71,10 @@ double since_ms(std::chrono::steady_clock::time_point t0) {
 
 std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
                                            const std::vector<TensorEntry>& entries) {
+  return load_weights(cfg, MemorySource(data, size), entries);
+}
+
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries) {
   const auto expected = expected_tensors(cfg);
   std::map<std::string, const TensorEntry*> by_name;
   for (const TensorEntry& e : entries) {
@@ -88,17 +92,21 @@ std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* 
     auto it = by_name.find(name);
     if (it == by_name.end())
       throw Error(ErrorCode::kBadModel, "missing tensor " + name + ": expected shape " + shape_str(shape));
-    weights.emplace(name, read_tensor(*it->second, shape, data, size, "the config"));
+    weights.emplace(name, read_tensor(*it->second, shape, src, "the config"));
   }
   return weights;
 }
 
 std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
                                          const std::vector<TensorEntry>& entries) {
-  auto weights = load_weights(cfg, data, size, entries);
+  return load_vit_model(cfg, MemorySource(data, size), entries);
+}
+
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries) {
+  auto weights = load_weights(cfg, src, entries);
   std::unique_ptr<MergePolicyNet> policy;
   if (!cfg.policy_levels.empty()) {
-    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", data, size, entries, EffNetConfig{}));
+    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", src, entries, EffNetConfig{}));
     policy = std::make_unique<MergePolicyNet>(MergePolicyNet{std::move(trunk), {}, {}});
     for (int side : cfg.policy_levels) {
       const std::string name = "policy.heads." + std::to_string(side);

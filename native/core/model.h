@@ -34,6 +34,7 @@ struct VitConfig {
 // Checks every entry against the config (names, shapes, dtypes, byte ranges) and converts the
 // tensors the model uses to float32. Errors are kBadModel and name the tensor. The merge-policy trunk
 // (policy.trunk.*) is left to load_effnet_weights.
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries);
 std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
                                            const std::vector<TensorEntry>& entries);
 
@@ -112,6 +113,7 @@ class VitModel {
 };
 
 // The whole model: backbone, heads, and the merge policy when the config has one.
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries);
 std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
                                          const std::vector<TensorEntry>& entries);
 
