@@ -126,6 +126,10 @@ export interface Binding {
   capture(view: ArrayBufferView): ArrayBuffer | undefined;
   /** RGBA -> RGB in place on a libuv worker thread: the first 3 * pixels bytes of `rgba` become RGB. */
   dropAlpha(rgba: Uint8Array, pixels: number): Promise<void>;
+  /** Process-wide memory reservations of calls in flight (lib/memory.ts). */
+  memoryReserve(bytes: number, limit: number): boolean;
+  memoryRelease(bytes: number): void;
+  memoryReserved(): number;
   ops: Record<string, (params: Record<string, unknown>) => void>;
   /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
   cudaOps?: Record<string, (...args: unknown[]) => unknown>;

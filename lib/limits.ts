@@ -3,8 +3,10 @@
  * 32-bit integers and float32s) and before anything is allocated. README: *Limits*.
  */
 export const kLimits = {
-  /** options.size and config input_size: the long side inference runs at */
+  /** options.size and config input_size: the long side inference runs at (and options.tile.size) */
   size: 8192,
+  /** options.size with tiles, and options.outputSize: the long side of the resized image / label map */
+  tiledSize: 65536,
   /** patch_size */
   patchSize: 256,
   /** embed_dim */

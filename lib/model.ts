@@ -22,6 +22,7 @@ import {
 import { parseJsonStrict } from './json';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
 import { kLimits } from './limits';
+import { Ledger, forwardBytes, resultBytes } from './memory';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
@@ -53,6 +54,8 @@ export interface SegmentStats {
   ms: Record<string, number>;
   /** Images in the call these figures come from. */
   batchSize: number;
+  /** With `tile`: the tiles this image ran as (token counts, GFLOPs and times are summed over them). */
+  tiles?: number;
 }
 
 export interface SegmentResult {
@@ -213,6 +216,25 @@ async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions
   return new Model(native, src.config, device, reason);
 }
 
+/** The tiles of one image (patch-grid units), as the addon runs them (native/addon/addon.cpp, run_tiles). */
+export interface TilePlan {
+  /** cells of the image's patch grid */
+  cells: number;
+  tiles: { cells: number }[];
+  /** the largest tile */
+  largest: { cells: number };
+}
+
+export function tilePlan(width: number, height: number, P: number, tile: { size: number; stride: number } | false): TilePlan {
+  const gh = Math.ceil(height / P), gw = Math.ceil(width / P), cells = gh * gw;
+  if (!tile) return { cells, tiles: [{ cells }], largest: { cells } };
+  const tg = tile.size / P, sg = Math.max(1, tile.stride / P);
+  const axis = (g: number) => (g <= tg ? 1 : Math.ceil((g - tg) / sg) + 1);
+  const th = Math.min(tg, gh), tw = Math.min(tg, gw);
+  const n = axis(gh) * axis(gw);
+  return { cells, tiles: Array.from({ length: n }, () => ({ cells: th * tw })), largest: { cells: th * tw } };
+}
+
 /** @internal The native model behind a Model (tests and diagnostics; not exported from the package). */
 export const nativeOf = new WeakMap<object, NativeModel>();
 
@@ -297,10 +319,29 @@ export class Model {
     const [N, , H, W] = dims;
     const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
     const C = this.config.embedDim;
-    if (this.config.kind === 'vit') this.#checkMemory(N, (H / P) * (W / P), N * 3 * H * W);
-    // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
-    // the five stage maps: about 80 floats per input pixel.
-    else this.#checkMemory(0, 0, N * H * W * 80);
+    const ledger = new Ledger();
+    const cells = this.config.kind === 'vit' ? N * (H / P) * (W / P) : 0;
+    if (cells + N * (T - cells / N) > kLimits.tokens)
+      throw new BadInputError(`this input needs ${cells + N * (T - cells / N)} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller input`);
+    ledger.reserve(4 * data.length, 'the copy of the pixels');
+    try {
+      if (this.config.kind === 'vit') {
+        const largestPixels = H * W;
+        ledger.reserve(
+          forwardBytes(this.config, { images: N, cells, paddedPixels: N * H * W, largestPixels, largestTokens: cells / N, learnedPolicy: false }),
+          'the forward',
+        );
+        // the tokens returned, and with intermediates a copy after every block
+        ledger.reserve(4 * N * T * C * (1 + (opts.intermediates ? this.config.depth + 3 : 0)), 'the results');
+      } else {
+        // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
+        // the five stage maps (twice: NHWC and NCHW): about 80 floats per input pixel, and the copy in.
+        ledger.reserve(4 * N * H * W * 83, 'the forward');
+      }
+    } catch (err) {
+      ledger.release();
+      throw err;
+    }
     return this.#enqueue(async () => {
       let out;
       try {
@@ -312,7 +353,7 @@ export class Model {
       if (out.stages) {
         const stages: Tensor[] = out.stages.map((st) => ({ type: 'float32', data: st.data, dims: st.dims }));
         const last = stages[stages.length - 1];
-        return { type: 'float32', data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
+        return { type: 'float32' as const, data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
       }
       const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats };
       if (opts.intermediates) {
@@ -321,7 +362,7 @@ export class Model {
           result.intermediates[name] = { type: 'float32', data: t, dims: [N, t.length / N / C, C] };
       }
       return result;
-    });
+    }).finally(() => ledger.release());
   }
 
   /**
@@ -371,31 +412,40 @@ export class Model {
       );
     // What the call reads of the caller's inputs is taken now (raw pixels and encoded bytes copied),
     // so the caller may reuse its buffers once this has returned. A hole in the array is an error.
+    // Every stage reserves its memory before it allocates (lib/memory.ts), until the call settles.
+    const ledger = new Ledger();
+    const reserve = (bytes: number, what: string) => ledger.reserve(bytes, what);
     const captured: CapturedImage[] = [];
     const tCopy = performance.now();
-    for (let i = 0; i < images.length; i++) {
-      const name = images.length > 1 ? `images[${i}]` : 'image';
-      if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
-      captured.push(captureImage(images[i], name));
+    try {
+      for (let i = 0; i < images.length; i++) {
+        const name = images.length > 1 ? `images[${i}]` : 'image';
+        if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
+        captured.push(captureImage(images[i], name, reserve));
+      }
+    } catch (err) {
+      ledger.release();
+      throw err;
     }
     const copyMs = performance.now() - tCopy; // the only work on the main thread that grows with the input
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
     let decodeMs = 0;
-    const decoding = Promise.all(captured.map((im) => prepareImage(im, opts.size))).then(
+    const decoding = Promise.all(captured.map((im) => prepareImage(im, { size: opts.size, outputSize: opts.outputSize, reserve }))).then(
       (prepared) => ((decodeMs = performance.now() - t0), prepared),
     );
     decoding.catch(() => undefined); // rejection is reported through the queued work below
-    return this.#enqueue(async () => {
+    const run = this.#enqueue(async () => {
       const prepared = await decoding;
-      this.#checkSegmentMemory(prepared, opts);
       const t1 = performance.now();
       const K = this.config.numClasses, P = this.config.patchSize;
+      const plans = prepared.map((p) => tilePlan(p.resizedWidth, p.resizedHeight, P, opts.tile));
+      this.#reserveSegment(ledger, prepared, plans, opts);
       // Every result array is allocated here, where a failed allocation is a RangeError (an
       // OutOfMemoryError, see coded()), and filled by the addon on its worker thread.
       const outputs = prepared.map((p) => {
-        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P), pixels = p.width * p.height;
+        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P), pixels = p.outWidth * p.outHeight;
         return {
           gh,
           gw,
@@ -415,8 +465,8 @@ export class Model {
             width: p.resizedWidth,
             height: p.resizedHeight,
             channels: 3,
-            outWidth: p.width,
-            outHeight: p.height,
+            outWidth: p.outWidth,
+            outHeight: p.outHeight,
             labels: outputs[i].labels,
             probs: outputs[i].probs,
             logits: outputs[i].logits,
@@ -431,18 +481,19 @@ export class Model {
             logits: opts.logits,
             merge: opts.merge || undefined,
             prune: opts.prune || undefined,
+            tile: opts.tile || undefined,
           },
         );
       } catch (err) {
         throw fromNative(err);
       }
       const total = copyMs + decodeMs + performance.now() - t1;
-      const gflopsDense = this.#denseGflops(outputs.map((o) => o.gh * o.gw));
+      const gflopsDense = this.#denseGflops(plans.flatMap((plan) => plan.tiles.map((t) => t.cells)));
       return out.map((r, i) => {
         const p = prepared[i], o = outputs[i];
         const result: SegmentResult = {
-          width: p.width,
-          height: p.height,
+          width: p.outWidth,
+          height: p.outHeight,
           labels: o.labels,
           classes: this.config.classNames,
           stats: this.#stats(r.stats, { copy: copyMs, decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
@@ -450,11 +501,14 @@ export class Model {
         };
         const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
         sizes.forEach((side, l) => (result.stats.tokens.perLevel[side] = r.tokensPerSize[l]));
-        if (o.probs) result.probabilities = { type: 'float32', data: o.probs, dims: [K, p.height, p.width] };
+        if (opts.tile) result.stats.tiles = r.stats.tiles;
+        if (o.probs) result.probabilities = { type: 'float32', data: o.probs, dims: [K, p.outHeight, p.outWidth] };
         if (o.logits) result.logits = { type: 'float32', data: o.logits, dims: [K, o.gh, o.gw] };
         return result;
       });
     });
+    // the reservations last until the call settles, whichever way
+    return run.finally(() => ledger.release());
   }
 
   // GFLOPs of a dense forward over images of `patches` patches each (counted as the engine counts).
@@ -484,31 +538,37 @@ export class Model {
     return stats;
   }
 
-  // Rough peak memory of a forward over `patches` patch tokens, refused early when it cannot fit.
-  #checkMemory(images: number, patches: number, extraFloats: number): void {
-    const c = this.config;
-    const A = patches + images * (c.regTokens + (c.classToken ? 1 : 0));
-    if (A > kLimits.tokens)
-      throw new BadInputError(`this input needs ${A} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller size or fewer images per call`);
-    const hidden = c.embedDim * c.mlpRatio;
-    const floats = A * (7 * c.embedDim + hidden + c.numClasses) + patches * (3 * c.patchSize * c.patchSize + c.embedDim) + extraFloats;
-    const bytes = floats * 4;
-    const limit = Number(process.env.STEP_SEG_MEMORY_LIMIT_MB) * 2 ** 20;
-    const available = limit > 0 ? limit : Math.max(os.freemem(), os.totalmem() * 0.5);
-    if (bytes > available)
-      throw new OutOfMemoryError(
-        `this input needs about ${Math.round(bytes / 2 ** 20)} MiB${A ? ` (${A} tokens)` : ""} but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,
-      );
-  }
-
-  #checkSegmentMemory(prepared: PreparedImage[], opts: CheckedSegmentOptions): void {
-    const P = this.config.patchSize;
-    let patches = 0, extra = 0;
-    for (const p of prepared) {
-      patches += Math.ceil(p.resizedWidth / P) * Math.ceil(p.resizedHeight / P);
-      extra += 3 * Math.ceil(p.resizedWidth / P) * P * Math.ceil(p.resizedHeight / P) * P + p.width * p.height * (1 + (opts.probabilities ? this.config.numClasses : 0));
+  // What the native part of a segment() call holds: each forward (the whole batch, or one tile at a
+  // time), the per-image patch-grid logits (and, with tiles, their running sums and a tile's crop),
+  // and the result arrays.
+  #reserveSegment(ledger: Ledger, prepared: PreparedImage[], plans: TilePlan[], opts: CheckedSegmentOptions): void {
+    const c = this.config, P = c.patchSize, pre = c.regTokens + (c.classToken ? 1 : 0);
+    const learnedPolicy = !!opts.merge && opts.merge.policy === 'learned';
+    let tokens = 0, results = 0, forward = 0;
+    if (!opts.tile) {
+      let cells = 0, H = 0, W = 0, largest = 0, largestTokens = 0;
+      for (const p of prepared) {
+        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P);
+        cells += gh * gw;
+        H = Math.max(H, gh * P), W = Math.max(W, gw * P);
+        largest = Math.max(largest, gh * gw * P * P), largestTokens = Math.max(largestTokens, gh * gw);
+      }
+      tokens = cells + prepared.length * pre;
+      forward = forwardBytes(c, { images: prepared.length, cells, paddedPixels: prepared.length * H * W, largestPixels: largest, largestTokens, learnedPolicy });
+    } else {
+      for (const plan of plans) {
+        const t = plan.largest;
+        tokens = Math.max(tokens, t.cells + pre);
+        // one tile at a time, plus its crop, plus the image's running sums (cells x (K + 1) floats)
+        forward = Math.max(forward, forwardBytes(c, { images: 1, cells: t.cells, paddedPixels: t.cells * P * P, largestPixels: t.cells * P * P, largestTokens: t.cells, learnedPolicy }) + 3 * t.cells * P * P);
+        results += 4 * plan.cells;
+      }
     }
-    this.#checkMemory(prepared.length, patches, extra);
+    if (tokens > kLimits.tokens)
+      throw new BadInputError(`this input needs ${tokens} tokens in one forward, more than the engine's limit of ${kLimits.tokens}: use a smaller size, tiles or fewer images per call`);
+    prepared.forEach((p, i) => (results += resultBytes(c, p.outWidth * p.outHeight, plans[i].cells, opts.probabilities, opts.logits)));
+    ledger.reserve(forward, opts.tile ? 'a tile\'s forward' : 'the forward');
+    ledger.reserve(results, 'the results');
   }
 
   /**

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <chrono>
@@ -97,7 +98,20 @@ std::vector<T> get_vector(const Napi::Value& v, const char* what) {
   const T* p = reinterpret_cast<const T*>(static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
   return std::vector<T>(p, p + ta.ElementLength());
 }
+void free_external(napi_env, void* data, void*) { std::free(data); }
+
+// A Float32Array copy of n floats. The memory comes from malloc, so that running out of it is a coded
+// OutOfMemory error rather than V8's fatal "ArrayBuffer allocation failed" (external buffers are not
+// allowed everywhere, e.g. Electron: there V8 allocates).
 Napi::Float32Array to_js(Napi::Env env, const float* data, size_t n) {
+  const size_t bytes = std::max<size_t>(n * sizeof(float), 1);
+  void* p = std::malloc(bytes);
+  if (!p) throw Error(ErrorCode::kOutOfMemory, "out of memory: cannot allocate " + std::to_string(bytes >> 20) + " MiB for a result");
+  if (n) std::memcpy(p, data, n * sizeof(float));
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, p, n * sizeof(float), free_external, nullptr, &ab) == napi_ok)
+    return Napi::Float32Array::New(env, n, Napi::ArrayBuffer(env, ab), 0);
+  std::free(p);
   Napi::Float32Array a = Napi::Float32Array::New(env, n);
   if (n) std::memcpy(a.Data(), data, n * sizeof(float));
   return a;
@@ -217,8 +231,15 @@ struct ModelState {
 // Per-environment state (the main thread and every worker_threads Worker that loads the addon each
 // have their own): JS handles never outlive or cross the environment that made them, so no static
 // holds one. Freed by Node when the environment is torn down (a Worker exits).
+// Memory that calls in flight have reserved (lib/memory.ts), process-wide: every environment's calls
+// count against the one budget. Each environment also keeps its own share, given back when it is torn
+// down (a Worker terminated mid-call never releases its reservations itself).
+std::atomic<int64_t> g_reserved{0};
+
 struct AddonData {
   Napi::FunctionReference model_ctor;  // NativeModel, for results of createModel
+  int64_t reserved = 0;                // this environment's share of g_reserved (main thread only)
+  ~AddonData() { g_reserved -= reserved; }
 };
 
 AddonData& addon_data(Napi::Env env) {
@@ -1055,6 +1076,28 @@ Napi::Value drop_alpha(const Napi::CallbackInfo& info) {
   return job->promise();
 }
 
+// memoryReserve(bytes, limit) -> boolean: reserves `bytes` when the reservations of every call in flight
+// (all environments) stay within `limit`; memoryRelease(bytes); memoryReserved() -> bytes reserved.
+Napi::Value memory_reserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t bytes = to_int64(info[0], "bytes"), limit = to_int64(info[1], "limit");
+  int64_t now = g_reserved.load();
+  do {
+    if (now + bytes > limit) return Napi::Boolean::New(env, false);
+  } while (!g_reserved.compare_exchange_weak(now, now + bytes));
+  addon_data(env).reserved += bytes;
+  return Napi::Boolean::New(env, true);
+}
+Napi::Value memory_release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData& d = addon_data(env);
+  const int64_t bytes = std::min(to_int64(info[0], "bytes"), d.reserved);
+  d.reserved -= bytes;
+  g_reserved -= bytes;
+  return env.Undefined();
+}
+Napi::Value memory_reserved(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(g_reserved.load())); }
+
 // ---- single ops for the op tests (synchronous, CPU backend) ------------------------------------
 template <typename T>
 T* typed_data(const Napi::Value& v) {
@@ -1248,6 +1291,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New(env, set_num_threads));
   exports.Set("capture", Napi::Function::New(env, capture));
   exports.Set("dropAlpha", Napi::Function::New(env, drop_alpha));
+  exports.Set("memoryReserve", Napi::Function::New(env, memory_reserve));
+  exports.Set("memoryRelease", Napi::Function::New(env, memory_release));
+  exports.Set("memoryReserved", Napi::Function::New(env, memory_reserved));
   Napi::Object ops = Napi::Object::New(env);
   ops.Set("gemm", Napi::Function::New(env, op_gemm));
   ops.Set("layernorm", Napi::Function::New(env, op_layernorm));
