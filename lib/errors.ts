@@ -116,3 +116,16 @@ export async function coded<T>(work: () => Promise<T>): Promise<T> {
     throw asStepError(err);
   }
 }
+
+/**
+ * Runs `read`, which reads the caller's arguments (options, inputs): an exception that is not a
+ * StepError was thrown by the caller's own objects (a getter, a Proxy) and is a BadInputError.
+ */
+export function readingArguments<T>(what: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof StepError) throw err;
+    throw new BadInputError(`reading ${what} threw: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+}

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
-import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, coded, fromNative, invalidParameter } from './errors';
+import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, coded, fromNative, invalidParameter, readingArguments } from './errors';
 import { captureImage, prepareImage, type CapturedImage, type ImageInput, type PreparedImage } from './image';
 import {
   checkForwardOptions,
@@ -207,7 +207,7 @@ export function loadModel(source?: string | Buffer | Uint8Array, options?: LoadO
 }
 
 async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
-  const opts = checkLoadOptions(options);
+  const opts = readingArguments('options', () => checkLoadOptions(options));
   if (source !== undefined && typeof source !== 'string' && !(source instanceof Uint8Array))
     throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
   const src = await readSource(source ?? defaultModelPath);
@@ -295,9 +295,10 @@ export class Model {
 
   async #forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
     this.#live();
-    const opts = checkForwardOptions(options);
+    const opts = readingArguments('options', () => checkForwardOptions(options));
     if (!pixels || typeof pixels !== 'object') throw invalidParameter('pixels', 'a tensor { data: Float32Array, dims: [N, 3, H, W] }', pixels);
-    const { data, dims } = pixels;
+    const { data, dims: given } = readingArguments('pixels', () => ({ data: pixels.data, dims: pixels.dims }));
+    const dims = readingArguments('pixels.dims', () => (Array.isArray(given) ? [...given] : given));
     const P = this.config.patchSize;
     if (!(data instanceof Float32Array)) throw invalidParameter('pixels.data', 'a Float32Array', data);
     if (
@@ -314,8 +315,6 @@ export class Model {
       throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
     if (data.length !== numel(dims))
       throw new BadInputError(`Expected ${numel(dims)} values for pixels.data (dims [${dims.join(', ')}]) but received ${data.length}`);
-    for (let i = 0; i < data.length; i++)
-      if (!Number.isFinite(data[i])) throw new BadInputError(`pixels.data[${i}] is ${data[i]}: expected finite numbers (no NaN or infinity)`);
     const [N, , H, W] = dims;
     const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
     const C = this.config.embedDim;
@@ -324,7 +323,12 @@ export class Model {
     if (cells + N * (T - cells / N) > kLimits.tokens)
       throw new BadInputError(`this input needs ${cells + N * (T - cells / N)} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller input`);
     ledger.reserve(4 * data.length, 'the copy of the pixels');
+    let owned: Float32Array;
     try {
+      // the call's own copy, taken now (the caller may reuse its array once this returns), checked
+      owned = data.slice();
+      for (let i = 0; i < owned.length; i++)
+        if (!Number.isFinite(owned[i])) throw new BadInputError(`pixels.data[${i}] is ${owned[i]}: expected finite numbers (no NaN or infinity)`);
       if (this.config.kind === 'vit') {
         const largestPixels = H * W;
         ledger.reserve(
@@ -345,7 +349,7 @@ export class Model {
     return this.#enqueue(async () => {
       let out;
       try {
-        out = await this.#native.forwardFeatures(data, dims, opts.intermediates);
+        out = await this.#native.forwardFeatures(owned, dims, opts.intermediates);
       } catch (err) {
         throw fromNative(err);
       }
@@ -397,13 +401,15 @@ export class Model {
   async #segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
     this.#live();
     if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
-    const opts = checkSegmentOptions(options, {
-      size: this.config.inputSize,
-      patch: this.config.patchSize,
-      merge: this.config.merge,
-      policy: this.config.policy,
-      prune: this.config.prune,
-    });
+    const opts = readingArguments('options', () =>
+      checkSegmentOptions(options, {
+        size: this.config.inputSize,
+        patch: this.config.patchSize,
+        merge: this.config.merge,
+        policy: this.config.policy,
+        prune: this.config.prune,
+      }),
+    );
     if (this.config.numClasses === 0)
       throw new BadModelError(
         this.config.kind === 'vit'
@@ -421,7 +427,7 @@ export class Model {
       for (let i = 0; i < images.length; i++) {
         const name = images.length > 1 ? `images[${i}]` : 'image';
         if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
-        captured.push(captureImage(images[i], name, reserve));
+        captured.push(readingArguments(name, () => captureImage(images[i], name, reserve)));
       }
     } catch (err) {
       ledger.release();

@@ -61,4 +61,16 @@ test('option arrays changed after the call are not read again', async () => {
   assert.equal(r.stats.tokens.perLevel, reference.stats.tokens.perLevel);
 });
 
+test('forwardFeatures: pixels and dims overwritten right after the call do not change the result', async () => {
+  const data = new Float32Array(2 * 3 * 32 * 48).map((_, i) => Math.sin(i) * 0.5);
+  const reference = await model.forwardFeatures({ data, dims: [2, 3, 32, 48] });
+  const mine = data.slice(), dims = [2, 3, 32, 48];
+  const p = model.forwardFeatures({ data: mine, dims });
+  mine.fill(NaN);
+  dims[0] = 1e9;
+  const r = await p;
+  assert.equal(r.dims, reference.dims);
+  assert.equal(r.data, reference.data);
+});
+
 test.run();

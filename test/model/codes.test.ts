@@ -40,11 +40,11 @@ test('a sparse array in segmentBatch is a BadInputError naming the hole', async 
 
 test('hostile objects: throwing getters and proxies give coded errors', async () => {
   const throwing = { get size(): number { throw new TypeError('boom'); } };
-  await coded(model.segment(demo, throwing as never));
+  await coded(model.segment(demo, throwing as never), 'ERR_STEP_BAD_INPUT', /reading options threw: boom/);
   const proxy = new Proxy({}, { get() { throw new Error('trap'); }, has() { return true; }, ownKeys() { throw new Error('keys'); } });
   await coded(model.segment(proxy as never));
   await coded(model.segment(demo, proxy as never));
-  await coded(model.segment({ data: new Uint8Array(12), width: 2, height: 2, get channels(): 3 { throw new Error('x'); } } as never));
+  await coded(model.segment({ data: new Uint8Array(12), width: 2, height: 2, get channels(): 3 { throw new Error('x'); } } as never), 'ERR_STEP_BAD_INPUT', /reading image threw/);
   await coded(loadModel(standIn, proxy as never));
   await coded(model.forwardFeatures(proxy as never));
   await coded(model.segment(Symbol('x') as never), 'ERR_STEP_BAD_INPUT');
