@@ -6,6 +6,8 @@
  */
 import * as path from 'node:path';
 
+import { InternalError } from './errors';
+
 export interface NativeConfig {
   arch: 'vit' | 'efficientnet_lite0';
   patchSize: number;
@@ -52,16 +54,19 @@ export interface NativeSegmentImage {
   channels: number;
   outWidth: number;
   outHeight: number;
+  /** Result arrays, allocated by the caller and filled by the addon: labels (out pixels), probs (K x out pixels),
+   * logits (K x gh x gw), and the token map (gh x gw each). */
+  labels: Uint8Array | Uint16Array;
+  probs?: Float32Array;
+  logits?: Float32Array;
+  index: Int32Array;
+  size: Uint8Array;
+  exitLayer: Uint8Array;
 }
 
 export interface NativeSegmentResult {
-  labels: Uint8Array | Uint16Array;
-  tokenMap: { gh: number; gw: number; index: Int32Array; size: Uint8Array; exitLayer: Uint8Array };
   tokensPerSize: number[];
-  probs?: Float32Array;
-  logits?: Float32Array;
-  logitsDims?: [number, number, number];
-  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number };
+  stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number; tiles: number };
 }
 
 export interface NativeModel {
@@ -84,9 +89,12 @@ export interface NativeModel {
       logits: boolean;
       merge?: { policy: string; levels: number[]; thresholds: number[]; colorTau: number; textureTau: number };
       prune?: { exitLayers: number[]; threshold: number; keepTopK: number };
+      tile?: { size: number; stride: number };
     },
   ): Promise<NativeSegmentResult[]>;
   dispose(): void;
+  /** The position-embedding cache (tests and diagnostics). */
+  cacheInfo(): { posEntries?: number; posBytes?: number; posLimit?: number };
 }
 
 /** The CUDA backend compiled into the binary: the GPU one, the CPU emulator's (tests only), or none. */
@@ -119,11 +127,22 @@ export interface Binding {
     source: string | Buffer,
     dataOffset: number,
     device: 'cpu' | 'cuda',
+    /** A path source: the bytes its header was parsed from and the file's size then (checked again on load). */
+    header?: Uint8Array,
+    fileSize?: number,
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
   /** `build`: the build system that made the binary (absent from binaries built before it was added). */
   cpuInfo(): { threads: number; gemmKernel: string; build?: 'binding.gyp' | 'cmake-js'; cuda: CudaBuild };
   setNumThreads(n: number): void;
+  /** A copy of a typed array's bytes in memory the addon maps (large views only; undefined: copy in JS). */
+  capture(view: ArrayBufferView): ArrayBuffer | undefined;
+  /** RGBA -> RGB in place on a libuv worker thread: the first 3 * pixels bytes of `rgba` become RGB. */
+  dropAlpha(rgba: Uint8Array, pixels: number): Promise<void>;
+  /** Process-wide memory reservations of calls in flight (lib/memory.ts). */
+  memoryReserve(bytes: number, limit: number): boolean;
+  memoryRelease(bytes: number): void;
+  memoryReserved(): number;
   ops: Record<string, (params: Record<string, unknown>) => void>;
   /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
   cudaOps?: Record<string, (...args: unknown[]) => unknown>;
@@ -158,7 +177,7 @@ export function loadBinding(): { binding: Binding; file: string } {
       failures.push(`${file}: ${(err as Error).message}`);
     }
   }
-  throw new Error(
+  throw new InternalError(
     [
       `step-seg: no native binary could be loaded for ${process.platform}-${process.arch} (Node ${process.version}).`,
       ...failures.map((f) => '  ' + f),

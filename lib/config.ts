@@ -21,6 +21,8 @@
  * [C] and `exit_heads.<layer>.head.weight` [K, C] / `.bias` [K] for every exit layer.
  */
 import { BadModelError } from './errors';
+import { shown } from './json';
+import { float32Ok, kLimits } from './limits';
 import type { NativeConfig } from './binding';
 
 /** How superpatches are chosen (STEP's merging). */
@@ -94,12 +96,12 @@ const kImageNetMean: [number, number, number] = [0.485, 0.456, 0.406];
 const kImageNetStd: [number, number, number] = [0.229, 0.224, 0.225];
 
 function fail(where: string, field: string, expected: string, value: unknown): never {
-  throw new BadModelError(`${where}: config field ${field} must be ${expected} but is ${JSON.stringify(value)}`);
+  throw new BadModelError(`${where}: config field ${field} must be ${expected} but is ${shown(value)}`);
 }
 
-function int(raw: Record<string, unknown>, field: string, where: string, def?: number, min = 1): number {
+function int(raw: Record<string, unknown>, field: string, where: string, def: number | undefined, min: number, max: number): number {
   const v = raw[field] ?? def;
-  if (!Number.isInteger(v) || (v as number) < min) fail(where, field, `an integer >= ${min}`, raw[field]);
+  if (!Number.isInteger(v) || (v as number) < min || (v as number) > max) fail(where, field, `an integer from ${min} to ${max}`, raw[field]);
   return v as number;
 }
 
@@ -109,11 +111,12 @@ function bool(raw: Record<string, unknown>, field: string, where: string, def: b
   return v;
 }
 
-function triple(raw: Record<string, unknown>, field: string, where: string, def: [number, number, number]) {
+function triple(raw: Record<string, unknown>, field: string, where: string, def: [number, number, number], positive = false) {
   const v = raw[field] ?? def;
-  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x)))
-    fail(where, field, 'an array of 3 finite numbers', v);
-  return v as [number, number, number];
+  // float32 in the engine; a std of 0 (or one that rounds to 0 there) would divide by zero
+  if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => float32Ok(x, positive)))
+    fail(where, field, positive ? 'an array of 3 positive numbers (at least 1.2e-38, float32)' : 'an array of 3 finite numbers', v);
+  return [v[0], v[1], v[2]] as [number, number, number];
 }
 
 /** A colour per class: the config's palette, or a fixed, well-spread one. */
@@ -137,31 +140,37 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
   const arch = (r.arch ?? 'timm.VisionTransformer') as string;
   if (typeof arch === 'string' && /efficientnet_lite0/i.test(arch)) return parseTrunkConfig(r, arch, where);
   if (typeof arch !== 'string' || !/VisionTransformer/i.test(arch))
-    throw new BadModelError(`${where}: config arch ${JSON.stringify(r.arch)} is not supported: expected a timm VisionTransformer`);
+    throw new BadModelError(`${where}: config arch ${shown(r.arch)} is not supported: expected a timm VisionTransformer`);
   const img = r.img_size;
   let imgSize: [number, number];
-  if (Number.isInteger(img) && (img as number) > 0) imgSize = [img as number, img as number];
-  else if (Array.isArray(img) && img.length === 2 && img.every((d) => Number.isInteger(d) && d > 0)) imgSize = [img[0], img[1]];
-  else fail(where, 'img_size', 'a positive integer or [height, width]', img);
-  const patchSize = int(r, 'patch_size', where);
+  const side = (d: unknown) => Number.isInteger(d) && (d as number) > 0 && (d as number) <= kLimits.imgSide;
+  if (side(img)) imgSize = [img as number, img as number];
+  else if (Array.isArray(img) && img.length === 2 && img.every(side)) imgSize = [img[0], img[1]];
+  else fail(where, 'img_size', `a positive integer or [height, width], at most ${kLimits.imgSide}`, img);
+  const patchSize = int(r, 'patch_size', where, undefined, 1, kLimits.patchSize);
   if (imgSize[0] % patchSize || imgSize[1] % patchSize) fail(where, 'img_size', `a multiple of patch_size ${patchSize}`, img);
-  const embedDim = int(r, 'embed_dim', where);
-  const depth = int(r, 'depth', where);
-  const numHeads = int(r, 'num_heads', where);
+  const embedDim = int(r, 'embed_dim', where, undefined, 1, kLimits.embedDim);
+  const depth = int(r, 'depth', where, undefined, 1, kLimits.depth);
+  const numHeads = int(r, 'num_heads', where, undefined, 1, embedDim);
   if (embedDim % numHeads) fail(where, 'num_heads', `a divisor of embed_dim ${embedDim}`, numHeads);
   const mlpRatio = (r.mlp_ratio ?? 4) as number;
-  if (typeof mlpRatio !== 'number' || !(mlpRatio > 0) || !Number.isInteger(embedDim * mlpRatio))
-    fail(where, 'mlp_ratio', 'a positive number giving an integer hidden width', r.mlp_ratio);
+  if (
+    typeof mlpRatio !== 'number' ||
+    !(mlpRatio > 0) ||
+    !Number.isInteger(embedDim * mlpRatio) ||
+    embedDim * mlpRatio > kLimits.mlpHidden
+  )
+    fail(where, 'mlp_ratio', `a positive number giving an integer hidden width (embed_dim * mlp_ratio) of at most ${kLimits.mlpHidden}`, r.mlp_ratio);
   const classToken = bool(r, 'class_token', where, true);
-  const regTokens = int(r, 'reg_tokens', where, 0, 0);
+  const regTokens = int(r, 'reg_tokens', where, 0, 0, kLimits.regTokens);
   if (r.num_prefix_tokens !== undefined && r.num_prefix_tokens !== (classToken ? 1 : 0) + regTokens)
     fail(where, 'num_prefix_tokens', `${(classToken ? 1 : 0) + regTokens} (class_token + reg_tokens)`, r.num_prefix_tokens);
   const act = r.act ?? 'gelu_erf';
   if (act !== 'gelu_erf' && act !== 'gelu') fail(where, 'act', '"gelu_erf" (timm nn.GELU)', act);
   const normEps = (r.norm_eps ?? 1e-6) as number;
-  if (typeof normEps !== 'number' || !(normEps > 0)) fail(where, 'norm_eps', 'a positive number', r.norm_eps);
+  if (!float32Ok(normEps, true)) fail(where, 'norm_eps', 'a positive number that float32 holds (1.2e-38 to 3.4e38)', r.norm_eps);
   const initValues = r.init_values ?? null;
-  if (initValues !== null && typeof initValues !== 'number') fail(where, 'init_values', 'null or a number', initValues);
+  if (initValues !== null && !float32Ok(initValues)) fail(where, 'init_values', 'null or a finite number', initValues);
 
   let classNames: string[] = [];
   if (r.class_names !== undefined) {
@@ -169,10 +178,9 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
       fail(where, 'class_names', 'an array of strings', r.class_names);
     classNames = r.class_names as string[];
   }
-  const numClasses = int(r, 'num_classes', where, classNames.length, 0);
+  const numClasses = int(r, 'num_classes', where, classNames.length, 0, kLimits.numClasses);
   if (classNames.length && classNames.length !== numClasses)
     fail(where, 'num_classes', `${classNames.length} (the length of class_names)`, r.num_classes);
-  if (numClasses > 65536) fail(where, 'num_classes', 'at most 65536', numClasses);
   if (!classNames.length) classNames = Array.from({ length: numClasses }, (_, i) => `class_${i}`);
   let palette = defaultPalette(numClasses);
   if (r.palette !== undefined) {
@@ -189,7 +197,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     const d = r.decoder as { type?: unknown };
     if (!d || d.type !== 'linear') fail(where, 'decoder', '{ "type": "linear" }', r.decoder);
   }
-  const inputSize = int(r, 'input_size', where, Math.max(...imgSize));
+  const inputSize = int(r, 'input_size', where, Math.min(Math.max(...imgSize), kLimits.size), patchSize, kLimits.size);
   let merge: MergeConfig | false = kDefaultMerge;
   let policy: ModelConfig['policy'] = false;
   if (r.merge === false) merge = false;
@@ -242,7 +250,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     layerScale: initValues !== null,
     normEps,
     pixelMean: triple(r, 'pixel_mean', where, kImageNetMean),
-    pixelStd: triple(r, 'pixel_std', where, kImageNetStd),
+    pixelStd: triple(r, 'pixel_std', where, kImageNetStd, true),
     numClasses,
     classNames,
     palette,
@@ -258,7 +266,7 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
 // pixel_mean / pixel_std are in 0..255 units (127.5 for the policy), as the fixture's config gives them.
 function parseTrunkConfig(r: Record<string, unknown>, arch: string, where: string): ModelConfig {
   const pixelMean = triple(r, 'pixel_mean', where, [127.5, 127.5, 127.5]);
-  const pixelStd = triple(r, 'pixel_std', where, [127.5, 127.5, 127.5]);
+  const pixelStd = triple(r, 'pixel_std', where, [127.5, 127.5, 127.5], true);
   return {
     kind: 'efficientnet_lite0',
     arch,
@@ -335,9 +343,12 @@ export function checkMerge(
   if (!Array.isArray(thresholds) || thresholds.length !== levels.length || !thresholds.every((v) => typeof v === 'number' && !Number.isNaN(v)))
     report('thresholds', `${levels.length} numbers, one per level`, thresholds);
   const colorTau = m.colorTau ?? base.colorTau, textureTau = m.textureTau ?? base.textureTau;
-  if (typeof colorTau !== 'number' || !(colorTau > 0)) report('colorTau', 'a positive number', colorTau);
-  if (typeof textureTau !== 'number' || !(textureTau > 0)) report('textureTau', 'a positive number', textureTau);
-  return { policy, levels: levels as number[], thresholds: thresholds as number[], colorTau, textureTau };
+  // float32 in the engine: a positive value that rounds to 0 there would divide by zero
+  const tau = (v: unknown) => v === Infinity || float32Ok(v, true);
+  if (!tau(colorTau)) report('colorTau', 'a positive number (at least 1.2e-38)', colorTau);
+  if (!tau(textureTau)) report('textureTau', 'a positive number (at least 1.2e-38)', textureTau);
+  // copies: the caller's arrays may change after the call
+  return { policy, levels: [...(levels as number[])], thresholds: [...(thresholds as number[])], colorTau, textureTau };
 }
 
 /** Checks pruning settings (camelCase fields) over `base`, whose exitLayers are those with weights. */
@@ -349,9 +360,10 @@ export function checkPrune(
   const threshold = p.threshold ?? base.threshold;
   if (typeof threshold !== 'number' || Number.isNaN(threshold)) report('threshold', 'a number (confidence, 0 to 1; above 1 halts nothing)', threshold);
   const keepTopK = p.keepTopK ?? base.keepTopK;
-  if (!Number.isInteger(keepTopK) || (keepTopK as number) < 0) report('keepTopK', 'an integer >= 0', keepTopK);
+  if (!Number.isInteger(keepTopK) || (keepTopK as number) < 0 || (keepTopK as number) > kLimits.keepTopK)
+    report('keepTopK', `an integer from 0 to ${kLimits.keepTopK}`, keepTopK);
   const exitLayers = p.exitLayers ?? base.exitLayers;
   if (!Array.isArray(exitLayers) || !exitLayers.every((l, i) => base.exitLayers.includes(l) && (i === 0 || l > exitLayers[i - 1])))
     report('exitLayers', `increasing layers among the model's exit heads [${base.exitLayers.join(', ')}]`, exitLayers);
-  return { exitLayers: exitLayers as number[], threshold, keepTopK: keepTopK as number };
+  return { exitLayers: [...(exitLayers as number[])], threshold, keepTopK: keepTopK as number };
 }

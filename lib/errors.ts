@@ -93,3 +93,39 @@ export function invalidParameter(name: string, expected: string, value: unknown)
   const type = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
   return new BadInputError(`Expected ${expected} for ${name} but received ${shown} of type ${type}`);
 }
+
+/**
+ * Any error thrown on the way through the public API, as a StepError: step-seg's own pass through; a
+ * failed allocation of a result array (V8's RangeError) is an OutOfMemoryError; anything else (a bug,
+ * or a caller's getter that throws) an InternalError with the original as its cause.
+ */
+export function asStepError(err: unknown): StepError {
+  if (err instanceof StepError) return err;
+  if (err instanceof RangeError && /allocation failed|Invalid (typed )?array (buffer )?length|Array buffer allocation/i.test(err.message))
+    return new OutOfMemoryError(`out of memory: ${err.message}`, { cause: err });
+  const e = err as { code?: string; message?: string };
+  if (e && typeof e.code === 'string' && e.code in byCode) return fromNative(err);
+  return new InternalError(`internal error: ${e?.message ?? String(err)}`, { cause: err });
+}
+
+/** Runs `work` and rejects only with StepErrors (asStepError). */
+export async function coded<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw asStepError(err);
+  }
+}
+
+/**
+ * Runs `read`, which reads the caller's arguments (options, inputs): an exception that is not a
+ * StepError was thrown by the caller's own objects (a getter, a Proxy) and is a BadInputError.
+ */
+export function readingArguments<T>(what: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof StepError) throw err;
+    throw new BadInputError(`reading ${what} threw: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+}

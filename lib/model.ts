@@ -8,8 +8,8 @@ import * as path from 'node:path';
 
 import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
-import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, fromNative, invalidParameter } from './errors';
-import { prepareImage, type ImageInput, type PreparedImage } from './image';
+import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, coded, fromNative, invalidParameter, readingArguments } from './errors';
+import { captureImage, prepareImage, type CapturedImage, type ImageInput, type PreparedImage } from './image';
 import {
   checkForwardOptions,
   checkLoadOptions,
@@ -19,9 +19,12 @@ import {
   type LoadOptions,
   type SegmentOptions,
 } from './options';
+import { parseJsonStrict } from './json';
 import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from './safetensors';
 import type { TokenMap } from './pictures';
 import { compareSelfCheck, selfCheckImage, selfCheckModel } from './selfcheck';
+import { kLimits } from './limits';
+import { Ledger, forwardBytes, resultBytes } from './memory';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
@@ -31,13 +34,15 @@ export const defaultModelPath = path.join(packageRoot, 'weights', 'default');
 type BlockGroup = 'encoder' | `blocks ${number}-${number}`;
 
 /**
- * The stages `stats.ms` times. On the CPU: `decode` (the image, on libuv's pool), `normalize`, `score`
+ * The stages `stats.ms` times. On the CPU: `copy` (the caller's bytes, on the main thread), `decode`
+ * (the image, on libuv's pool), `normalize`, `score`
  * and `select` (merging), `trunk` (the learned policy's CNN), `embed`, the block groups, `head`,
  * `upsample`. On the GPU the block groups and the head are timed with CUDA events and end in `(gpu)`
  * (`'encoder (gpu)'`, `'head (gpu)'`, or `'graph (gpu)'` for a replayed CUDA graph), and
  * `host + transfers` is the rest of the native call. `total` is the whole call, decoding included.
  */
 export type StageName =
+  | 'copy'
   | 'decode'
   | 'normalize'
   | 'score'
@@ -80,6 +85,8 @@ export interface SegmentStats {
   ms: StageTimes;
   /** Images in the call these figures come from. */
   batchSize: number;
+  /** With `tile`: the tiles this image ran as (token counts, GFLOPs and times are summed over them). */
+  tiles?: number;
 }
 
 export interface SegmentResult {
@@ -190,7 +197,7 @@ async function createNative(
 ): Promise<{ native: NativeModel; device: 'cpu' | 'cuda'; reason?: string }> {
   const { binding } = loadBinding();
   const create = (device: 'cpu' | 'cuda') =>
-    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device);
+    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device, src.header.prefix, src.header.fileSize);
   try {
     return { native: await create(choice.device), ...choice };
   } catch (err) {
@@ -234,12 +241,7 @@ async function readSource(source: string | Buffer | Uint8Array): Promise<ModelSo
     } catch (err) {
       throw new BadModelError(`cannot read ${configPath}: a model directory holds config.json and model.safetensors`, { cause: err });
     }
-    let raw: unknown;
-    try {
-      raw = JSON.parse(text);
-    } catch (err) {
-      throw new BadModelError(`${configPath} is not valid JSON: ${(err as Error).message}`, { cause: err });
-    }
+    const raw = parseJsonStrict(text, configPath);
     const header = await readHeaderFromFile(weightsPath);
     return { header, weights: weightsPath, where: source, config: parseConfig(raw, configPath) };
   }
@@ -251,12 +253,7 @@ function configFromMetadata(header: SafetensorsHeader, where: string): ModelConf
   const text = header.metadata.config;
   if (text === undefined)
     throw new BadModelError(`${where}: a single-file model needs its config as JSON in the safetensors __metadata__ under "config"`);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new BadModelError(`${where}: __metadata__.config is not valid JSON: ${(err as Error).message}`, { cause: err });
-  }
+  const raw = parseJsonStrict(text, `${where}: __metadata__.config`);
   return parseConfig(raw, `${where} (__metadata__.config)`);
 }
 
@@ -274,8 +271,12 @@ function configFromMetadata(header: SafetensorsHeader, where: string): ModelConf
  * const { labels, width, height } = await model.segment('street.jpg');
  * model.dispose();
  */
-export async function loadModel(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
-  const opts = checkLoadOptions(options);
+export function loadModel(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
+  return coded(() => load(source, options));
+}
+
+async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions): Promise<Model> {
+  const opts = readingArguments('options', () => checkLoadOptions(options));
   if (source !== undefined && typeof source !== 'string' && !(source instanceof Uint8Array))
     throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
   const src = await readSource(source ?? defaultModelPath);
@@ -283,6 +284,28 @@ export async function loadModel(source?: string | Buffer | Uint8Array, options?:
   const { native, device, reason } = await createNative(src, choice, opts.device);
   return new Model(native, src.config, device, reason);
 }
+
+/** The tiles of one image (patch-grid units), as the addon runs them (native/addon/addon.cpp, run_tiles). */
+export interface TilePlan {
+  /** cells of the image's patch grid */
+  cells: number;
+  tiles: { cells: number }[];
+  /** the largest tile */
+  largest: { cells: number };
+}
+
+export function tilePlan(width: number, height: number, P: number, tile: { size: number; stride: number } | false): TilePlan {
+  const gh = Math.ceil(height / P), gw = Math.ceil(width / P), cells = gh * gw;
+  if (!tile) return { cells, tiles: [{ cells }], largest: { cells } };
+  const tg = tile.size / P, sg = Math.max(1, tile.stride / P);
+  const axis = (g: number) => (g <= tg ? 1 : Math.ceil((g - tg) / sg) + 1);
+  const th = Math.min(tg, gh), tw = Math.min(tg, gw);
+  const n = axis(gh) * axis(gw);
+  return { cells, tiles: Array.from({ length: n }, () => ({ cells: th * tw })), largest: { cells: th * tw } };
+}
+
+/** @internal The native model behind a Model (tests and diagnostics; not exported from the package). */
+export const nativeOf = new WeakMap<object, NativeModel>();
 
 /** A loaded model. Calls run one at a time, in call order; `dispose()` frees its memory. */
 export class Model {
@@ -299,6 +322,7 @@ export class Model {
   /** @internal use {@link loadModel} */
   constructor(native: NativeModel, config: ModelConfig, device: 'cpu' | 'cuda', deviceReason?: string) {
     this.#native = native;
+    nativeOf.set(this, native);
     this.config = config;
     this.device = device;
     this.deviceReason = deviceReason;
@@ -334,32 +358,67 @@ export class Model {
    * @throws {BadInputError} wrong dims, a data length that does not match, or NaN / infinite values.
    * @throws {DisposedError} after `dispose()`.
    */
-  async forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
+  forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
+    return coded(() => this.#forwardFeatures(pixels, options));
+  }
+
+  async #forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
     this.#live();
-    const opts = checkForwardOptions(options);
+    const opts = readingArguments('options', () => checkForwardOptions(options));
     if (!pixels || typeof pixels !== 'object') throw invalidParameter('pixels', 'a tensor { data: Float32Array, dims: [N, 3, H, W] }', pixels);
-    const { data, dims } = pixels;
+    const { data, dims: given } = readingArguments('pixels', () => ({ data: pixels.data, dims: pixels.dims }));
+    const dims = readingArguments('pixels.dims', () => (Array.isArray(given) ? [...given] : given));
     const P = this.config.patchSize;
     if (!(data instanceof Float32Array)) throw invalidParameter('pixels.data', 'a Float32Array', data);
-    if (!Array.isArray(dims) || dims.length !== 4 || !dims.every((d) => Number.isInteger(d) && d > 0) || dims[1] !== 3)
-      throw invalidParameter('pixels.dims', '[N, 3, H, W] with positive integers', dims);
+    if (
+      !Array.isArray(dims) ||
+      dims.length !== 4 ||
+      !dims.every((d) => Number.isInteger(d) && d > 0) ||
+      dims[1] !== 3 ||
+      dims[0] > kLimits.batch ||
+      dims[2] > kLimits.featuresSide ||
+      dims[3] > kLimits.featuresSide
+    )
+      throw invalidParameter('pixels.dims', `[N, 3, H, W] with positive integers, N at most ${kLimits.batch}, H and W at most ${kLimits.featuresSide}`, dims);
     if (this.config.kind === 'vit' && (dims[2] % P || dims[3] % P))
       throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
     if (data.length !== numel(dims))
       throw new BadInputError(`Expected ${numel(dims)} values for pixels.data (dims [${dims.join(', ')}]) but received ${data.length}`);
-    for (let i = 0; i < data.length; i++)
-      if (!Number.isFinite(data[i])) throw new BadInputError(`pixels.data[${i}] is ${data[i]}: expected finite numbers (no NaN or infinity)`);
     const [N, , H, W] = dims;
     const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
     const C = this.config.embedDim;
-    if (this.config.kind === 'vit') this.#checkMemory(N, (H / P) * (W / P), N * 3 * H * W);
-    // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
-    // the five stage maps: about 80 floats per input pixel.
-    else this.#checkMemory(0, 0, N * H * W * 80);
+    const ledger = new Ledger();
+    const cells = this.config.kind === 'vit' ? N * (H / P) * (W / P) : 0;
+    if (cells + N * (T - cells / N) > kLimits.tokens)
+      throw new BadInputError(`this input needs ${cells + N * (T - cells / N)} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller input`);
+    ledger.reserve(4 * data.length, 'the copy of the pixels');
+    let owned: Float32Array;
+    try {
+      // the call's own copy, taken now (the caller may reuse its array once this returns), checked
+      owned = data.slice();
+      for (let i = 0; i < owned.length; i++)
+        if (!Number.isFinite(owned[i])) throw new BadInputError(`pixels.data[${i}] is ${owned[i]}: expected finite numbers (no NaN or infinity)`);
+      if (this.config.kind === 'vit') {
+        const largestPixels = H * W;
+        ledger.reserve(
+          forwardBytes(this.config, { images: N, cells, paddedPixels: N * H * W, largestPixels, largestTokens: cells / N, learnedPolicy: false }),
+          'the forward',
+        );
+        // the tokens returned, and with intermediates a copy after every block
+        ledger.reserve(4 * N * T * C * (1 + (opts.intermediates ? this.config.depth + 3 : 0)), 'the results');
+      } else {
+        // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
+        // the five stage maps (twice: NHWC and NCHW): about 80 floats per input pixel, and the copy in.
+        ledger.reserve(4 * N * H * W * 83, 'the forward');
+      }
+    } catch (err) {
+      ledger.release();
+      throw err;
+    }
     return this.#enqueue(async () => {
       let out;
       try {
-        out = await this.#native.forwardFeatures(data, dims, opts.intermediates);
+        out = await this.#native.forwardFeatures(owned, dims, opts.intermediates);
       } catch (err) {
         throw fromNative(err);
       }
@@ -367,7 +426,7 @@ export class Model {
       if (out.stages) {
         const stages: Tensor[] = out.stages.map((st) => ({ type: 'float32', data: st.data, dims: st.dims }));
         const last = stages[stages.length - 1];
-        return { type: 'float32', data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
+        return { type: 'float32' as const, data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
       }
       const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats };
       if (opts.intermediates) {
@@ -376,7 +435,7 @@ export class Model {
           result.intermediates[name] = { type: 'float32', data: t, dims: [N, t.length / N / C, C] };
       }
       return result;
-    });
+    }).finally(() => ledger.release());
   }
 
   /**
@@ -404,44 +463,91 @@ export class Model {
    * Segments several images in one packed batch (each keeps its own size and token count); the
    * results equal those of segmenting each image alone.
    */
-  async segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
+  segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
+    return coded(() => this.#segmentBatch(images, options));
+  }
+
+  async #segmentBatch(images: ImageInput[], options?: SegmentOptions): Promise<SegmentResult[]> {
     this.#live();
     if (!Array.isArray(images) || images.length === 0) throw invalidParameter('images', 'a non-empty array of images', images);
-    const opts = checkSegmentOptions(options, {
-      size: this.config.inputSize,
-      patch: this.config.patchSize,
-      merge: this.config.merge,
-      policy: this.config.policy,
-      prune: this.config.prune,
-    });
+    const opts = readingArguments('options', () =>
+      checkSegmentOptions(options, {
+        size: this.config.inputSize,
+        patch: this.config.patchSize,
+        merge: this.config.merge,
+        policy: this.config.policy,
+        prune: this.config.prune,
+      }),
+    );
     if (this.config.numClasses === 0)
       throw new BadModelError(
         this.config.kind === 'vit'
           ? 'this model has no segmentation head (no class_names / decoder.head in its config): use forwardFeatures()'
           : `this model is a bare ${this.config.kind} trunk: use forwardFeatures()`,
       );
+    // What the call reads of the caller's inputs is taken now (raw pixels and encoded bytes copied),
+    // so the caller may reuse its buffers once this has returned. A hole in the array is an error.
+    // Every stage reserves its memory before it allocates (lib/memory.ts), until the call settles.
+    const ledger = new Ledger();
+    const reserve = (bytes: number, what: string) => ledger.reserve(bytes, what);
+    const captured: CapturedImage[] = [];
+    const tCopy = performance.now();
+    try {
+      for (let i = 0; i < images.length; i++) {
+        const name = images.length > 1 ? `images[${i}]` : 'image';
+        if (!(i in images)) throw invalidParameter(name, 'an image (the array has a hole here)', undefined);
+        captured.push(readingArguments(name, () => captureImage(images[i], name, reserve)));
+      }
+    } catch (err) {
+      ledger.release();
+      throw err;
+    }
+    const copyMs = performance.now() - tCopy; // the only work on the main thread that grows with the input
     // Decoding starts now, beside any running call; the native work takes its turn in the queue,
     // which it joins now, so a dispose() that follows this call lets it finish.
     const t0 = performance.now();
     let decodeMs = 0;
-    const decoding = Promise.all(images.map((im, i) => prepareImage(im, opts.size, images.length > 1 ? `images[${i}]` : 'image'))).then(
+    const decoding = Promise.all(captured.map((im) => prepareImage(im, { size: opts.size, outputSize: opts.outputSize, reserve }))).then(
       (prepared) => ((decodeMs = performance.now() - t0), prepared),
     );
     decoding.catch(() => undefined); // rejection is reported through the queued work below
-    return this.#enqueue(async () => {
+    const run = this.#enqueue(async () => {
       const prepared = await decoding;
-      this.#checkSegmentMemory(prepared, opts);
       const t1 = performance.now();
+      const K = this.config.numClasses, P = this.config.patchSize;
+      const plans = prepared.map((p) => tilePlan(p.resizedWidth, p.resizedHeight, P, opts.tile));
+      this.#reserveSegment(ledger, prepared, plans, opts);
+      // Every result array is allocated here, where a failed allocation is a RangeError (an
+      // OutOfMemoryError, see coded()), and filled by the addon on its worker thread.
+      const outputs = prepared.map((p) => {
+        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P), pixels = p.outWidth * p.outHeight;
+        return {
+          gh,
+          gw,
+          labels: K <= 256 ? new Uint8Array(pixels) : new Uint16Array(pixels),
+          probs: opts.probabilities ? new Float32Array(K * pixels) : undefined,
+          logits: opts.logits ? new Float32Array(K * gh * gw) : undefined,
+          index: new Int32Array(gh * gw),
+          size: new Uint8Array(gh * gw),
+          exitLayer: new Uint8Array(gh * gw),
+        };
+      });
       let out;
       try {
         out = await this.#native.segment(
-          prepared.map((p) => ({
+          prepared.map((p, i) => ({
             data: p.data,
             width: p.resizedWidth,
             height: p.resizedHeight,
             channels: 3,
-            outWidth: p.width,
-            outHeight: p.height,
+            outWidth: p.outWidth,
+            outHeight: p.outHeight,
+            labels: outputs[i].labels,
+            probs: outputs[i].probs,
+            logits: outputs[i].logits,
+            index: outputs[i].index,
+            size: outputs[i].size,
+            exitLayer: outputs[i].exitLayer,
           })),
           {
             mean: this.config.pixelMean,
@@ -450,31 +556,38 @@ export class Model {
             logits: opts.logits,
             merge: opts.merge || undefined,
             prune: opts.prune || undefined,
+            tile: opts.tile || undefined,
           },
         );
       } catch (err) {
         throw fromNative(err);
       }
-      const total = decodeMs + performance.now() - t1;
-      const gflopsDense = this.#denseGflops(out.map((r) => r.tokenMap.gh * r.tokenMap.gw));
+      const total = copyMs + decodeMs + performance.now() - t1;
+      const gflopsDense = this.#denseGflops(plans.flatMap((plan) => plan.tiles.map((t) => t.cells)));
       return out.map((r, i) => {
-        const p = prepared[i];
+        const p = prepared[i], o = outputs[i];
         const result: SegmentResult = {
-          width: p.width,
-          height: p.height,
-          labels: r.labels,
+          width: p.outWidth,
+          height: p.outHeight,
+          labels: o.labels,
           classes: this.config.classNames,
-          stats: this.#stats(r.stats, { decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
-          tokenMap: { ...r.tokenMap, patchSize: this.config.patchSize, depth: this.config.depth, inputSize: opts.size },
+          stats: this.#stats(r.stats, { copy: copyMs, decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
+          tokenMap: {
+            gh: o.gh, gw: o.gw, index: o.index, size: o.size, exitLayer: o.exitLayer,
+            patchSize: this.config.patchSize, depth: this.config.depth,
+            inputSize: opts.size ?? Math.max(o.gh, o.gw) * this.config.patchSize, // tiles at the image's own size
+          },
         };
         const sizes = [...(opts.merge ? opts.merge.levels : []), 1];
         sizes.forEach((side, l) => (result.stats.tokens.perLevel[side] = r.tokensPerSize[l]));
-        const K = this.config.numClasses;
-        if (r.probs) result.probabilities = { type: 'float32', data: r.probs, dims: [K, p.height, p.width] };
-        if (r.logits && r.logitsDims) result.logits = { type: 'float32', data: r.logits, dims: r.logitsDims };
+        if (opts.tile) result.stats.tiles = r.stats.tiles;
+        if (o.probs) result.probabilities = { type: 'float32', data: o.probs, dims: [K, p.outHeight, p.outWidth] };
+        if (o.logits) result.logits = { type: 'float32', data: o.logits, dims: [K, o.gh, o.gw] };
         return result;
       });
     });
+    // the reservations last until the call settles, whichever way
+    return run.finally(() => ledger.release());
   }
 
   // GFLOPs of a dense forward over images of `patches` patches each (counted as the engine counts).
@@ -504,29 +617,37 @@ export class Model {
     return stats;
   }
 
-  // Rough peak memory of a forward over `patches` patch tokens, refused early when it cannot fit.
-  #checkMemory(images: number, patches: number, extraFloats: number): void {
-    const c = this.config;
-    const A = patches + images * (c.regTokens + (c.classToken ? 1 : 0));
-    const hidden = c.embedDim * c.mlpRatio;
-    const floats = A * (7 * c.embedDim + hidden + c.numClasses) + patches * (3 * c.patchSize * c.patchSize + c.embedDim) + extraFloats;
-    const bytes = floats * 4;
-    const limit = Number(process.env.STEP_SEG_MEMORY_LIMIT_MB) * 2 ** 20;
-    const available = limit > 0 ? limit : Math.max(os.freemem(), os.totalmem() * 0.5);
-    if (bytes > available)
-      throw new OutOfMemoryError(
-        `this input needs about ${Math.round(bytes / 2 ** 20)} MiB${A ? ` (${A} tokens)` : ""} but about ${Math.round(available / 2 ** 20)} MiB is available: use a smaller size or fewer images per batch`,
-      );
-  }
-
-  #checkSegmentMemory(prepared: PreparedImage[], opts: CheckedSegmentOptions): void {
-    const P = this.config.patchSize;
-    let patches = 0, extra = 0;
-    for (const p of prepared) {
-      patches += Math.ceil(p.resizedWidth / P) * Math.ceil(p.resizedHeight / P);
-      extra += 3 * Math.ceil(p.resizedWidth / P) * P * Math.ceil(p.resizedHeight / P) * P + p.width * p.height * (1 + (opts.probabilities ? this.config.numClasses : 0));
+  // What the native part of a segment() call holds: each forward (the whole batch, or one tile at a
+  // time), the per-image patch-grid logits (and, with tiles, their running sums and a tile's crop),
+  // and the result arrays.
+  #reserveSegment(ledger: Ledger, prepared: PreparedImage[], plans: TilePlan[], opts: CheckedSegmentOptions): void {
+    const c = this.config, P = c.patchSize, pre = c.regTokens + (c.classToken ? 1 : 0);
+    const learnedPolicy = !!opts.merge && opts.merge.policy === 'learned';
+    let tokens = 0, results = 0, forward = 0;
+    if (!opts.tile) {
+      let cells = 0, H = 0, W = 0, largest = 0, largestTokens = 0;
+      for (const p of prepared) {
+        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P);
+        cells += gh * gw;
+        H = Math.max(H, gh * P), W = Math.max(W, gw * P);
+        largest = Math.max(largest, gh * gw * P * P), largestTokens = Math.max(largestTokens, gh * gw);
+      }
+      tokens = cells + prepared.length * pre;
+      forward = forwardBytes(c, { images: prepared.length, cells, paddedPixels: prepared.length * H * W, largestPixels: largest, largestTokens, learnedPolicy });
+    } else {
+      for (const plan of plans) {
+        const t = plan.largest;
+        tokens = Math.max(tokens, t.cells + pre);
+        // one tile at a time, plus its crop, plus the image's running sums (cells x (K + 1) floats)
+        forward = Math.max(forward, forwardBytes(c, { images: 1, cells: t.cells, paddedPixels: t.cells * P * P, largestPixels: t.cells * P * P, largestTokens: t.cells, learnedPolicy }) + 3 * t.cells * P * P);
+        results += 4 * plan.cells;
+      }
     }
-    this.#checkMemory(prepared.length, patches, extra);
+    if (tokens > kLimits.tokens)
+      throw new BadInputError(`this input needs ${tokens} tokens in one forward, more than the engine's limit of ${kLimits.tokens}: use a smaller size, tiles or fewer images per call`);
+    prepared.forEach((p, i) => (results += resultBytes(c, p.outWidth * p.outHeight, plans[i].cells, opts.probabilities, opts.logits)));
+    ledger.reserve(forward, opts.tile ? 'a tile\'s forward' : 'the forward');
+    ledger.reserve(results, 'the results');
   }
 
   /**

@@ -1,6 +1,7 @@
 /** Option checking for the public API, in one place, with errors of one shape. */
 import { checkMerge, checkPrune, kDefaultMerge, type MergeConfig, type PruneConfig } from './config';
 import { BadInputError, invalidParameter } from './errors';
+import { kLimits } from './limits';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 
@@ -28,6 +29,17 @@ export interface SegmentOptions {
    * (a subset of the model's exits). Default: the model's config (off for models without exit heads).
    */
   prune?: false | Partial<PruneConfig>;
+  /**
+   * Sliding-window inference (mmsegmentation's slide mode): the image, resized so that its long side
+   * is `size` (default with tiles: the image's own, i.e. full resolution), is run as tiles of
+   * `size` x `size` pixels overlapping by `overlap` pixels (default a quarter of the tile; the last
+   * tile of a row or column ends at the image's edge), one tile per forward, and the patch-grid logits
+   * are averaged where tiles overlap. Memory follows the tile, not the image. Sizes are multiples of
+   * the patch size.
+   */
+  tile?: { size: number; overlap?: number };
+  /** Long side of the label map (and probabilities). Default: the image's own size. */
+  outputSize?: number;
 }
 
 export interface ForwardOptions {
@@ -60,10 +72,14 @@ export function checkLoadOptions(options: unknown): Required<LoadOptions> {
   return { device };
 }
 
-export const kMaxSize = 8192;
+export const kMaxSize = kLimits.size;
 
 export interface CheckedSegmentOptions {
-  size: number;
+  /** undefined: the image's own long side (tiles only) */
+  size: number | undefined;
+  /** tile side and stride in pixels, multiples of the patch size */
+  tile: { size: number; stride: number } | false;
+  outputSize: number | undefined;
   probabilities: boolean;
   logits: boolean;
   merge: MergeConfig | false;
@@ -81,10 +97,30 @@ export function checkSegmentOptions(
   },
 ): CheckedSegmentOptions {
   const o = checkObject(options, 'options');
-  checkKeys(o, ['size', 'probabilities', 'logits', 'merge', 'prune'], 'options');
-  const size = o.size ?? defaults.size;
-  if (!Number.isInteger(size) || (size as number) < defaults.patch || (size as number) > kMaxSize)
-    throw invalidParameter('options.size', `an integer from ${defaults.patch} to ${kMaxSize}`, size);
+  checkKeys(o, ['size', 'probabilities', 'logits', 'merge', 'prune', 'tile', 'outputSize'], 'options');
+  const P = defaults.patch;
+  let tile: CheckedSegmentOptions['tile'] = false;
+  if (o.tile !== undefined) {
+    const t = o.tile as Record<string, unknown>;
+    if (t === null || typeof t !== 'object' || Array.isArray(t)) throw invalidParameter('options.tile', '{ size, overlap? } in pixels', o.tile);
+    checkKeys(t, ['size', 'overlap'], 'options.tile');
+    const side = t.size;
+    if (!Number.isInteger(side) || (side as number) < P || (side as number) > kMaxSize || (side as number) % P)
+      throw invalidParameter('options.tile.size', `a multiple of the patch size ${P} from ${P} to ${kMaxSize}`, side);
+    const overlap = t.overlap ?? Math.floor((side as number) / 4 / P) * P;
+    if (!Number.isInteger(overlap) || (overlap as number) < 0 || (overlap as number) >= (side as number))
+      throw invalidParameter('options.tile.overlap', `an integer from 0 to ${(side as number) - 1} (pixels)`, overlap);
+    // the stride between tiles, a whole number of patches: the overlap rounds up to one
+    const stride = Math.max(P, Math.floor(((side as number) - (overlap as number)) / P) * P);
+    tile = { size: side as number, stride };
+  }
+  const maxSize = tile ? kLimits.tiledSize : kMaxSize;
+  const size = o.size ?? (tile ? undefined : defaults.size);
+  if (size !== undefined && (!Number.isInteger(size) || (size as number) < P || (size as number) > maxSize))
+    throw invalidParameter('options.size', `an integer from ${P} to ${maxSize}`, size);
+  const outputSize = o.outputSize;
+  if (outputSize !== undefined && (!Number.isInteger(outputSize) || (outputSize as number) < 1 || (outputSize as number) > kLimits.tiledSize))
+    throw invalidParameter('options.outputSize', `an integer from 1 to ${kLimits.tiledSize}`, outputSize);
   let merge = defaults.merge;
   if (o.merge === false) merge = false;
   else if (o.merge !== undefined) {
@@ -116,7 +152,9 @@ export function checkSegmentOptions(
     });
   }
   return {
-    size: size as number,
+    size: size as number | undefined,
+    tile,
+    outputSize: outputSize as number | undefined,
     probabilities: checkBool(o.probabilities, 'options.probabilities'),
     logits: checkBool(o.logits, 'options.logits'),
     merge,

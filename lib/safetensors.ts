@@ -7,6 +7,7 @@
 import * as fs from 'node:fs/promises';
 
 import { BadModelError } from './errors';
+import { parseJsonStrict, shown } from './json';
 
 export interface TensorInfo {
   name: string;
@@ -21,17 +22,29 @@ export interface SafetensorsHeader {
   metadata: Record<string, string>;
   dataOffset: number; // byte where the data section starts
   dataSize: number; // bytes in the data section
+  /** Read from a file: its first dataOffset bytes and its size then (the addon checks them again). */
+  prefix?: Buffer;
+  fileSize?: number;
 }
 
 const kMaxHeader = 100 * 1024 * 1024;
 
+/** Bytes per element of the safetensors dtypes (the engine reads F32, F16 and BF16). */
+const kDtypeBytes: Record<string, number> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, F8_E8M0: 1,
+  I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4,
+  I64: 8, U64: 8, F64: 8, C64: 8,
+};
+
+/**
+ * Checks a header against the format's rules (github.com/huggingface/safetensors, "Format"): one
+ * entry per name, each { dtype, shape, data_offsets: [begin, end] } with end - begin the tensor's byte
+ * count, offsets inside the data section, and the tensors covering the data section exactly once:
+ * no overlap (no two names for the same bytes), no holes, nothing after the last tensor.
+ */
 function parseHeader(json: Buffer, total: number, where: string): SafetensorsHeader {
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(json.toString('utf8'));
-  } catch (err) {
-    throw new BadModelError(`${where}: the safetensors header is not valid JSON (${(err as Error).message}): the file is corrupt or not safetensors`);
-  }
+  const header = parseJsonStrict(json.toString('utf8'), `${where}: the safetensors header`, 8) as Record<string, unknown>;
   if (!header || typeof header !== 'object' || Array.isArray(header))
     throw new BadModelError(`${where}: the safetensors header is not a JSON object`);
   const dataOffset = 8 + json.length;
@@ -40,7 +53,8 @@ function parseHeader(json: Buffer, total: number, where: string): SafetensorsHea
   const tensors: TensorInfo[] = [];
   for (const [name, v] of Object.entries(header)) {
     if (name === '__metadata__') {
-      for (const [k, m] of Object.entries((v ?? {}) as Record<string, unknown>)) {
+      if (!v || typeof v !== 'object' || Array.isArray(v)) throw new BadModelError(`${where}: __metadata__ is not an object of strings`);
+      for (const [k, m] of Object.entries(v as Record<string, unknown>)) {
         if (typeof m !== 'string') throw new BadModelError(`${where}: __metadata__.${k} is not a string`);
         metadata[k] = m;
       }
@@ -51,20 +65,41 @@ function parseHeader(json: Buffer, total: number, where: string): SafetensorsHea
     if (
       typeof t?.dtype !== 'string' ||
       !Array.isArray(shape) ||
-      !shape.every((d) => Number.isInteger(d) && d >= 0) ||
+      !shape.every((d) => Number.isSafeInteger(d) && d >= 0) ||
       !Array.isArray(offsets) ||
       offsets.length !== 2 ||
-      !offsets.every((d) => Number.isInteger(d) && d >= 0)
+      !offsets.every((d) => Number.isSafeInteger(d) && d >= 0)
     )
-      throw new BadModelError(`${where}: tensor ${name} has a malformed header entry ${JSON.stringify(v)}`);
+      throw new BadModelError(`${where}: tensor ${name} has a malformed header entry ${shown(v)}`);
+    let count = 1;
+    for (const d of shape as number[]) count *= d;
+    if (!Number.isSafeInteger(count))
+      throw new BadModelError(`${where}: tensor ${name} has shape [${(shape as number[]).join(', ')}]: too many elements to hold`);
     const [begin, end] = offsets as number[];
     if (end < begin) throw new BadModelError(`${where}: tensor ${name} ends (${end}) before it begins (${begin})`);
     if (end > dataSize)
       throw new BadModelError(
         `${where}: tensor ${name} ends at byte ${end} of the data section but the file holds only ${dataSize} bytes there: the file is truncated`,
       );
+    const elem = kDtypeBytes[t.dtype];
+    if (elem !== undefined && count * elem !== end - begin)
+      throw new BadModelError(
+        `${where}: tensor ${name} has dtype ${t.dtype} and shape [${(shape as number[]).join(', ')}] (${count * elem} bytes) but its data_offsets span ${end - begin} bytes`,
+      );
     tensors.push({ name, dtype: t.dtype, shape: shape as number[], begin, end });
   }
+  // coverage: sorted by offset, each tensor starts where the one before ends
+  const sorted = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0, last = '';
+  for (const t of sorted) {
+    if (t.begin < at)
+      throw new BadModelError(`${where}: tensors ${last} and ${t.name} overlap (bytes ${t.begin} to ${Math.min(at, t.end)} of the data section): each byte belongs to one tensor`);
+    if (t.begin > at) throw new BadModelError(`${where}: bytes ${at} to ${t.begin} of the data section belong to no tensor (before ${t.name})`);
+    at = t.end;
+    if (t.end > t.begin) last = t.name;
+  }
+  if (at !== dataSize)
+    throw new BadModelError(`${where}: the data section holds ${dataSize} bytes but its tensors end at byte ${at}: the file has ${dataSize - at} bytes that belong to no tensor`);
   return { tensors, metadata, dataOffset, dataSize };
 }
 
@@ -91,9 +126,12 @@ export async function readHeaderFromFile(file: string): Promise<SafetensorsHeade
     const prefix = Buffer.alloc(8);
     await handle.read(prefix, 0, Math.min(8, size), 0);
     const n = headerLength(prefix, size, file);
-    const json = Buffer.alloc(n);
-    await handle.read(json, 0, n, 8);
-    return parseHeader(json, size, file);
+    const prefixBytes = Buffer.alloc(8 + n);
+    const { bytesRead } = await handle.read(prefixBytes, 0, 8 + n, 0);
+    if (bytesRead !== 8 + n || !prefixBytes.subarray(0, 8).equals(prefix))
+      throw new BadModelError(`${file}: the file changed while its header was read: load it again once it has been written`);
+    const header = parseHeader(prefixBytes.subarray(8), size, file);
+    return { ...header, prefix: prefixBytes, fileSize: size };
   } finally {
     await handle.close();
   }

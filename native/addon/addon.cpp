@@ -7,14 +7,21 @@
 // for the op tests).
 #include <napi.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "../core/device.h"
 #include "../core/file_map.h"
@@ -43,11 +50,39 @@ step::cpu::CpuBackend& cpu_backend() {
 }
 
 // ---- reading JS values ---------------------------------------------------------------------------
-int get_int(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
-  return v.As<Napi::Number>().Int32Value();
+// lib/ checks every value against the engine's limits (lib/limits.ts) before it comes here; these
+// checks keep a value that slipped past from being truncated or wrapped: a coded BadInput error.
+[[noreturn]] void throw_bad_input(Napi::Env env, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, step::error_code_name(ErrorCode::kBadInput)));
+  throw err;
 }
+int to_int(const Napi::Value& v, const std::string& what, double min = -2147483648.0, double max = 2147483647.0) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= min && d <= max) || d != std::floor(d))
+    throw_bad_input(v.Env(), what + " must be an integer from " + std::to_string(int64_t(min)) + " to " + std::to_string(int64_t(max)) +
+                                 " but is " + std::to_string(d));
+  return int(d);
+}
+int64_t to_int64(const Napi::Value& v, const std::string& what) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
+    throw_bad_input(v.Env(), what + " must be an integer from 0 to 2^53 - 1 but is " + std::to_string(d));
+  return int64_t(d);
+}
+float to_float(const Napi::Value& v, const std::string& what) {
+  if (!v.IsNumber()) throw_bad_input(v.Env(), "expected a number for " + what);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (std::isnan(d)) throw_bad_input(v.Env(), what + " is NaN");
+  return float(d);
+}
+Napi::Array to_array(const Napi::Value& v, const std::string& what) {
+  if (!v.IsArray()) throw_bad_input(v.Env(), "expected an array for " + what);
+  return v.As<Napi::Array>();
+}
+int get_int(const Napi::Object& o, const char* key) { return to_int(o.Get(key), key); }
 double get_double(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("expected a number for ") + key);
@@ -66,7 +101,20 @@ std::vector<T> get_vector(const Napi::Value& v, const char* what) {
   const T* p = reinterpret_cast<const T*>(static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
   return std::vector<T>(p, p + ta.ElementLength());
 }
+void free_external(napi_env, void* data, void*) { std::free(data); }
+
+// A Float32Array copy of n floats. The memory comes from malloc, so that running out of it is a coded
+// OutOfMemory error rather than V8's fatal "ArrayBuffer allocation failed" (external buffers are not
+// allowed everywhere, e.g. Electron: there V8 allocates).
 Napi::Float32Array to_js(Napi::Env env, const float* data, size_t n) {
+  const size_t bytes = std::max<size_t>(n * sizeof(float), 1);
+  void* p = std::malloc(bytes);
+  if (!p) throw Error(ErrorCode::kOutOfMemory, "out of memory: cannot allocate " + std::to_string(bytes >> 20) + " MiB for a result");
+  if (n) std::memcpy(p, data, n * sizeof(float));
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, p, n * sizeof(float), free_external, nullptr, &ab) == napi_ok)
+    return Napi::Float32Array::New(env, n, Napi::ArrayBuffer(env, ab), 0);
+  std::free(p);
   Napi::Float32Array a = Napi::Float32Array::New(env, n);
   if (n) std::memcpy(a.Data(), data, n * sizeof(float));
   return a;
@@ -90,7 +138,10 @@ Napi::Object stats_to_js(Napi::Env env, const step::ForwardStats& s) {
 }
 
 // ---- jobs ----------------------------------------------------------------------------------------
-// An AsyncWorker that settles a Promise and carries the engine's error code to JS.
+// An AsyncWorker that settles a Promise and carries the engine's error code to JS. Completion runs in
+// the environment that queued the job; when that environment is being torn down (a Worker exiting,
+// or terminated mid-call) nobody waits for the Promise and settling it fails: that is swallowed
+// instead of escaping as a C++ exception (which would abort the process).
 class Job : public Napi::AsyncWorker {
  public:
   explicit Job(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
@@ -99,38 +150,59 @@ class Job : public Napi::AsyncWorker {
  protected:
   virtual void run() = 0;                        // worker thread
   virtual Napi::Value result(Napi::Env env) = 0; // main thread
+  void fail(ErrorCode code, const std::string& message) {
+    code_ = code;
+    message_ = message;
+    failed_ = true;
+  }
 
  private:
   void Execute() final {
     try {
       run();
     } catch (const Error& e) {
-      code_ = e.code();
-      SetError(e.what());
+      fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {
-      code_ = ErrorCode::kOutOfMemory;
-      SetError("out of memory while running the model: try a smaller input size or batch");
+      fail(ErrorCode::kOutOfMemory, "out of memory while running the model: try a smaller input size or batch");
     } catch (const std::exception& e) {
-      code_ = ErrorCode::kInternal;
-      SetError(std::string("internal error: ") + e.what());
+      fail(ErrorCode::kInternal, std::string("internal error: ") + e.what());
     }
   }
-  void OnOK() final {
-    Napi::Env env = Env();
+  void reject(Napi::Env env, ErrorCode code, const std::string& message) {
+    Napi::Error err = Napi::Error::New(env, message);
+    err.Set("code", Napi::String::New(env, step::error_code_name(code)));
+    deferred_.Reject(err.Value());
+  }
+  void settle(Napi::Env env) {
+    if (failed_) return reject(env, code_, message_);
     try {
       deferred_.Resolve(result(env));
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
+    } catch (const std::bad_alloc&) {
+      reject(env, ErrorCode::kOutOfMemory, "out of memory while returning the results");
+    } catch (const Error& e) {
+      reject(env, e.code(), e.what());
+    } catch (const std::exception& e) {
+      reject(env, ErrorCode::kInternal, std::string("internal error: ") + e.what());
     }
   }
-  void OnError(const Napi::Error& e) final {
-    Napi::Error err = Napi::Error::New(Env(), e.Message());
-    err.Set("code", Napi::String::New(Env(), step::error_code_name(code_)));
-    deferred_.Reject(err.Value());
+  void OnWorkComplete(Napi::Env env, napi_status status) final {
+    if (status != napi_cancelled) {
+      try {
+        Napi::HandleScope scope(env);
+        settle(env);
+      } catch (...) {
+        // the environment is shutting down: the Promise has no one to settle for
+      }
+    }
+    Destroy();
   }
 
   Napi::Promise::Deferred deferred_;
+  bool failed_ = false;
   ErrorCode code_ = ErrorCode::kInternal;
+  std::string message_;
 };
 
 // What a NativeModel owns; jobs share it, so dispose() during a run frees it when the run ends.
@@ -152,16 +224,34 @@ struct ModelState {
   }
 };
 
+// Per-environment state (the main thread and every worker_threads Worker that loads the addon each
+// have their own): JS handles never outlive or cross the environment that made them, so no static
+// holds one. Freed by Node when the environment is torn down (a Worker exits).
+// Memory that calls in flight have reserved (lib/memory.ts), process-wide: every environment's calls
+// count against the one budget. Each environment also keeps its own share, given back when it is torn
+// down (a Worker terminated mid-call never releases its reservations itself).
+std::atomic<int64_t> g_reserved{0};
+
+struct AddonData {
+  Napi::FunctionReference model_ctor;  // NativeModel, for results of createModel
+  int64_t reserved = 0;                // this environment's share of g_reserved (main thread only)
+  ~AddonData() { g_reserved -= reserved; }
+};
+
+AddonData& addon_data(Napi::Env env) {
+  AddonData* d = env.GetInstanceData<AddonData>();
+  if (!d) throw Napi::Error::New(env, "step-seg: the addon is not initialised in this environment");
+  return *d;
+}
+
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
  public:
-  static Napi::FunctionReference* constructor;
   static Napi::Function define(Napi::Env env) {
-    Napi::Function f = DefineClass(env, "NativeModel",
-                                   {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
-                                    InstanceMethod("segment", &NativeModel::segment),
-                                    InstanceMethod("dispose", &NativeModel::dispose)});
-    constructor = new Napi::FunctionReference(Napi::Persistent(f));
-    return f;
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
+                        InstanceMethod("segment", &NativeModel::segment),
+                        InstanceMethod("dispose", &NativeModel::dispose),
+                        InstanceMethod("cacheInfo", &NativeModel::cache_info)});
   }
   explicit NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
   std::shared_ptr<ModelState> state;
@@ -181,17 +271,26 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     state.reset();
     return info.Env().Undefined();
   }
+  // cacheInfo() -> { posEntries, posBytes, posLimit }: the position-embedding cache (tests, diagnostics)
+  Napi::Value cache_info(const Napi::CallbackInfo& info) {
+    auto s = live(info.Env());
+    Napi::Object o = Napi::Object::New(info.Env());
+    if (s->model) {
+      const step::VitModel::PosCacheInfo c = s->model->pos_cache_info();
+      o.Set("posEntries", double(c.entries)), o.Set("posBytes", double(c.bytes)), o.Set("posLimit", double(c.limit));
+    }
+    return o;
+  }
 };
-Napi::FunctionReference* NativeModel::constructor = nullptr;
 
 // createModel(config, tensors, source, dataOffset, device): source is a path or a Buffer; device 'cpu' or
 // 'cuda' (uploads the weights to the GPU; rejects with the reason when it cannot).
 class CreateModelJob : public Job {
  public:
   CreateModelJob(Napi::Env env, bool effnet, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
-                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda)
+                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda, std::vector<uint8_t> header, uint64_t file_size)
       : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset),
-        cuda_(cuda) {
+        cuda_(cuda), header_(std::move(header)), file_size_(file_size) {
     if (!buffer.IsEmpty()) {
       buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
       buffer_data_ = buffer.Data();
@@ -201,21 +300,27 @@ class CreateModelJob : public Job {
 
  protected:
   void run() override {
-    std::unique_ptr<step::FileMap> map;
-    const uint8_t* data = buffer_data_;
-    size_t size = buffer_size_;
+    // A file is read (pread) into memory owned here, never mapped: another process that truncates or
+    // rewrites it meanwhile makes this a BadModel error ("changed while it was loading"), not SIGBUS.
+    std::unique_ptr<step::FileSource> file;
+    std::unique_ptr<step::MemorySource> memory;
+    const step::ByteSource* src;
     if (!path_.empty()) {
-      map = std::make_unique<step::FileMap>(path_);
-      data = map->data(), size = map->size();
+      file = std::make_unique<step::FileSource>(path_, data_offset_);
+      if (!header_.empty()) file->expect_prefix(header_.data(), header_.size(), file_size_);
+      src = file.get();
+    } else {
+      if (data_offset_ > buffer_size_)
+        throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
+      memory = std::make_unique<step::MemorySource>(buffer_data_ + data_offset_, buffer_size_ - data_offset_);
+      src = memory.get();
     }
-    if (data_offset_ > size)
-      throw Error(ErrorCode::kBadModel, "the weights file is shorter than its own header: it is truncated");
     state_ = std::make_shared<ModelState>();
     if (effnet_)
-      state_->trunk = std::make_unique<step::EffNetTrunk>(
-          step::EffNetConfig{}, step::load_effnet_weights("", data + data_offset_, size - data_offset_, entries_, {}));
+      state_->trunk = std::make_unique<step::EffNetTrunk>(step::EffNetConfig{}, step::load_effnet_weights("", *src, entries_, {}));
     else
-      state_->model = step::load_vit_model(cfg_, data + data_offset_, size - data_offset_, entries_);
+      state_->model = step::load_vit_model(cfg_, *src, entries_);
+    if (file) file->expect_unchanged();  // every byte was read after the open: the same file throughout
     if (!cuda_) return;
 #ifdef STEP_SEG_HAVE_CUDA
     if (!state_->model)
@@ -225,8 +330,8 @@ class CreateModelJob : public Job {
     throw Error(ErrorCode::kDeviceUnavailable, "this build of step-seg has no CUDA backend");
 #endif
   }
-  Napi::Value result(Napi::Env) override {
-    Napi::Object obj = NativeModel::constructor->New({});
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object obj = addon_data(env).model_ctor.New({});
     NativeModel::Unwrap(obj)->state = state_;
     return obj;
   }
@@ -241,6 +346,8 @@ class CreateModelJob : public Job {
   size_t buffer_size_ = 0;
   uint64_t data_offset_;
   bool cuda_;
+  std::vector<uint8_t> header_;  // the file's first bytes as lib/ parsed them (path sources)
+  uint64_t file_size_;
   std::shared_ptr<ModelState> state_;
 };
 
@@ -250,18 +357,21 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   step::VitConfig cfg;
   const bool effnet = c.Get("arch").ToString().Utf8Value() == "efficientnet_lite0";
   if (!effnet) {
-  cfg.patch = get_int(c, "patchSize"), cfg.embed_dim = get_int(c, "embedDim"), cfg.depth = get_int(c, "depth");
-  cfg.heads = get_int(c, "numHeads"), cfg.mlp_hidden = get_int(c, "mlpHidden");
+  // the same limits as lib/limits.ts
+  cfg.patch = to_int(c.Get("patchSize"), "patchSize", 1, 256), cfg.embed_dim = to_int(c.Get("embedDim"), "embedDim", 1, 16384);
+  cfg.depth = to_int(c.Get("depth"), "depth", 1, 255);
+  cfg.heads = to_int(c.Get("numHeads"), "numHeads", 1, cfg.embed_dim), cfg.mlp_hidden = to_int(c.Get("mlpHidden"), "mlpHidden", 1, 131072);
   cfg.qkv_bias = get_bool(c, "qkvBias"), cfg.class_token = get_bool(c, "classToken");
   cfg.no_embed_class = get_bool(c, "noEmbedClass"), cfg.pre_norm = get_bool(c, "preNorm");
-  cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = get_int(c, "regTokens");
+  cfg.layer_scale = get_bool(c, "layerScale"), cfg.reg_tokens = to_int(c.Get("regTokens"), "regTokens", 0, 256);
   cfg.norm_eps = float(get_double(c, "normEps"));
-  cfg.grid_h = get_int(c, "gridH"), cfg.grid_w = get_int(c, "gridW"), cfg.num_classes = get_int(c, "numClasses");
-  Napi::Array exits = c.Get("exitLayers").As<Napi::Array>();
-  for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(exits.Get(i).As<Napi::Number>().Int32Value());
-  Napi::Array policy = c.Get("policyLevels").As<Napi::Array>();
-  for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(policy.Get(i).As<Napi::Number>().Int32Value());
-  cfg.policy_outputs = get_int(c, "policyOutputs");
+  cfg.grid_h = to_int(c.Get("gridH"), "gridH", 1, 32768), cfg.grid_w = to_int(c.Get("gridW"), "gridW", 1, 32768);
+  cfg.num_classes = to_int(c.Get("numClasses"), "numClasses", 0, 65536);
+  Napi::Array exits = to_array(c.Get("exitLayers"), "exitLayers");
+  for (uint32_t i = 0; i < exits.Length(); ++i) cfg.exit_layers.push_back(to_int(exits.Get(i), "exitLayers[i]", 1, cfg.depth - 1));
+  Napi::Array policy = to_array(c.Get("policyLevels"), "policyLevels");
+  for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(to_int(policy.Get(i), "policyLevels[i]", 2, 64));
+  cfg.policy_outputs = to_int(c.Get("policyOutputs"), "policyOutputs", 1, 2);
   }
 
   Napi::Array list = info[1].As<Napi::Array>();
@@ -272,17 +382,26 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
     e.name = t.Get("name").As<Napi::String>().Utf8Value();
     e.dtype = t.Get("dtype").As<Napi::String>().Utf8Value();
     Napi::Array shape = t.Get("shape").As<Napi::Array>();
-    for (uint32_t d = 0; d < shape.Length(); ++d) e.shape.push_back(shape.Get(d).As<Napi::Number>().Int64Value());
+    for (uint32_t d = 0; d < shape.Length(); ++d) e.shape.push_back(to_int64(shape.Get(d), "tensor shape"));
     e.begin = uint64_t(get_double(t, "begin")), e.end = uint64_t(get_double(t, "end"));
     entries.push_back(std::move(e));
   }
   std::string path;
   Napi::Buffer<uint8_t> buffer;
   if (info[2].IsString()) path = info[2].As<Napi::String>().Utf8Value();
-  else buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  else if (info[2].IsBuffer()) buffer = info[2].As<Napi::Buffer<uint8_t>>();
+  else throw_bad_input(env, "createModel: the source is a path or a Buffer");
   const bool cuda = info.Length() > 4 && info[4].IsString() && info[4].As<Napi::String>().Utf8Value() == "cuda";
+  // optional: the bytes the header was parsed from and the file's size then (a path source is checked
+  // against them: a file replaced between the two reads is refused)
+  std::vector<uint8_t> header;
+  uint64_t file_size = 0;
+  if (info.Length() > 6 && info[5].IsTypedArray()) {
+    header = get_vector<uint8_t>(info[5], "header");
+    file_size = uint64_t(to_int64(info[6], "fileSize"));
+  }
   auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
-                                 uint64_t(info[3].As<Napi::Number>().Int64Value()), cuda);
+                                 uint64_t(to_int64(info[3], "dataOffset")), cuda, std::move(header), file_size);
   job->Queue();
   return job->promise();
 }
@@ -296,6 +415,21 @@ class ForwardJob : public Job {
 
  protected:
   void run() override {
+    try {
+      run_model();
+    } catch (const step::NonFiniteError& e) {
+      // the inputs are finite (lib/ checks): either they are far outside the normalised range or the
+      // weights are too large for float32
+      float peak = 0.f;
+      for (float v : pixels_) peak = std::max(peak, std::fabs(v));
+      if (peak > 1e4f)
+        throw Error(ErrorCode::kBadInput, std::string(e.what()) + ": pixels.data holds values as large as " + std::to_string(peak) +
+                                              " (normalised pixels lie within about +-10)");
+      throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for pixels within +-" + std::to_string(peak) +
+                                            ": the model's weights are too large for float32 (a huge weight, bias or scale)");
+    }
+  }
+  void run_model() {
     std::lock_guard<std::mutex> lock(state_->run_mutex);
     if (state_->trunk) return run_trunk();
     const int P = state_->model->config().patch;
@@ -320,6 +454,7 @@ class ForwardJob : public Job {
       for (int b = 0; b < n_; ++b)
         for (int64_t i = 0; i < hh * ww; ++i)
           for (int64_t c = 0; c < C; ++c) nchw.data()[(b * C + c) * hh * ww + i] = m.data()[(b * hh * ww + i) * C + c];
+      if (!step::all_finite(nchw.data(), nchw.numel())) throw step::NonFiniteError("stage maps of the EfficientNet trunk");
       stage_dims_.push_back({C, hh, ww});
       stages_.push_back(std::move(nchw));
     }
@@ -364,249 +499,433 @@ Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
   auto state = live(info.Env());
   std::vector<float> pixels = get_vector<float>(info[0], "pixels");
   Napi::Array dims = info[1].As<Napi::Array>();
-  int n = dims.Get(0u).As<Napi::Number>().Int32Value(), h = dims.Get(2u).As<Napi::Number>().Int32Value();
-  int w = dims.Get(3u).As<Napi::Number>().Int32Value();
+  int n = to_int(dims.Get(0u), "dims[0]", 1, 4096), h = to_int(dims.Get(2u), "dims[2]", 1, 65536);
+  int w = to_int(dims.Get(3u), "dims[3]", 1, 65536);
+  if (pixels.size() != size_t(n) * 3 * h * w) throw_bad_input(info.Env(), "pixels do not match dims");
   auto* job = new ForwardJob(info.Env(), state, std::move(pixels), n, h, w, info[2].ToBoolean().Value());
   job->Queue();
   return job->promise();
 }
 
-// segment(images: [{ data: Uint8Array, width, height, channels, outWidth, outHeight }],
-//         { mean: [3], std: [3] (0..1 units), probs: bool, logits: bool })
+// segment(images, options) -> Promise<[{ tokensPerSize, stats }]>
+//   images: [{ data: Uint8Array (h, w, channels) resized image, width, height, channels, outWidth, outHeight,
+//              labels: Uint8Array | Uint16Array (outHeight * outWidth), probs?: Float32Array (K * out pixels),
+//              logits?: Float32Array (K * gh * gw), index: Int32Array, size: Uint8Array, exitLayer: Uint8Array
+//              (gh * gw each: the token map) }]
+//   options: { mean: [3], std: [3] (0..1 units), probs, logits, merge?, prune?, tile?: { size, stride } (pixels,
+//              multiples of the patch size) }
+// Every array is allocated by the caller (lib/model.ts, where a failed allocation is a catchable RangeError)
+// and written here on the worker thread: nothing proportional to the image runs on the main thread. The
+// arrays (and the image) are held by references until the job ends; the caller does not see them before.
+// With `tile`, each image is run as overlapping tiles of size x size pixels at the given stride (the last
+// tile of a row or column ends at the image's edge, as mmsegmentation's slide mode), one tile per forward,
+// and the patch-grid logits of the tiles are averaged where they overlap before upsampling.
 class SegmentJob : public Job {
  public:
   struct Image {
-    std::vector<uint8_t> rgb;  // (h, w, channels) resized image
-    int w, h, channels, out_w, out_h;
+    const uint8_t* rgb = nullptr;  // (h, w, channels) resized image (held by refs)
+    int w = 0, h = 0, channels = 3, out_w = 0, out_h = 0;
+    uint8_t* labels8 = nullptr;
+    uint16_t* labels16 = nullptr;
+    float* probs = nullptr;   // (K, out_h, out_w) or null
+    float* logits = nullptr;  // (K, gh, gw) or null
+    int32_t* index = nullptr;
+    uint8_t* size = nullptr;
+    uint8_t* exit_layer = nullptr;
   };
-  SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, float mean[3], float std[3],
-             bool probs, bool logits, step::MergeSettings merge, step::PruneSettings prune)
-      : Job(env), state_(std::move(state)), images_(std::move(images)), want_probs_(probs), want_logits_(logits),
-        merge_(std::move(merge)), prune_(std::move(prune)) {
+  struct Tile {
+    int size = 0, stride = 0;  // pixels, multiples of P; size 0: no tiling
+  };
+  SegmentJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<Image> images, std::vector<Napi::ObjectReference> refs,
+             float mean[3], float std[3], bool probs, bool logits, step::MergeSettings merge, step::PruneSettings prune, Tile tile)
+      : Job(env), state_(std::move(state)), images_(std::move(images)), refs_(std::move(refs)), want_probs_(probs),
+        want_logits_(logits), merge_(std::move(merge)), prune_(std::move(prune)), tile_(tile) {
     for (int c = 0; c < 3; ++c) mean_[c] = mean[c], std_[c] = std[c];
   }
 
  protected:
   void run() override {
-    using clock = std::chrono::steady_clock;
-    std::lock_guard<std::mutex> lock(state_->run_mutex);
-#ifdef STEP_SEG_HAVE_CUDA
-    if (state_->gpu) return run_gpu();
-#endif
+    try {
+      run_model();
+    } catch (const step::NonFiniteError& e) {
+      // images are uint8 and mean / std finite and positive (lib/ checks): the model is at fault
+      throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for this image: the model's weights (or its pixel_std) are too large for float32");
+    }
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  static double ms_since(clock::time_point t0) { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); }
+
+  // One image, or one tile of one: interleaved uint8 rows of w pixels.
+  struct View {
+    const uint8_t* rgb;
+    int w, h, channels;
+  };
+  // One forward over a batch of views: normalising, merging, the encoder (on the model's device).
+  struct Pass {
+    step::EncoderOutput out;
+    step::MergePlan plan;
+    std::vector<std::pair<int, int>> grids;
+    std::vector<int32_t> rect_start;  // (B + 1) first rect of each view in plan.rects
+  };
+  // Per image: what comes back besides the caller's arrays.
+  struct Result {
+    int gh = 0, gw = 0;
+    step::Tensor grid;                     // (gh * gw, K) patch-grid logits (blended over tiles)
+    std::vector<int64_t> tokens_per_size;  // per merge level, then 1 x 1
+    int64_t dense = 0, input = 0;
+    int tiles = 0;
+  };
+
+  Pass run_pass(const std::vector<View>& views) {
     step::VitModel& model = *state_->model;
     step::Backend& backend = cpu_backend();
-    const int P = model.config().patch, K = model.config().num_classes, B = int(images_.size());
+    const int P = model.config().patch, B = int(views.size());
     auto t0 = clock::now();
+    Pass pass;
     step::EncoderInput in;
     in.images = B;
-    for (const Image& im : images_) {
-      int gh = (im.h + P - 1) / P, gw = (im.w + P - 1) / P;
+    for (const View& v : views) {
+      const int gh = (v.h + P - 1) / P, gw = (v.w + P - 1) / P;
       in.grids.push_back({gh, gw});
-      grids_.push_back({gh, gw});
       in.height = std::max(in.height, gh * P), in.width = std::max(in.width, gw * P);
     }
+    pass.grids = in.grids;
     step::Tensor pixels({B, 3, in.height, in.width});  // (B, 3, H, W)
     for (int b = 0; b < B; ++b) {
       step::ImageNormalizeParams p;
-      p.src = images_[b].rgb.data(), p.h = images_[b].h, p.w = images_[b].w, p.channels = images_[b].channels;
+      p.src = views[b].rgb, p.h = views[b].h, p.w = views[b].w, p.channels = views[b].channels;
       for (int c = 0; c < 3; ++c) p.mean[c] = 255.f * mean_[c], p.std[c] = 255.f * std_[c];
       p.out_h = in.height, p.out_w = in.width, p.out = pixels.data() + int64_t(b) * 3 * in.height * in.width;
       backend.image_normalize(p);
     }
     in.pixels = pixels.data();
-    double normalize_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-
+    const double normalize_ms = ms_since(t0);
     std::vector<step::MergeImage> merge_images;
     for (int b = 0; b < B; ++b)
-      merge_images.push_back({images_[b].rgb.data(), images_[b].h, images_[b].w, images_[b].channels, in.grids[b].first,
-                              in.grids[b].second});
-    plan_ = step::plan_merge(backend, merge_images, P, merge_, model.policy());
-    in.rects = plan_.rects;
+      merge_images.push_back({views[b].rgb, views[b].h, views[b].w, views[b].channels, in.grids[b].first, in.grids[b].second});
+    pass.plan = step::plan_merge(backend, merge_images, P, merge_, model.policy());
+    in.rects = pass.plan.rects;
     in.prune = prune_;
-
     in.want_tokens = false;
-    out_ = state_->forward(in);
-    count_tokens();
-    out_.stats.ms.insert(out_.stats.ms.begin(), {{"normalize", normalize_ms}, {"score", plan_.score_ms}, {"select", plan_.select_ms}});
-    out_.stats.gflops += plan_.gflops;
-
-    t0 = clock::now();
-    for (int b = 0; b < B; ++b) {
-      const Image& im = images_[b];
-      Result& r = results_[b];
-      r.labels.resize(size_t(im.out_h) * im.out_w);
-      if (want_probs_) r.probs.resize(size_t(K) * im.out_h * im.out_w);
-      step::UpsampleParams u;
-      u.K = K, u.gh = in.grids[b].first, u.gw = in.grids[b].second, u.patch = P;
-      u.logits = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
-      u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
-      u.labels = r.labels.data(), u.probs = want_probs_ ? r.probs.data() : nullptr;
-      backend.upsample(u);
-    }
-    out_.stats.ms.emplace_back("upsample", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+    pass.out = state_->forward(in);
+    if (!step::all_finite(pass.out.grid_logits.data(), pass.out.grid_logits.numel()))
+      throw step::NonFiniteError("patch-grid logits");
+    pass.out.stats.ms.insert(pass.out.stats.ms.begin(),
+                             {{"normalize", normalize_ms}, {"score", pass.plan.score_ms}, {"select", pass.plan.select_ms}});
+    pass.out.stats.gflops += pass.plan.gflops;
+    gflops_policy_ += pass.plan.gflops;
+    index_rects(pass);
+    return pass;
   }
+  static void index_rects(Pass& pass) {
+    const int B = int(pass.grids.size());
+    pass.rect_start.assign(B + 1, 0);
+    for (const step::TokenRect& r : pass.plan.rects) ++pass.rect_start[r.image + 1];
+    for (int b = 0; b < B; ++b) pass.rect_start[b + 1] += pass.rect_start[b];
+  }
+
+  // Adds view b of `pass` to image `im`'s result at patch offset (oy, ox): token map entries (token
+  // indices offset by `first_token`), token counts, and (with acc) its logits into the running sums.
+  void file(const Pass& pass, int b, Result& r, const Image& im, int oy, int ox, int64_t first_token, float* acc, float* weight) {
+    const int K = state_->model->config().num_classes, pre = state_->model->config().prefix();
+    const auto [gh, gw] = pass.grids[b];
+    const std::vector<int32_t>& map = pass.plan.token_of_patch[b];
+    const int32_t first_rect = pass.rect_start[b];
+    const step::TokenRect* rects = pass.plan.rects.data() + first_rect;
+    const float* logits = acc ? pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K : nullptr;
+    for (int i = 0; i < gh; ++i)
+      for (int j = 0; j < gw; ++j) {
+        const int64_t at = int64_t(oy + i) * r.gw + (ox + j), t = map[size_t(i) * gw + j];
+        im.index[at] = int32_t(first_token + t);
+        im.size[at] = uint8_t(rects[t].size);
+        im.exit_layer[at] = uint8_t(pass.out.rect_exit[size_t(first_rect + t)]);
+        if (acc) {
+          const float* l = logits + (int64_t(i) * gw + j) * K;
+          float* a = acc + at * K;
+          for (int k = 0; k < K; ++k) a[k] += l[k];
+          weight[at] += 1.f;
+        }
+      }
+    const std::vector<int64_t>& per = pass.plan.tokens_per_size[b];
+    if (r.tokens_per_size.size() < per.size()) r.tokens_per_size.resize(per.size(), 0);
+    for (size_t l = 0; l < per.size(); ++l) r.tokens_per_size[l] += per[l];
+    r.dense += int64_t(gh) * gw + pre;
+    r.input += pre + (pass.rect_start[b + 1] - pass.rect_start[b]);
+    r.tiles += 1;
+  }
+
+  // Sums the statistics of a pass into stats_ (stage times by name, counts per block and exit).
+  void add_stats(const step::ForwardStats& s) {
+    if (!have_stats_) {
+      stats_ = s;
+      have_stats_ = true;
+      return;
+    }
+    stats_.dense_tokens += s.dense_tokens, stats_.input_tokens += s.input_tokens, stats_.gflops += s.gflops;
+    for (size_t i = 0; i < s.per_block.size(); ++i) {
+      if (i < stats_.per_block.size()) stats_.per_block[i] += s.per_block[i];
+      else stats_.per_block.push_back(s.per_block[i]);
+    }
+    for (size_t i = 0; i < s.halted.size(); ++i) {
+      if (i < stats_.halted.size()) stats_.halted[i] += s.halted[i];
+      else stats_.halted.push_back(s.halted[i]);
+    }
+    for (const auto& [name, v] : s.ms) {
+      auto it = std::find_if(stats_.ms.begin(), stats_.ms.end(), [&](const auto& e) { return e.first == name; });
+      if (it != stats_.ms.end()) it->second += v;
+      else stats_.ms.emplace_back(name, v);
+    }
+  }
+
+  void run_model() {
+    std::lock_guard<std::mutex> lock(state_->run_mutex);
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes, B = int(images_.size());
+    results_.resize(B);
+    for (int b = 0; b < B; ++b) {
+      results_[b].gh = (images_[b].h + P - 1) / P, results_[b].gw = (images_[b].w + P - 1) / P;
+      results_[b].grid.reset({int64_t(results_[b].gh) * results_[b].gw, K});
+    }
+#ifdef STEP_SEG_HAVE_CUDA
+    if (state_->gpu && tile_.size == 0) return run_gpu();
+#endif
+    if (tile_.size == 0) {
+      std::vector<View> views;
+      for (const Image& im : images_) views.push_back({im.rgb, im.w, im.h, im.channels});
+      Pass pass = run_pass(views);
+      add_stats(pass.out.stats);
+      for (int b = 0; b < B; ++b) {
+        Result& r = results_[b];
+        file(pass, b, r, images_[b], 0, 0, 0, nullptr, nullptr);
+        std::memcpy(r.grid.data(), pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K, r.grid.numel() * sizeof(float));
+      }
+    } else {
+      for (int b = 0; b < B; ++b) run_tiles(b);
+    }
+    auto t0 = clock::now();
+    for (int b = 0; b < B; ++b) upsample(b);
+    stats_.ms.emplace_back("upsample", ms_since(t0));
+  }
+
+  // Image b as overlapping tiles, one forward each, logits averaged over the overlaps.
+  void run_tiles(int b) {
+    const Image& im = images_[b];
+    Result& r = results_[b];
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes;
+    const int tg = tile_.size / P, sg = std::max(1, tile_.stride / P);
+    // tile origins (in patches) along one axis: every sg patches, the last one flush with the end
+    auto origins = [&](int g) {
+      std::vector<int> o;
+      if (g <= tg) return std::vector<int>{0};
+      for (int at = 0;; at += sg) {
+        if (at + tg >= g) {
+          o.push_back(g - tg);
+          break;
+        }
+        o.push_back(at);
+      }
+      return o;
+    };
+    const std::vector<int> oys = origins(r.gh), oxs = origins(r.gw);
+    step::Tensor& acc = r.grid;
+    acc.fill(0.f);
+    std::vector<float> weight(size_t(r.gh) * r.gw, 0.f);
+    std::vector<uint8_t> crop;
+    int64_t first_token = 0;
+    for (int oy : oys)
+      for (int ox : oxs) {
+        const int x0 = ox * P, y0 = oy * P;
+        const int cw = std::min(tg * P, im.w - x0), ch = std::min(tg * P, im.h - y0);
+        crop.resize(size_t(cw) * ch * im.channels);
+        for (int y = 0; y < ch; ++y)
+          std::memcpy(crop.data() + size_t(y) * cw * im.channels, im.rgb + (size_t(y0 + y) * im.w + x0) * im.channels, size_t(cw) * im.channels);
+        Pass pass = run_pass({{crop.data(), cw, ch, im.channels}});
+        add_stats(pass.out.stats);
+        file(pass, 0, r, im, oy, ox, first_token, acc.data(), weight.data());
+        first_token += pass.rect_start[1];
+      }
+    for (size_t i = 0; i < weight.size(); ++i) {
+      float* a = acc.data() + int64_t(i) * K;
+      const float inv = 1.f / weight[i];
+      for (int k = 0; k < K; ++k) a[k] *= inv;
+    }
+  }
+
+  void upsample(int b) {
+    const Image& im = images_[b];
+    const Result& r = results_[b];
+    const int P = state_->model->config().patch, K = state_->model->config().num_classes;
+    step::UpsampleParams u;
+    u.K = K, u.gh = r.gh, u.gw = r.gw, u.patch = P, u.logits = r.grid.data();
+    u.valid_h = im.h, u.valid_w = im.w, u.out_h = im.out_h, u.out_w = im.out_w;
+    u.labels_u8 = im.labels8, u.labels_u16 = im.labels16, u.probs = want_probs_ ? im.probs : nullptr;
+    cpu_backend().upsample(u);
+    write_logits(b);
+  }
+  void write_logits(int b) {  // (K, gh, gw) from the (gh, gw, K) grid
+    if (!want_logits_) return;
+    const Image& im = images_[b];
+    const Result& r = results_[b];
+    const int K = state_->model->config().num_classes;
+    const int64_t cells = int64_t(r.gh) * r.gw;
+    for (int64_t i = 0; i < cells; ++i)
+      for (int k = 0; k < K; ++k) im.logits[k * cells + i] = r.grid.data()[i * K + k];
+  }
+
 #ifdef STEP_SEG_HAVE_CUDA
   // The whole call on the GPU (device_model.h), from the resized uint8 images to the labels.
   void run_gpu() {
-    step::VitModel& model = *state_->model;
-    const int P = model.config().patch, B = int(images_.size());
+    const int K = state_->model->config().num_classes, B = int(images_.size());
     step::cuda::DeviceModel::SegmentRequest req;
-    for (const Image& im : images_) {
-      req.images.push_back({im.rgb.data(), im.h, im.w, im.channels, im.out_h, im.out_w});
-      grids_.push_back({(im.h + P - 1) / P, (im.w + P - 1) / P});
-    }
+    for (const Image& im : images_) req.images.push_back({im.rgb, im.h, im.w, im.channels, im.out_h, im.out_w});
     for (int c = 0; c < 3; ++c) req.mean[c] = 255.f * mean_[c], req.std[c] = 255.f * std_[c];
     req.merge = merge_, req.prune = prune_, req.want_probs = want_probs_, req.want_logits = want_logits_;
     step::cuda::DeviceModel::SegmentResult res = state_->gpu->segment(req);
-    out_ = std::move(res.enc);
-    plan_ = std::move(res.plan);
-    count_tokens();
+    Pass pass;
+    pass.out = std::move(res.enc);
+    pass.plan = std::move(res.plan);
+    for (const Result& r : results_) pass.grids.push_back({r.gh, r.gw});
+    index_rects(pass);
+    add_stats(pass.out.stats);
+    gflops_policy_ += pass.plan.gflops;
     for (int b = 0; b < B; ++b) {
-      results_[b].labels = std::move(res.labels[b]);
-      if (want_probs_) results_[b].probs = std::move(res.probs[b]);
+      const Image& im = images_[b];
+      Result& r = results_[b];
+      const bool logits = want_logits_ && pass.out.grid_logits.numel() > 0;  // downloaded only when asked for
+      file(pass, b, r, im, 0, 0, 0, nullptr, nullptr);
+      const std::vector<int32_t>& labels = res.labels[b];
+      for (size_t i = 0; i < labels.size(); ++i) {
+        if (im.labels8) im.labels8[i] = uint8_t(labels[i]);
+        else im.labels16[i] = uint16_t(labels[i]);
+      }
+      if (want_probs_) std::memcpy(im.probs, res.probs[b].data(), res.probs[b].size() * sizeof(float));
+      if (logits) {
+        std::memcpy(r.grid.data(), pass.out.grid_logits.data() + int64_t(pass.out.grid_offset[b]) * K, r.grid.numel() * sizeof(float));
+        write_logits(b);
+      }
     }
   }
 #endif
-  // From plan_ and grids_: rect_start_ (image b's rects start after those of images 0 .. b-1) and each
-  // result's dense and input token counts (input: the tokens entering block 0; exits shrink the offsets).
-  void count_tokens() {
-    const int B = int(images_.size()), pre = state_->model->config().prefix();
-    rect_start_.assign(B + 1, 0);
-    for (const step::TokenRect& r : plan_.rects) ++rect_start_[r.image + 1];
-    for (int b = 0; b < B; ++b) rect_start_[b + 1] += rect_start_[b];
-    results_.resize(B);
-    for (int b = 0; b < B; ++b) {
-      results_[b].dense = int64_t(grids_[b].first) * grids_[b].second + pre;
-      results_[b].input = pre + (rect_start_[b + 1] - rect_start_[b]);
-    }
-  }
+
   Napi::Value result(Napi::Env env) override {
-    const int K = state_->model->config().num_classes;
     Napi::Array list = Napi::Array::New(env, results_.size());
     for (size_t b = 0; b < results_.size(); ++b) {
       const Result& r = results_[b];
       Napi::Object o = Napi::Object::New(env);
-      const size_t n = r.labels.size();
-      if (K <= 256) {
-        Napi::Uint8Array labels = Napi::Uint8Array::New(env, n);
-        for (size_t i = 0; i < n; ++i) labels[i] = uint8_t(r.labels[i]);
-        o.Set("labels", labels);
-      } else {
-        Napi::Uint16Array labels = Napi::Uint16Array::New(env, n);
-        for (size_t i = 0; i < n; ++i) labels[i] = uint16_t(r.labels[i]);
-        o.Set("labels", labels);
-      }
-      if (want_probs_) o.Set("probs", to_js(env, r.probs.data(), r.probs.size()));
-      if (want_logits_) {  // (K, gh, gw) from the (gh, gw, K) grid
-        const auto [gh, gw] = grids_[b];
-        Napi::Float32Array a = Napi::Float32Array::New(env, size_t(K) * gh * gw);
-        const float* g = out_.grid_logits.data() + int64_t(out_.grid_offset[b]) * K;
-        for (int k = 0; k < K; ++k)
-          for (int i = 0; i < gh * gw; ++i) a[size_t(k) * gh * gw + i] = g[int64_t(i) * K + k];
-        o.Set("logits", a);
-        Napi::Array dims = Napi::Array::New(env, 3);
-        dims.Set(0u, K), dims.Set(1u, gh), dims.Set(2u, gw);
-        o.Set("logitsDims", dims);
-      }
-      {  // where the tokens went: for every patch, the index (within this image) and side of its token
-        const std::vector<int32_t>& map = plan_.token_of_patch[b];
-        Napi::Int32Array index = Napi::Int32Array::New(env, map.size());
-        Napi::Uint8Array size = Napi::Uint8Array::New(env, map.size());
-        Napi::Uint8Array exit_layer = Napi::Uint8Array::New(env, map.size());
-        const int32_t first_rect = rect_start_[b];
-        const step::TokenRect* rects = plan_.rects.data() + rect_start_[b];
-        for (size_t i = 0; i < map.size(); ++i) {
-          index[i] = map[i];
-          size[i] = uint8_t(rects[map[i]].size);
-          exit_layer[i] = uint8_t(out_.rect_exit[first_rect + map[i]]);
-        }
-        Napi::Object tm = Napi::Object::New(env);
-        tm.Set("gh", grids_[b].first), tm.Set("gw", grids_[b].second), tm.Set("index", index), tm.Set("size", size);
-        tm.Set("exitLayer", exit_layer);
-        o.Set("tokenMap", tm);
-        Napi::Array per = Napi::Array::New(env, plan_.tokens_per_size[b].size());
-        for (size_t l = 0; l < plan_.tokens_per_size[b].size(); ++l) per.Set(uint32_t(l), double(plan_.tokens_per_size[b][l]));
-        o.Set("tokensPerSize", per);
-      }
-      Napi::Object stats = stats_to_js(env, out_.stats);
+      Napi::Array per = Napi::Array::New(env, r.tokens_per_size.size());
+      for (size_t l = 0; l < r.tokens_per_size.size(); ++l) per.Set(uint32_t(l), double(r.tokens_per_size[l]));
+      o.Set("tokensPerSize", per);
+      Napi::Object stats = stats_to_js(env, stats_);
       stats.Set("denseTokens", double(r.dense));
       stats.Set("inputTokens", double(r.input));
-      stats.Set("gflopsPolicy", plan_.gflops);
-      stats.Set("batchDenseTokens", double(out_.stats.dense_tokens));
-      stats.Set("batchInputTokens", double(out_.stats.input_tokens));
+      stats.Set("gflopsPolicy", gflops_policy());
+      stats.Set("batchDenseTokens", double(stats_.dense_tokens));
+      stats.Set("batchInputTokens", double(stats_.input_tokens));
+      stats.Set("tiles", r.tiles);
       o.Set("stats", stats);
       list.Set(uint32_t(b), o);
     }
     return list;
   }
-
- private:
-  struct Result {
-    std::vector<int32_t> labels;
-    std::vector<float> probs;
-    int64_t dense = 0, input = 0;
-  };
+  double gflops_policy() const { return gflops_policy_; }
 
   std::shared_ptr<ModelState> state_;
   std::vector<Image> images_;
+  std::vector<Napi::ObjectReference> refs_;  // the image data and the caller's result arrays
   float mean_[3], std_[3];
   bool want_probs_, want_logits_;
   step::MergeSettings merge_;
   step::PruneSettings prune_;
-  step::MergePlan plan_;
-  std::vector<int32_t> rect_start_;
-  std::vector<std::pair<int, int>> grids_;  // (gh, gw) of each image, as run
-  step::EncoderOutput out_;
+  Tile tile_;
+  step::ForwardStats stats_;
+  bool have_stats_ = false;
+  double gflops_policy_ = 0;
   std::vector<Result> results_;
 };
+
+// A typed array argument of exactly `n` elements of `type`, whose data pointer is returned; the array
+// is kept alive in `refs`.
+template <typename T>
+T* out_array(const Napi::Value& v, napi_typedarray_type type, size_t n, const char* what, std::vector<Napi::ObjectReference>& refs) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type || v.As<Napi::TypedArray>().ElementLength() != n)
+    throw_bad_input(v.Env(), std::string(what) + ": expected a typed array of " + std::to_string(n) + " elements of the right type");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  refs.push_back(Napi::Persistent(ta.As<Napi::Object>()));
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
 
 Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto state = live(env);
   if (!state->model) throw Napi::Error::New(env, "segment() needs a ViT segmentation model");
-  Napi::Array list = info[0].As<Napi::Array>();
+  const int P = state->model->config().patch, K = state->model->config().num_classes;
+  Napi::Array list = to_array(info[0], "images");
+  if (!info[1].IsObject()) throw_bad_input(env, "segment: expected an options object");
   Napi::Object opts = info[1].As<Napi::Object>();
+  const bool want_probs = get_bool(opts, "probs"), want_logits = get_bool(opts, "logits");
   std::vector<SegmentJob::Image> images;
+  std::vector<Napi::ObjectReference> refs;
   for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_bad_input(env, "segment: expected image objects");
     Napi::Object o = list.Get(i).As<Napi::Object>();
     SegmentJob::Image im;
-    im.rgb = get_vector<uint8_t>(o.Get("data"), "image data");
-    im.w = get_int(o, "width"), im.h = get_int(o, "height"), im.channels = get_int(o, "channels");
-    im.out_w = get_int(o, "outWidth"), im.out_h = get_int(o, "outHeight");
-    if (im.rgb.size() != size_t(im.w) * im.h * im.channels)
-      throw Napi::RangeError::New(env, "image data length does not match width * height * channels");
-    images.push_back(std::move(im));
+    im.w = to_int(o.Get("width"), "width", 1, 1 << 20), im.h = to_int(o.Get("height"), "height", 1, 1 << 20);
+    im.channels = to_int(o.Get("channels"), "channels", 3, 4);
+    im.out_w = to_int(o.Get("outWidth"), "outWidth", 1), im.out_h = to_int(o.Get("outHeight"), "outHeight", 1);
+    im.rgb = out_array<uint8_t>(o.Get("data"), napi_uint8_array, size_t(im.w) * im.h * im.channels, "image data", refs);
+    const size_t pixels = size_t(im.out_w) * im.out_h, cells = size_t((im.h + P - 1) / P) * ((im.w + P - 1) / P);
+    if (K <= 256) im.labels8 = out_array<uint8_t>(o.Get("labels"), napi_uint8_array, pixels, "labels", refs);
+    else im.labels16 = out_array<uint16_t>(o.Get("labels"), napi_uint16_array, pixels, "labels", refs);
+    if (want_probs) im.probs = out_array<float>(o.Get("probs"), napi_float32_array, size_t(K) * pixels, "probs", refs);
+    if (want_logits) im.logits = out_array<float>(o.Get("logits"), napi_float32_array, size_t(K) * cells, "logits", refs);
+    im.index = out_array<int32_t>(o.Get("index"), napi_int32_array, cells, "tokenMap.index", refs);
+    im.size = out_array<uint8_t>(o.Get("size"), napi_uint8_array, cells, "tokenMap.size", refs);
+    im.exit_layer = out_array<uint8_t>(o.Get("exitLayer"), napi_uint8_array, cells, "tokenMap.exitLayer", refs);
+    images.push_back(im);
   }
   float mean[3], stdv[3];
-  Napi::Array m = opts.Get("mean").As<Napi::Array>(), s = opts.Get("std").As<Napi::Array>();
+  Napi::Array m = to_array(opts.Get("mean"), "mean"), s = to_array(opts.Get("std"), "std");
   for (uint32_t c = 0; c < 3; ++c) {
-    mean[c] = m.Get(c).As<Napi::Number>().FloatValue();
-    stdv[c] = s.Get(c).As<Napi::Number>().FloatValue();
+    mean[c] = to_float(m.Get(c), "mean");
+    stdv[c] = to_float(s.Get(c), "std");
+    if (!std::isfinite(255.f * mean[c]) || !(255.f * stdv[c] > 0.f) || !std::isfinite(1.f / (255.f * stdv[c])))
+      throw_bad_input(env, "pixel mean and std must be finite and std positive");
   }
   step::MergeSettings merge;
   Napi::Value mv = opts.Get("merge");
   if (mv.IsObject()) {
     Napi::Object m = mv.As<Napi::Object>();
-    std::string policy = m.Get("policy").As<Napi::String>().Utf8Value();
+    std::string policy = m.Get("policy").ToString().Utf8Value();
     merge.policy = policy == "learned" ? step::MergePolicy::kLearned : step::MergePolicy::kSimilarity;
-    Napi::Array sizes = m.Get("levels").As<Napi::Array>(), thr = m.Get("thresholds").As<Napi::Array>();
+    Napi::Array sizes = to_array(m.Get("levels"), "merge.levels"), thr = to_array(m.Get("thresholds"), "merge.thresholds");
+    if (sizes.Length() != thr.Length() || sizes.Length() > 8) throw_bad_input(env, "merge: one threshold per level, at most 8 levels");
     for (uint32_t i = 0; i < sizes.Length(); ++i) {
-      merge.sizes.push_back(sizes.Get(i).As<Napi::Number>().Int32Value());
-      merge.thresholds.push_back(thr.Get(i).As<Napi::Number>().FloatValue());
+      merge.sizes.push_back(to_int(sizes.Get(i), "merge.levels[i]", 2, 64));
+      merge.thresholds.push_back(to_float(thr.Get(i), "merge.thresholds[i]"));
     }
-    merge.color_tau = float(get_double(m, "colorTau")), merge.texture_tau = float(get_double(m, "textureTau"));
+    merge.color_tau = to_float(m.Get("colorTau"), "colorTau"), merge.texture_tau = to_float(m.Get("textureTau"), "textureTau");
+    if (!(merge.color_tau > 0.f) || !(merge.texture_tau > 0.f)) throw_bad_input(env, "merge: colorTau and textureTau must be positive");
   }
   step::PruneSettings prune;
   Napi::Value pv = opts.Get("prune");
   if (pv.IsObject()) {
     Napi::Object pr = pv.As<Napi::Object>();
     prune.enabled = true;
-    prune.threshold = float(get_double(pr, "threshold")), prune.top_k = get_int(pr, "keepTopK");
-    Napi::Array layers = pr.Get("exitLayers").As<Napi::Array>();
-    for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(layers.Get(i).As<Napi::Number>().Int32Value());
+    prune.threshold = to_float(pr.Get("threshold"), "threshold"), prune.top_k = to_int(pr.Get("keepTopK"), "keepTopK", 0);
+    Napi::Array layers = to_array(pr.Get("exitLayers"), "prune.exitLayers");
+    for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(to_int(layers.Get(i), "prune.exitLayers[i]", 1, 255));
   }
-  auto* job = new SegmentJob(env, state, std::move(images), mean, stdv, get_bool(opts, "probs"), get_bool(opts, "logits"),
-                             std::move(merge), std::move(prune));
+  SegmentJob::Tile tile;
+  Napi::Value tv = opts.Get("tile");
+  if (tv.IsObject()) {
+    Napi::Object t = tv.As<Napi::Object>();
+    tile.size = to_int(t.Get("size"), "tile.size", P, 1 << 16), tile.stride = to_int(t.Get("stride"), "tile.stride", P, 1 << 16);
+    if (tile.size % P || tile.stride % P || tile.stride > tile.size)
+      throw_bad_input(env, "tile: size and stride must be multiples of the patch size, stride at most size");
+  }
+  auto* job = new SegmentJob(env, state, std::move(images), std::move(refs), mean, stdv, want_probs, want_logits, std::move(merge),
+                             std::move(prune), tile);
   job->Queue();
   return job->promise();
 }
@@ -665,9 +984,135 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value set_num_threads(const Napi::CallbackInfo& info) {
-  step::cpu::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  step::cpu::set_num_threads(to_int(info[0], "threads", 1, 4096));
   return info.Env().Undefined();
 }
+
+// ---- capturing the caller's bytes ----------------------------------------------------------------
+// capture(view) -> ArrayBuffer | undefined: a copy of the bytes of a typed array, made before
+// segment() returns (the caller may reuse its buffer at once). Large copies are what costs: on first
+// touch every page of fresh memory faults, which costs more than the copy itself, so the copy goes
+// into transparent huge pages populated up front (MADV_POPULATE_WRITE) by a few threads, each
+// populating and copying its own slice. undefined when the memory cannot be had this way (the caller
+// then copies in JS, where a failed allocation is a catchable RangeError); never an abort.
+constexpr size_t kHugePage = size_t(2) << 20;
+
+void unmap_capture(napi_env, void* data, void* hint) { ::munmap(data, reinterpret_cast<size_t>(hint)); }
+
+Napi::Value capture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "capture: expected a typed array");
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  const size_t n = ta.ByteLength();
+  const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  if (n < kHugePage) return env.Undefined();
+  const size_t mapped = (n + kHugePage - 1) / kHugePage * kHugePage;
+  // over-allocate by one huge page to align the start, then give back the ends
+  void* raw = ::mmap(nullptr, mapped + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return env.Undefined();
+  uint8_t* base = static_cast<uint8_t*>(raw);
+  uint8_t* dst = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(kHugePage - 1));
+  if (dst > base) ::munmap(base, size_t(dst - base));
+  if (base + mapped + kHugePage > dst + mapped) ::munmap(dst + mapped, size_t(base + mapped + kHugePage - (dst + mapped)));
+#ifdef MADV_HUGEPAGE
+  ::madvise(dst, mapped, MADV_HUGEPAGE);
+#endif
+  const int threads = int(std::max<size_t>(1, std::min<size_t>({4, std::thread::hardware_concurrency(), n / (32 << 20)})));
+  const size_t chunk = (mapped / kHugePage + threads - 1) / threads * kHugePage;
+  std::vector<int> failed(threads, 0);
+  auto work = [&](int t) {
+    const size_t begin = std::min(n, size_t(t) * chunk), end = std::min(n, begin + chunk);
+    if (begin == end) return;
+#ifdef __linux__
+    // MADV_POPULATE_WRITE (Linux 5.14): fault the pages in one go; older kernels fault during the copy.
+    // ENOMEM means the memory is not there: refuse rather than die on a fault later.
+    if (::madvise(dst + begin, (end - begin + 4095) / 4096 * 4096, 23) != 0 && errno == ENOMEM) {
+      failed[t] = 1;
+      return;
+    }
+#endif
+    std::memcpy(dst + begin, src + begin, end - begin);
+  };
+  std::vector<std::thread> pool;
+  try {
+    for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  } catch (const std::exception&) {  // no threads to be had: the rest on this one
+  }
+  for (int t = int(pool.size()) + 1; t < threads; ++t) work(t);
+  work(0);
+  for (std::thread& th : pool) th.join();
+  for (int f : failed)
+    if (f) {
+      ::munmap(dst, mapped);
+      return env.Undefined();
+    }
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, dst, n, unmap_capture, reinterpret_cast<void*>(mapped), &ab) != napi_ok) {
+    ::munmap(dst, mapped);  // e.g. Electron, where external buffers are not allowed
+    return env.Undefined();
+  }
+  return Napi::Value(env, ab);
+}
+
+// dropAlpha(rgba: Uint8Array, pixels) -> Promise<void>: RGBA -> RGB in place (the first 3 * pixels bytes),
+// on a libuv worker thread; the buffer is one step-seg owns (a capture or a decode), held until done.
+class DropAlphaJob : public Job {
+ public:
+  DropAlphaJob(Napi::Env env, Napi::TypedArray rgba, size_t pixels) : Job(env), pixels_(pixels) {
+    ref_ = Napi::Persistent(rgba.As<Napi::Object>());
+    data_ = static_cast<uint8_t*>(rgba.ArrayBuffer().Data()) + rgba.ByteOffset();
+  }
+
+ protected:
+  void run() override {
+    // sequential and forward: every write lands at or before the bytes still to be read
+    for (size_t i = 0; i < pixels_; ++i) {
+      data_[3 * i] = data_[4 * i];
+      data_[3 * i + 1] = data_[4 * i + 1];
+      data_[3 * i + 2] = data_[4 * i + 2];
+    }
+  }
+  Napi::Value result(Napi::Env env) override { return env.Undefined(); }
+
+ private:
+  Napi::ObjectReference ref_;
+  uint8_t* data_;
+  size_t pixels_;
+};
+
+Napi::Value drop_alpha(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "dropAlpha(rgba, pixels)");
+  Napi::TypedArray rgba = info[0].As<Napi::TypedArray>();
+  const double pixels = info[1].As<Napi::Number>().DoubleValue();
+  if (!(pixels >= 0) || pixels * 4 > double(rgba.ByteLength()) || pixels != std::floor(pixels))
+    throw Napi::RangeError::New(env, "dropAlpha: the buffer holds fewer than 4 * pixels bytes");
+  auto* job = new DropAlphaJob(env, rgba, size_t(pixels));
+  job->Queue();
+  return job->promise();
+}
+
+// memoryReserve(bytes, limit) -> boolean: reserves `bytes` when the reservations of every call in flight
+// (all environments) stay within `limit`; memoryRelease(bytes); memoryReserved() -> bytes reserved.
+Napi::Value memory_reserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t bytes = to_int64(info[0], "bytes"), limit = to_int64(info[1], "limit");
+  int64_t now = g_reserved.load();
+  do {
+    if (now + bytes > limit) return Napi::Boolean::New(env, false);
+  } while (!g_reserved.compare_exchange_weak(now, now + bytes));
+  addon_data(env).reserved += bytes;
+  return Napi::Boolean::New(env, true);
+}
+Napi::Value memory_release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData& d = addon_data(env);
+  const int64_t bytes = std::min(to_int64(info[0], "bytes"), d.reserved);
+  d.reserved -= bytes;
+  g_reserved -= bytes;
+  return env.Undefined();
+}
+Napi::Value memory_reserved(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(g_reserved.load())); }
 
 // ---- single ops for the op tests (synchronous, CPU backend) ------------------------------------
 template <typename T>
@@ -851,11 +1296,20 @@ Napi::Value op_avg_pool(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
-  exports.Set("NativeModel", NativeModel::define(env));
+  auto* data = new AddonData();
+  Napi::Function ctor = NativeModel::define(env);
+  data->model_ctor = Napi::Persistent(ctor);
+  env.SetInstanceData<AddonData>(data);  // deleted with the environment
+  exports.Set("NativeModel", ctor);
   exports.Set("createModel", Napi::Function::New(env, create_model));
   exports.Set("probeCuda", Napi::Function::New(env, probe_cuda));
   exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
   exports.Set("setNumThreads", Napi::Function::New(env, set_num_threads));
+  exports.Set("capture", Napi::Function::New(env, capture));
+  exports.Set("dropAlpha", Napi::Function::New(env, drop_alpha));
+  exports.Set("memoryReserve", Napi::Function::New(env, memory_reserve));
+  exports.Set("memoryRelease", Napi::Function::New(env, memory_release));
+  exports.Set("memoryReserved", Napi::Function::New(env, memory_reserved));
   Napi::Object ops = Napi::Object::New(env);
   ops.Set("gemm", Napi::Function::New(env, op_gemm));
   ops.Set("layernorm", Napi::Function::New(env, op_layernorm));

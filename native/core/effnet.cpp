@@ -111,6 +111,11 @@ bool ignorable(const std::string& name) {
 
 std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, const uint8_t* data, size_t size,
                                                   const std::vector<TensorEntry>& entries, const EffNetConfig& cfg) {
+  return load_effnet_weights(prefix, MemorySource(data, size), entries, cfg);
+}
+
+std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, const ByteSource& src,
+                                                  const std::vector<TensorEntry>& entries, const EffNetConfig& cfg) {
   const std::vector<ConvBn> pairs = conv_bn_pairs();
   std::map<std::string, std::vector<int64_t>> expected;  // name without prefix -> shape
   for (const ConvBn& p : pairs) {
@@ -133,7 +138,7 @@ std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, con
     auto it = by_name.find(name);
     if (it == by_name.end())
       throw Error(ErrorCode::kBadModel, "missing tensor " + prefix + name + ": expected shape " + shape_str(shape));
-    raw.emplace(name, read_tensor(*it->second, shape, data, size, "efficientnet_lite0"));
+    raw.emplace(name, read_tensor(*it->second, shape, src, "efficientnet_lite0"));
   }
 
   // Fold each BatchNorm into its convolution, in double: w' = w * s, b' = beta - mean * s.

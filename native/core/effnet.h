@@ -30,6 +30,8 @@ struct EffNetConfig {
 // Returns, keyed by timm's convolution names without the prefix ("conv_stem", "blocks.S.R.conv_dw",
 // "blocks.S.R.conv_pw", "blocks.S.R.conv_pwl"), "<conv>.weight" float32 in PyTorch's Conv2d layout
 // (out_c, in_c / groups, k, k) and "<conv>.bias" (out_c), both with the BatchNorm folded in.
+std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, const ByteSource& src,
+                                                  const std::vector<TensorEntry>& entries, const EffNetConfig& cfg);
 std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, const uint8_t* data, size_t size,
                                                   const std::vector<TensorEntry>& entries, const EffNetConfig& cfg);
 

@@ -30,6 +30,27 @@ class Error : public std::runtime_error {
   ErrorCode code_;
 };
 
+// Values that left float32's range during a forward (NaN or infinity where every input and weight is
+// finite): a weight, bias or normalisation too large, or inputs far outside the normalised range.
+// kBadModel by default; the caller, which knows the inputs, may name them instead (kBadInput).
+class NonFiniteError : public Error {
+ public:
+  explicit NonFiniteError(const std::string& where)
+      : Error(ErrorCode::kBadModel, "the " + where + " are not finite (NaN or infinity): the computation overflowed float32"),
+        where_(where) {}
+  const std::string& where() const { return where_; }
+
+ private:
+  std::string where_;
+};
+
+// True when all n values are finite (no NaN, no infinity).
+inline bool all_finite(const float* p, size_t n) {
+  float acc = 0.f;  // x * 0 is NaN exactly for NaN and infinity: one pass, no branch per value
+  for (size_t i = 0; i < n; ++i) acc += p[i] * 0.f;
+  return acc == 0.f;
+}
+
 // Throws a kInternal error when a condition that the engine itself guarantees does not hold.
 #define STEP_CHECK(cond, msg)                                                              \
   do {                                                                                     \

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 
 namespace step {
@@ -69,6 +71,10 @@ double since_ms(std::chrono::steady_clock::time_point t0) {
 
 std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
                                            const std::vector<TensorEntry>& entries) {
+  return load_weights(cfg, MemorySource(data, size), entries);
+}
+
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries) {
   const auto expected = expected_tensors(cfg);
   std::map<std::string, const TensorEntry*> by_name;
   for (const TensorEntry& e : entries) {
@@ -86,17 +92,21 @@ std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* 
     auto it = by_name.find(name);
     if (it == by_name.end())
       throw Error(ErrorCode::kBadModel, "missing tensor " + name + ": expected shape " + shape_str(shape));
-    weights.emplace(name, read_tensor(*it->second, shape, data, size, "the config"));
+    weights.emplace(name, read_tensor(*it->second, shape, src, "the config"));
   }
   return weights;
 }
 
 std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
                                          const std::vector<TensorEntry>& entries) {
-  auto weights = load_weights(cfg, data, size, entries);
+  return load_vit_model(cfg, MemorySource(data, size), entries);
+}
+
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries) {
+  auto weights = load_weights(cfg, src, entries);
   std::unique_ptr<MergePolicyNet> policy;
   if (!cfg.policy_levels.empty()) {
-    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", data, size, entries, EffNetConfig{}));
+    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", src, entries, EffNetConfig{}));
     policy = std::make_unique<MergePolicyNet>(MergePolicyNet{std::move(trunk), {}, {}});
     for (int side : cfg.policy_levels) {
       const std::string name = "policy.heads." + std::to_string(side);
@@ -114,7 +124,15 @@ std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* da
 }
 
 VitModel::VitModel(VitConfig cfg, std::map<std::string, Tensor> weights, std::unique_ptr<MergePolicyNet> policy)
-    : cfg_(cfg), weights_(std::move(weights)), policy_(std::move(policy)) {}
+    : cfg_(cfg), weights_(std::move(weights)), policy_(std::move(policy)) {
+  double mb = 64;
+  if (const char* env = std::getenv("STEP_SEG_POS_CACHE_MB")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && v >= 0 && v < 1e9) mb = v;
+  }
+  pos_limit_ = size_t(mb * 1048576.0);
+}
 
 const Tensor& VitModel::w(const std::string& name) const {
   auto it = weights_.find(name);
@@ -126,23 +144,44 @@ const float* VitModel::w_or_null(const std::string& name) const {
   return it == weights_.end() ? nullptr : it->second.data();
 }
 
-const Tensor& VitModel::pos_grid(Backend& backend, int gh, int gw) {
+std::shared_ptr<const Tensor> VitModel::pos_grid(Backend& backend, int gh, int gw) {
   std::lock_guard<std::mutex> lock(pos_mutex_);
   auto key = std::make_pair(gh, gw);
   auto it = pos_cache_.find(key);
-  if (it != pos_cache_.end()) return it->second;
+  if (it != pos_cache_.end()) {
+    it->second.used = ++pos_clock_;
+    return it->second.grid;
+  }
   const int C = cfg_.embed_dim;
   const float* trained = w("pos_embed").data() + (cfg_.no_embed_class ? 0 : int64_t(cfg_.prefix()) * C);
-  Tensor grid({gh, gw, C});
+  auto grid = std::make_shared<Tensor>(std::vector<int64_t>{gh, gw, C});
   if (gh == cfg_.grid_h && gw == cfg_.grid_w) {
-    std::memcpy(grid.data(), trained, grid.numel() * sizeof(float));
+    std::memcpy(grid->data(), trained, grid->numel() * sizeof(float));
   } else {
     PosResampleParams p;
     p.C = C, p.src_h = cfg_.grid_h, p.src_w = cfg_.grid_w, p.src = trained;
-    p.dst_h = gh, p.dst_w = gw, p.dst = grid.data();
+    p.dst_h = gh, p.dst_w = gw, p.dst = grid->data();
     backend.pos_resample(p);
   }
-  return pos_cache_.emplace(key, std::move(grid)).first->second;
+  const size_t bytes = grid->numel() * sizeof(float);
+  // make room: least recently used first (a grid larger than the whole limit is used, not kept)
+  while (!pos_cache_.empty() && pos_bytes_ + bytes > pos_limit_) {
+    auto oldest = pos_cache_.begin();
+    for (auto i = pos_cache_.begin(); i != pos_cache_.end(); ++i)
+      if (i->second.used < oldest->second.used) oldest = i;
+    pos_bytes_ -= oldest->second.grid->numel() * sizeof(float);
+    pos_cache_.erase(oldest);
+  }
+  if (bytes <= pos_limit_) {
+    pos_cache_.emplace(key, PosEntry{grid, ++pos_clock_});
+    pos_bytes_ += bytes;
+  }
+  return grid;
+}
+
+VitModel::PosCacheInfo VitModel::pos_cache_info() {
+  std::lock_guard<std::mutex> lock(pos_mutex_);
+  return {pos_cache_.size(), pos_bytes_, pos_limit_};
 }
 
 EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
@@ -183,8 +222,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   // Position embeddings of each image's grid, concatenated in grid order.
   Tensor pos({cells, C});
   for (int b = 0; b < B; ++b) {
-    const Tensor& g = pos_grid(backend, in.grids[b].first, in.grids[b].second);
-    std::memcpy(pos.data() + int64_t(out.grid_offset[b]) * C, g.data(), g.numel() * sizeof(float));
+    const std::shared_ptr<const Tensor> g = pos_grid(backend, in.grids[b].first, in.grids[b].second);
+    std::memcpy(pos.data() + int64_t(out.grid_offset[b]) * C, g->data(), g->numel() * sizeof(float));
   }
 
   auto capture = [&](const std::string& name, const Tensor& t, int rows) {
@@ -291,6 +330,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     Tensor exit_logits({A, K});
     layernorm(x, ex + "norm", h);
     linear(h, C, ex + "head", K, exit_logits, Epilogue::kNone, nullptr);
+    if (!all_finite(exit_logits.data(), exit_logits.numel()))
+      throw NonFiniteError("logits of the exit head after block " + std::to_string(i + 1));
     std::vector<uint8_t> halt(A);
     TokenHaltParams th;
     th.batch = B, th.K = K, th.prefix = pre, th.offsets = out.offsets.data(), th.logits = exit_logits.data();
@@ -325,6 +366,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   out.tokens.reset({A, C});
   layernorm(x, "norm", out.tokens);
   capture("final_norm", out.tokens, A);
+  if (K == 0 && !all_finite(out.tokens.data(), out.tokens.numel())) throw NonFiniteError("final-norm features");
   st.ms.emplace_back(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" + std::to_string(c.depth - 1),
                      since_ms(t0));
 
@@ -333,6 +375,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     t0 = clock::now();
     Tensor logits({A, K});  // (A, K); prefix rows are computed and never filed
     linear(out.tokens, C, "decoder.head", K, logits, Epilogue::kNone, nullptr);
+    if (!all_finite(logits.data(), logits.numel())) throw NonFiniteError("logits of the segmentation head");
     TokenScatterParams sc;
     sc.rows = A, sc.K = K, sc.src = logits.data(), sc.index = rect_of_row.data(), sc.table = rect_logits.data();
     backend.token_scatter(sc);

@@ -36,6 +36,7 @@ struct VitConfig {
 // Checks every entry against the config (names, shapes, dtypes, byte ranges) and converts the
 // tensors the model uses to float32. Errors are kBadModel and name the tensor. The merge-policy trunk
 // (policy.trunk.*) is left to load_effnet_weights.
+std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries);
 std::map<std::string, Tensor> load_weights(const VitConfig& cfg, const uint8_t* data, size_t size,
                                            const std::vector<TensorEntry>& entries);
 
@@ -89,8 +90,13 @@ class VitModel {
   const Tensor& w(const std::string& name) const;
   const float* w_or_null(const std::string& name) const;
   // Position embeddings for a patch grid, (gh, gw, C): the trained grid, or resampled (with
-  // `backend`'s pos_resample, on the host) and cached.
-  const Tensor& pos_grid(Backend& backend, int gh, int gw);
+  // `backend`'s pos_resample, on the host). Cached, least recently used first out once the cache holds
+  // more than its byte limit (STEP_SEG_POS_CACHE_MB, default 64); the grid a caller holds stays valid.
+  std::shared_ptr<const Tensor> pos_grid(Backend& backend, int gh, int gw);
+  struct PosCacheInfo {
+    size_t entries = 0, bytes = 0, limit = 0;
+  };
+  PosCacheInfo pos_cache_info();
 
  private:
 
@@ -98,11 +104,18 @@ class VitModel {
   std::map<std::string, Tensor> weights_;
   std::unique_ptr<MergePolicyNet> policy_;
   std::mutex pos_mutex_;
-  std::map<std::pair<int, int>, Tensor> pos_cache_;
+  struct PosEntry {
+    std::shared_ptr<const Tensor> grid;
+    uint64_t used = 0;  // pos_clock_ at the last use
+  };
+  std::map<std::pair<int, int>, PosEntry> pos_cache_;
+  size_t pos_bytes_ = 0, pos_limit_ = 0;
+  uint64_t pos_clock_ = 0;
   PackedWeightCache packed_;  // the gemm weights, packed on first use
 };
 
 // The whole model: backbone, heads, and the merge policy when the config has one.
+std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const ByteSource& src, const std::vector<TensorEntry>& entries);
 std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const uint8_t* data, size_t size,
                                          const std::vector<TensorEntry>& entries);
 

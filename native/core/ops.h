@@ -259,7 +259,9 @@ struct UpsampleParams {
   const float* logits = nullptr;  // (gh, gw, K)
   int valid_h = 0, valid_w = 0;   // pixels of real image inside the grid (resized image size)
   int out_h = 0, out_w = 0;
-  int32_t* labels = nullptr;      // (out_h, out_w) argmax class, lowest index on ties
+  int32_t* labels = nullptr;      // (out_h, out_w) argmax class, lowest index on ties, or null
+  uint8_t* labels_u8 = nullptr;   // the same labels as uint8 (K <= 256), or null (CPU backend)
+  uint16_t* labels_u16 = nullptr; // the same labels as uint16, or null (CPU backend)
   float* probs = nullptr;         // (K, out_h, out_w) softmax probabilities, or null
 };
 

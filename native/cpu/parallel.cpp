@@ -6,6 +6,9 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <utility>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -53,6 +56,8 @@ class Pool {
       chunks_ = chunks;
       next_ = 0;
       done_ = 0;
+      failed_ = false;
+      error_ = nullptr;
       ++generation_;
     }
     wake_.notify_all();
@@ -60,6 +65,9 @@ class Pool {
     std::unique_lock<std::mutex> lock(mutex_);
     finished_.wait(lock, [&] { return done_ == chunks_; });
     fn_ = nullptr;
+    // a chunk that threw (an allocation that failed, say): every chunk has finished or been skipped,
+    // and the first exception goes to the caller instead of terminating a pool thread
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
 
  private:
@@ -71,9 +79,17 @@ class Pool {
       const auto* fn = fn_;
       lock.unlock();
       in_region = true;
-      (*fn)(begin, end);
+      std::exception_ptr error;
+      if (!failed_) {  // after a failure the remaining chunks are skipped
+        try {
+          (*fn)(begin, end);
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
       in_region = false;
       lock.lock();
+      if (error && !error_) error_ = error, failed_ = true;
       if (++done_ == chunks_) finished_.notify_all();
     }
   }
@@ -106,6 +122,8 @@ class Pool {
   int64_t n_ = 0, chunks_ = 0, done_ = 0, next_ = 0;
   uint64_t generation_ = 0;
   bool stopping_ = false;
+  std::exception_ptr error_;  // the first exception of the region, for the caller
+  std::atomic<bool> failed_{false};
 };
 
 int default_threads() {

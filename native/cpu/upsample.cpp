@@ -9,6 +9,7 @@
 // (not clamped indices). Done separably: rows first, then columns, in float32.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu_backend.h"
@@ -74,13 +75,73 @@ void upsample(const UpsampleParams& p) {
   const std::vector<Tap> tx = bilinear_taps(p.out_w, p.valid_w, p.gw, p.patch);
   const std::vector<Tap> ty = bilinear_taps(p.out_h, p.valid_h, p.gh, p.patch);
   const int64_t plane = int64_t(p.out_h) * p.out_w;
+  auto put = [&](int64_t pix, int label) {
+    if (p.labels) p.labels[pix] = label;
+    if (p.labels_u8) p.labels_u8[pix] = uint8_t(label);
+    if (p.labels_u16) p.labels_u16[pix] = uint16_t(label);
+  };
+  // Labels only: every output pixel is a convex combination of its four grid corners, so where the
+  // four corners share their argmax c, every pixel between them has label c (for k < c: c's logit is
+  // strictly larger at each corner, for k > c at least as large). A margin far above float rounding
+  // keeps that exactly what the per-pixel computation below gives; runs of pixels between the same
+  // corners are then filled at once, and only cells on a class boundary are computed pixel by pixel.
+  std::vector<int32_t> corner_label;
+  std::vector<uint8_t> corner_clear;
+  if (!p.probs) {
+    const int64_t cells = int64_t(p.gh) * p.gw;
+    corner_label.resize(size_t(cells));
+    corner_clear.resize(size_t(cells));
+    for (int64_t i = 0; i < cells; ++i) {
+      const float* l = p.logits + i * K;
+      int best = 0;
+      float top = -INFINITY, second = -INFINITY, big = 0.f;
+      for (int k = 0; k < K; ++k) {
+        big = std::max(big, std::fabs(l[k]));
+        if (l[k] > top) second = top, top = l[k], best = k;
+        else if (l[k] > second) second = l[k];
+      }
+      corner_label[size_t(i)] = best;
+      corner_clear[size_t(i)] = K == 1 || top - second > 1e-5f * big;
+    }
+  }
   parallel_for(p.out_h, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> v(K);
     for (int64_t y = begin; y < end; ++y) {
       const Tap& a = ty[y];
       const float* r0 = p.logits + int64_t(a.i0) * p.gw * K;  // (gw, K)
       const float* r1 = p.logits + int64_t(a.i1) * p.gw * K;
-      for (int x = 0; x < p.out_w; ++x) {
+      for (int x = 0; x < p.out_w;) {
+        if (!p.probs) {
+          // the run of pixels that share this pixel's corners
+          int x1 = x + 1;
+          while (x1 < p.out_w && tx[x1].i0 == tx[x].i0 && tx[x1].i1 == tx[x].i1) ++x1;
+          const int64_t c00 = int64_t(a.i0) * p.gw + tx[x].i0, c01 = int64_t(a.i0) * p.gw + tx[x].i1;
+          const int64_t c10 = int64_t(a.i1) * p.gw + tx[x].i0, c11 = int64_t(a.i1) * p.gw + tx[x].i1;
+          const int c = corner_label[size_t(c00)];
+          if (corner_clear[size_t(c00)] && corner_clear[size_t(c01)] && corner_clear[size_t(c10)] && corner_clear[size_t(c11)] &&
+              corner_label[size_t(c01)] == c && corner_label[size_t(c10)] == c && corner_label[size_t(c11)] == c) {
+            const int64_t row = y * p.out_w;
+            if (p.labels_u8) std::memset(p.labels_u8 + row + x, c, size_t(x1 - x));
+            else
+              for (int xx = x; xx < x1; ++xx) put(row + xx, c);
+            x = x1;
+            continue;
+          }
+          for (; x < x1; ++x) {  // a boundary cell: pixel by pixel, as below
+            const Tap& b = tx[x];
+            const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
+            const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
+            const float *l00 = r0 + int64_t(b.i0) * K, *l01 = r0 + int64_t(b.i1) * K;
+            const float *l10 = r1 + int64_t(b.i0) * K, *l11 = r1 + int64_t(b.i1) * K;
+            int best = 0;
+            for (int k = 0; k < K; ++k) {
+              v[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
+              if (v[k] > v[best]) best = k;
+            }
+            put(y * p.out_w + x, best);
+          }
+          continue;
+        }
         const Tap& b = tx[x];
         const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
         const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
@@ -92,13 +153,12 @@ void upsample(const UpsampleParams& p) {
           if (v[k] > v[best]) best = k;
         }
         const int64_t pix = y * p.out_w + x;
-        p.labels[pix] = best;
-        if (p.probs) {
-          const float top = v[best];
-          float sum = 0.f;
-          for (int k = 0; k < K; ++k) sum += (v[k] = std::exp(v[k] - top));
-          for (int k = 0; k < K; ++k) p.probs[k * plane + pix] = v[k] / sum;
-        }
+        put(pix, best);
+        const float top = v[best];
+        float sum = 0.f;
+        for (int k = 0; k < K; ++k) sum += (v[k] = std::exp(v[k] - top));
+        for (int k = 0; k < K; ++k) p.probs[k * plane + pix] = v[k] / sum;
+        ++x;
       }
     }
   });

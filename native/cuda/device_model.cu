@@ -264,7 +264,7 @@ class CudaVitModel final : public DeviceModel {
   void release() {
     if (stream_) cudaStreamSynchronize(stream_);
     drop_graphs();
-    blocks_.clear(), exits_.clear(), pos_cache_.clear();
+    blocks_.clear(), exits_.clear(), pos_cache_.clear(), pos_bytes_.clear(), pos_used_.clear();
     workspace_.reset(), patch_w_ = {}, head_ = {}, final_norm_ = {}, norm_pre_ = {};
     prefix_tokens_.reset(), pos_prefix_.reset(), policy_.reset();
     if (start_) cudaEventDestroy(start_), start_ = nullptr;
@@ -376,15 +376,34 @@ class CudaVitModel final : public DeviceModel {
     policy_ = std::move(p);
   }
 
-  // The (gh, gw, C) position embeddings of a grid on the device, uploaded on first use.
+  // The (gh, gw, C) position embeddings of a grid on the device, uploaded on first use. Bounded like
+  // the host cache (VitModel::pos_grid): evict_pos() drops the least recently used grids that the
+  // current call does not use, before its copies are queued (earlier calls have synchronised).
   const float* pos_grid(int gh, int gw) {
     auto key = std::make_pair(gh, gw);
     auto it = pos_cache_.find(key);
     if (it == pos_cache_.end()) {
-      const Tensor& g = model_.pos_grid(host_, gh, gw);
-      it = pos_cache_.emplace(key, upload_f32(g.data(), g.numel(), "position embeddings")).first;
+      const std::shared_ptr<const Tensor> g = model_.pos_grid(host_, gh, gw);
+      it = pos_cache_.emplace(key, upload_f32(g->data(), g->numel(), "position embeddings")).first;
+      pos_bytes_[key] = g->numel() * sizeof(float);
     }
+    pos_used_[key] = ++pos_clock_;
     return it->second.as<float>();
+  }
+  void evict_pos(const std::vector<std::pair<int, int>>& keep) {
+    const size_t limit = model_.pos_cache_info().limit;
+    size_t total = 0;
+    for (const auto& [k, b] : pos_bytes_) total += b;
+    while (total > limit) {
+      auto oldest = pos_used_.end();
+      for (auto i = pos_used_.begin(); i != pos_used_.end(); ++i)
+        if (std::find(keep.begin(), keep.end(), i->first) == keep.end() && (oldest == pos_used_.end() || i->second < oldest->second)) oldest = i;
+      if (oldest == pos_used_.end()) break;
+      total -= pos_bytes_[oldest->first];
+      weight_bytes_ -= pos_cache_.at(oldest->first).bytes();
+      pos_cache_.erase(oldest->first), pos_bytes_.erase(oldest->first);
+      pos_used_.erase(oldest);
+    }
   }
 
   // Every device buffer of a call, carved from the workspace (carve twice: to size it, to hand out).
@@ -578,6 +597,9 @@ class CudaVitModel final : public DeviceModel {
   std::vector<Block> blocks_;
   std::map<int, ExitHead> exits_;
   std::map<std::pair<int, int>, DeviceBuffer> pos_cache_;
+  std::map<std::pair<int, int>, size_t> pos_bytes_;
+  std::map<std::pair<int, int>, uint64_t> pos_used_;
+  uint64_t pos_clock_ = 0;
   std::map<std::string, cudaGraphExec_t> graphs_;
   std::unique_ptr<DevicePolicy> policy_;
   DeviceBuffer workspace_;
@@ -848,6 +870,8 @@ void CudaVitModel::fill_stats(const CallShape& sh, const std::vector<int32_t>& b
 void CudaVitModel::copy_pos(const Buffers& w, const std::vector<std::pair<int, int>>& grids,
                             const std::vector<int32_t>& grid_offset) {
   const int C = model_.config().embed_dim;
+  for (const auto& [gh, gw] : grids) pos_grid(gh, gw);  // uploaded (synchronous), marked used
+  evict_pos(grids);
   for (size_t b = 0; b < grids.size(); ++b)
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.pos + int64_t(grid_offset[b]) * C, pos_grid(grids[b].first, grids[b].second),
                                     size_t(grids[b].first) * grids[b].second * C * 4, cudaMemcpyDeviceToDevice, stream_));
