@@ -47,6 +47,10 @@ class Tensor {
   const float* data() const { return data_.get(); }
   const std::vector<int64_t>& dims() const { return dims_; }
   int64_t dim(size_t i) const { return dims_.at(i); }
+  void fill(float v) {
+    float* p = data();
+    for (size_t i = 0, n = numel(); i < n; ++i) p[i] = v;
+  }
 
  private:
   std::unique_ptr<float[], AlignedFree> data_;
