@@ -9,8 +9,10 @@
  *   node --import tsx scripts/fuzz.ts [--cases 5000] [--seed 1] [--jobs 2] [--timeout 30] [--log fuzz.jsonl]
  *
  * Children run with STEP_SEG_MEMORY_LIMIT_MB=2048 and one CPU thread each. Valid sizes stay small (up to
- * 1024 px, tiles at most 2048 px in all): the fuzzer looks for crashes, hangs and uncoded errors, not
- * for long legitimate work; invalid values (beyond every limit) are drawn freely.
+ * 1024 px, tiles at most 2048 px in all; the boundary values drawn are the invalid ones just past each
+ * limit, and 65536, which the memory budget refuses): the fuzzer looks for crashes, hangs and uncoded
+ * errors, not for long legitimate work (a dense forward at 8192 px takes minutes on a CPU, which the
+ * timeout would count as a hang). A hang is a case with no result within --timeout seconds.
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -43,7 +45,7 @@ const num = (s: string) => ({ $num: s }); // NaN and infinities through JSON
 function nasty(r: Rand): unknown {
   const deep = (n: number): unknown => (n ? [deep(n - 1)] : 1);
   return pick(r, [
-    0, -1, 1, 2, 3, 15, 16, 17, 255, 256, 257, 8192, 8193, 65536, 65537, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 32 + 16, 2 ** 53, 1e6, 1e300, -1e300,
+    0, -1, 1, 2, 3, 15, 16, 17, 255, 256, 257, 8193, 65536, 65537, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 32 + 16, 2 ** 53, 1e6, 1e300, -1e300,
     0.5, 1.5, -0.0, 1e-45, 3e38, num('NaN'), num('Infinity'), num('-Infinity'), '', 'x', '512', null, true, false, [], {}, [1, 2, 3], [[1]],
     { a: 1 }, deep(80), { $special: pick(r, ['proxy', 'getter', 'symbol', 'bigint', 'function', 'date', 'sparse']) },
   ]);
@@ -123,6 +125,7 @@ function mutateModel(r: Rand, dir: string): unknown {
       case 'duplicate': {
         const name = pick(r, names);
         bytes.push((b) => {
+          if (b.length < 8) return b;
           const n = Number(b.readBigUInt64LE(0));
           const json = b.subarray(8, 8 + n).toString();
           const entry = json.match(new RegExp(`"${name.replace(/\./g, '\\.')}":\\{[^}]*\\}`));
@@ -154,8 +157,10 @@ function mutateModel(r: Rand, dir: string): unknown {
         break;
       case 'length':
         bytes.push((b) => {
+          if (b.length < 8) return b;
           const c = Buffer.from(b);
-          c.writeBigUInt64LE(pick(r, [0n, 1n, 7n, BigInt(c.length), 2n ** 40n, 2n ** 63n, BigInt(Number(c.readBigUInt64LE(0)) + int(r, -9, 9))]), 0);
+          const near = BigInt(Math.max(0, Number(c.readBigUInt64LE(0)) + int(r, -9, 9)));
+          c.writeBigUInt64LE(pick(r, [0n, 1n, 7n, BigInt(c.length), 2n ** 40n, 2n ** 63n, near]), 0);
           return c;
         });
         break;
