@@ -110,6 +110,20 @@ void upsample(const UpsampleParams& p) {
       const Tap& a = ty[y];
       const float* r0 = p.logits + int64_t(a.i0) * p.gw * K;  // (gw, K)
       const float* r1 = p.logits + int64_t(a.i1) * p.gw * K;
+      // Pixel (x, y): the K logits bilinearly from its four grid corners into v; returns their argmax.
+      auto interpolate = [&](int x) {
+        const Tap& b = tx[x];
+        const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
+        const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
+        const float *l00 = r0 + int64_t(b.i0) * K, *l01 = r0 + int64_t(b.i1) * K;
+        const float *l10 = r1 + int64_t(b.i0) * K, *l11 = r1 + int64_t(b.i1) * K;
+        int best = 0;
+        for (int k = 0; k < K; ++k) {
+          v[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
+          if (v[k] > v[best]) best = k;
+        }
+        return best;
+      };
       for (int x = 0; x < p.out_w;) {
         if (!p.probs) {
           // the run of pixels that share this pixel's corners
@@ -128,30 +142,11 @@ void upsample(const UpsampleParams& p) {
             continue;
           }
           for (; x < x1; ++x) {  // a boundary cell: pixel by pixel, as below
-            const Tap& b = tx[x];
-            const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
-            const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
-            const float *l00 = r0 + int64_t(b.i0) * K, *l01 = r0 + int64_t(b.i1) * K;
-            const float *l10 = r1 + int64_t(b.i0) * K, *l11 = r1 + int64_t(b.i1) * K;
-            int best = 0;
-            for (int k = 0; k < K; ++k) {
-              v[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
-              if (v[k] > v[best]) best = k;
-            }
-            put(y * p.out_w + x, best);
+            put(y * p.out_w + x, interpolate(x));
           }
           continue;
         }
-        const Tap& b = tx[x];
-        const float w00 = (1 - a.w1) * (1 - b.w1), w01 = (1 - a.w1) * b.w1;
-        const float w10 = a.w1 * (1 - b.w1), w11 = a.w1 * b.w1;
-        const float *l00 = r0 + int64_t(b.i0) * K, *l01 = r0 + int64_t(b.i1) * K;
-        const float *l10 = r1 + int64_t(b.i0) * K, *l11 = r1 + int64_t(b.i1) * K;
-        int best = 0;
-        for (int k = 0; k < K; ++k) {
-          v[k] = w00 * l00[k] + w01 * l01[k] + w10 * l10[k] + w11 * l11[k];
-          if (v[k] > v[best]) best = k;
-        }
+        const int best = interpolate(x);
         const int64_t pix = y * p.out_w + x;
         put(pix, best);
         const float top = v[best];
