@@ -11,6 +11,7 @@
         "native/core/device_none.cpp",
         "native/cpu/parallel.cpp",
         "native/cpu/gemm.cpp",
+        "native/cpu/gemm_bf16.cpp",
         "native/cpu/conv.cpp",
         "native/cpu/norm.cpp",
         "native/cpu/attention.cpp",

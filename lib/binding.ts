@@ -70,6 +70,8 @@ export interface NativeSegmentResult {
 }
 
 export interface NativeModel {
+  /** What the CPU side runs: 'bf16' only where it was asked for and the CPU has a bfloat16 kernel. */
+  readonly precision: 'fp32' | 'bf16';
   forwardFeatures(
     pixels: Float32Array,
     dims: readonly number[],
@@ -120,6 +122,8 @@ export interface CudaProbe {
   emulated: boolean;
 }
 
+export type Bf16Kernel = 'avx512bf16' | 'bf16-generic' | 'none';
+
 export interface Binding {
   createModel(
     config: NativeConfig,
@@ -130,10 +134,16 @@ export interface Binding {
     /** A path source: the bytes its header was parsed from and the file's size then (checked again on load). */
     header?: Uint8Array,
     fileSize?: number,
+    /** The CPU's GEMM and attention arithmetic (default fp32). */
+    precision?: 'fp32' | 'bf16',
   ): Promise<NativeModel>;
   probeCuda(): Promise<CudaProbe>;
   /** `build`: the build system that made the binary (absent from binaries built before it was added). */
-  cpuInfo(): { threads: number; gemmKernel: string; build?: 'binding.gyp' | 'cmake-js'; cuda: CudaBuild };
+  /**
+   * `bf16Kernel`: the bfloat16 GEMM kernel (`'avx512bf16'`; `'bf16-generic'` only when
+   * STEP_SEG_BF16_KERNEL=generic forces the portable twin), or `'none'`: bf16 requests run float32.
+   */
+  cpuInfo(): { threads: number; gemmKernel: string; bf16Kernel: Bf16Kernel; build?: 'binding.gyp' | 'cmake-js'; cuda: CudaBuild };
   setNumThreads(n: number): void;
   /** A copy of a typed array's bytes in memory the addon maps (large views only; undefined: copy in JS). */
   capture(view: ArrayBufferView): ArrayBuffer | undefined;

@@ -17,6 +17,7 @@ import {
   type CheckedSegmentOptions,
   type ForwardOptions,
   type LoadOptions,
+  type Precision,
   type SegmentOptions,
 } from './options';
 import { parseJsonStrict } from './json';
@@ -194,10 +195,11 @@ async function createNative(
   src: ModelSource,
   choice: { device: 'cpu' | 'cuda'; reason?: string },
   requested: 'auto' | 'cpu' | 'cuda',
+  precision: Precision = 'fp32',
 ): Promise<{ native: NativeModel; device: 'cpu' | 'cuda'; reason?: string }> {
   const { binding } = loadBinding();
   const create = (device: 'cpu' | 'cuda') =>
-    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device, src.header.prefix, src.header.fileSize);
+    binding.createModel(toNativeConfig(src.config), src.header.tensors, src.weights, src.header.dataOffset, device, src.header.prefix, src.header.fileSize, precision);
   try {
     return { native: await create(choice.device), ...choice };
   } catch (err) {
@@ -281,8 +283,8 @@ async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions
     throw invalidParameter('source', 'a model directory, a .safetensors path or a Buffer', source);
   const src = await readSource(source ?? defaultModelPath);
   const choice = await chooseDevice(opts.device);
-  const { native, device, reason } = await createNative(src, choice, opts.device);
-  return new Model(native, src.config, device, reason);
+  const { native, device, reason } = await createNative(src, choice, opts.device, opts.precision);
+  return new Model(native, src.config, device, reason, opts.precision);
 }
 
 /** The tiles of one image (patch-grid units), as the addon runs them (native/addon/addon.cpp, run_tiles). */
@@ -315,17 +317,27 @@ export class Model {
   readonly device: 'cpu' | 'cuda';
   /** Why the device is the CPU when `'auto'` or `'cuda'` was asked for. */
   readonly deviceReason?: string;
+  /**
+   * The arithmetic of the matrix products that run: `'bf16'` on the GPU, and on the CPU where bf16
+   * was asked for and the CPU has AVX512_BF16; else `'fp32'`.
+   */
+  readonly precision: Precision;
+  /** Why the precision is fp32 when bf16 was asked for. */
+  readonly precisionReason?: string;
   #native: NativeModel;
   #disposed = false;
   #tail: Promise<unknown> = Promise.resolve();
 
   /** @internal use {@link loadModel} */
-  constructor(native: NativeModel, config: ModelConfig, device: 'cpu' | 'cuda', deviceReason?: string) {
+  constructor(native: NativeModel, config: ModelConfig, device: 'cpu' | 'cuda', deviceReason?: string, requested: Precision = 'fp32') {
     this.#native = native;
     nativeOf.set(this, native);
     this.config = config;
     this.device = device;
     this.deviceReason = deviceReason;
+    this.precision = device === 'cuda' ? 'bf16' : native.precision;
+    if (requested === 'bf16' && this.precision !== 'bf16')
+      this.precisionReason = "no bfloat16 kernel runs here (runtimeInfo().bf16Kernel is 'none': the CPU lacks AVX512_BF16, or STEP_SEG_BF16_KERNEL=none): float32 instead";
   }
 
   /** Class names, indexed by label. */

@@ -5,9 +5,30 @@ import { kLimits } from './limits';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 
+export type Precision = 'fp32' | 'bf16';
+
+/**
+ * The CPU's arithmetic when no `precision` is given (the `STEP_SEG_PRECISION` environment variable
+ * overrides it): float32 until the bundled model's CamVid val mIoU in bf16 is shown within 0.1 of
+ * float32 (README, *CPU precision*).
+ */
+export const kDefaultPrecision: Precision = 'fp32';
+
+/** What loadModel uses without a `precision`: STEP_SEG_PRECISION where set, else kDefaultPrecision. */
+export function defaultPrecision(): string {
+  return process.env.STEP_SEG_PRECISION || kDefaultPrecision;
+}
+
 export interface LoadOptions {
   /** `'auto'` (default): the GPU when usable, else the CPU; `'cpu'`; `'cuda'`: the GPU or a rejection. */
   device?: Device;
+  /**
+   * The CPU's matrix products (the GEMMs and attention): `'fp32'` (default), or `'bf16'`: bfloat16
+   * operands with float32 accumulation, about twice as fast where the CPU has AVX512_BF16 (the CUDA
+   * backend's numerics). A CPU without it runs float32 (`model.precision` says what runs). The CUDA
+   * backend always runs bf16.
+   */
+  precision?: Precision;
 }
 
 export interface SegmentOptions {
@@ -66,10 +87,13 @@ function checkBool(v: unknown, name: string): boolean {
 
 export function checkLoadOptions(options: unknown): Required<LoadOptions> {
   const o = checkObject(options, 'options');
-  checkKeys(o, ['device'], 'options');
+  checkKeys(o, ['device', 'precision'], 'options');
   const device = o.device ?? process.env.STEP_SEG_DEVICE ?? 'auto';
   if (device !== 'auto' && device !== 'cpu' && device !== 'cuda') throw invalidParameter('options.device', "'auto', 'cpu' or 'cuda'", device);
-  return { device };
+  const precision = o.precision ?? defaultPrecision();
+  if (precision !== 'fp32' && precision !== 'bf16')
+    throw invalidParameter(o.precision === undefined ? 'STEP_SEG_PRECISION' : 'options.precision', "'fp32' or 'bf16'", precision);
+  return { device, precision };
 }
 
 export const kMaxSize = kLimits.size;

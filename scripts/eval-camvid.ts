@@ -4,6 +4,8 @@
 //        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,similarity+prune,learned,learned+prune]
 //        [--markdown FILE] [--prune-threshold X] [--keep-top-k N] [--learned-thresholds a,b,c]
 //        [--similarity-thresholds a,b,c]   (override the model's config, for choosing settings on val)
+//        [--precision fp32,bf16]   (the CPU's arithmetic, loadModel's `precision`; several: one table
+//        each, on the same images, then the share of pixels whose label differs from the first's)
 // Columns: mIoU (%), tokens entering the encoder, mean tokens per block (what the encoder's cost
 // follows once exits shrink the list), the cut in tokens per block and in GFLOPs against dense at the
 // same size, GFLOPs and ms per image (2 threads unless STEP_SEG_NUM_THREADS says otherwise). --markdown
@@ -35,6 +37,7 @@ const pruneOverride = {
 };
 const learnedThresholds = list('--learned-thresholds');
 const similarityThresholds = list('--similarity-thresholds');
+const precisions = flag('--precision', 'fp32').split(',') as ('fp32' | 'bf16')[];
 const K = 11, VOID = 11;
 
 function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>>): SegmentOptions | undefined {
@@ -59,11 +62,15 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
   }
   const names = fs.readdirSync(path.join(data, 'val')).filter((f) => f.endsWith('.png')).sort();
   const files = limit > 0 ? names.slice(0, limit) : names;
-  const model = await loadModel(args.includes('--model') ? flag('--model', '') : undefined, { device: 'cpu' });
-  if (model.config.numClasses !== K) console.log(`note: the model has ${model.config.numClasses} classes, CamVid ${K}`);
   console.log(`${files.length} val images from ${data}`);
-  console.log('setting           size     mIoU   tokens  /block  dense  token cut  GFLOPs  GFLOP cut   ms/img');
   const md = ['| setting | size | mIoU | tokens in | tokens per block | token cut | GFLOPs | GFLOP cut | ms / image |', '|---|---|---|---|---|---|---|---|---|'];
+  const firstLabels = new Map<string, Uint8Array[]>(); // setting@size -> labels of the first precision
+  for (const precision of precisions) {
+  const model = await loadModel(args.includes('--model') ? flag('--model', '') : undefined, { device: 'cpu', precision });
+  if (model.config.numClasses !== K) console.log(`note: the model has ${model.config.numClasses} classes, CamVid ${K}`);
+  if (model.precision !== precision) console.log(`note: ${precision} asked, ${model.precision} runs: ${model.precisionReason}`);
+  console.log(`\nprecision ${model.precision}`);
+  console.log('setting           size     mIoU   tokens  /block  dense  token cut  GFLOPs  GFLOP cut   ms/img  differ');
   const denseAt = new Map<number, { perBlock: number; gflops: number }>();
   for (const setting of settings) {
     const options = optionsFor(setting, model);
@@ -73,10 +80,14 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
     }
     for (const size of sizes) {
       const confusion = new Float64Array(K * K);
-      let tokens = 0, dense = 0, gflops = 0, ms = 0, perBlock = 0;
-      for (const name of files) {
+      let tokens = 0, dense = 0, gflops = 0, ms = 0, perBlock = 0, differ = 0, pixels = 0;
+      const key = `${setting}@${size}`, first = firstLabels.get(key), mine: Uint8Array[] = [];
+      for (const [f, name] of files.entries()) {
         const label = await sharp(path.join(data, 'valannot', name)).extractChannel(0).raw().toBuffer();
         const r = await model.segment(path.join(data, 'val', name), { ...options, size });
+        if (first) for (let i = 0; i < r.labels.length; i++) differ += r.labels[i] !== first[f][i] ? 1 : 0;
+        else mine.push(r.labels as Uint8Array);
+        pixels += r.labels.length;
         for (let i = 0; i < label.length; i++) if (label[i] !== VOID && label[i] < K) confusion[label[i] * K + r.labels[i]]++;
         tokens += r.stats.tokens.input;
         const blocks = r.stats.tokens.perBlock;
@@ -85,6 +96,7 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
         gflops += r.stats.gflops;
         ms += r.stats.ms.total;
       }
+      if (!first) firstLabels.set(key, mine);
       let iou = 0;
       for (let k = 0; k < K; k++) {
         let row = 0, col = 0;
@@ -99,14 +111,16 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
       const flopCut = base ? `${(base.gflops / (gflops / n)).toFixed(2)}x` : '-';
       const sizeName = size === 480 ? '480x360' : size === 960 ? '960x720' : `${size} long side`;
       console.log(
-        `${setting.padEnd(16)} ${String(size).padStart(5)} ${((100 * iou) / K).toFixed(1).padStart(8)} ${(tokens / n).toFixed(0).padStart(8)} ` +
+        `${setting.padEnd(16)} ${String(size).padStart(5)} ${((100 * iou) / K).toFixed(2).padStart(8)} ${(tokens / n).toFixed(0).padStart(8)} ` +
           `${(perBlock / n).toFixed(0).padStart(7)} ${(dense / n).toFixed(0).padStart(6)} ${tokenCut.padStart(10)} ` +
-          `${(gflops / n).toFixed(2).padStart(7)} ${flopCut.padStart(10)} ${(ms / n).toFixed(0).padStart(8)}`,
+          `${(gflops / n).toFixed(2).padStart(7)} ${flopCut.padStart(10)} ${(ms / n).toFixed(0).padStart(8)}` +
+          `${first ? `${((100 * differ) / pixels).toFixed(3).padStart(7)}%` : '       -'}`,
       );
-      md.push(`| ${setting} | ${sizeName} | ${((100 * iou) / K).toFixed(1)} | ${(tokens / n).toFixed(0)} | ${(perBlock / n).toFixed(0)} | ` +
+      md.push(`| ${precisions.length > 1 ? `${setting} (${model.precision})` : setting} | ${sizeName} | ${((100 * iou) / K).toFixed(1)} | ${(tokens / n).toFixed(0)} | ${(perBlock / n).toFixed(0)} | ` +
         `${tokenCut} | ${(gflops / n).toFixed(1)} | ${flopCut} | ${(ms / n).toFixed(0)} |`);
     }
   }
-  if (markdown) fs.writeFileSync(markdown, md.join('\n') + '\n');
   model.dispose();
+  }
+  if (markdown) fs.writeFileSync(markdown, md.join('\n') + '\n');
 })();

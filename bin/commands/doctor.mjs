@@ -52,7 +52,7 @@ function cpuFlags() {
     const line = text.split('\n').find((l) => /^flags\s*:/.test(l)) ?? '';
     const flags = new Set(line.replace(/^flags\s*:/, '').trim().split(/\s+/));
     const model = (/^model name\s*:\s*(.*)$/m.exec(text) ?? [])[1];
-    return { model, avx2: flags.has('avx2'), fma: flags.has('fma'), avx512f: flags.has('avx512f') };
+    return { model, avx2: flags.has('avx2'), fma: flags.has('fma'), avx512f: flags.has('avx512f'), avx512bf16: flags.has('avx512_bf16') };
   } catch {
     return undefined;
   }
@@ -84,7 +84,7 @@ export async function run(values) {
         kind: process.env.STEP_SEG_BINARY ? 'STEP_SEG_BINARY' : rel.startsWith('prebuilds') ? 'prebuilt' : rel.startsWith('build') ? 'local build' : 'other',
         build: info.build ?? 'unknown',
       };
-      report.engine = { threads: info.threads, gemmKernel: info.gemmKernel };
+      report.engine = { threads: info.threads, gemmKernel: info.gemmKernel, bf16Kernel: info.bf16Kernel, defaultPrecision: info.defaultPrecision };
     } catch (err) {
       report.binaryError = err.message;
       status = 1;
@@ -143,10 +143,14 @@ export async function run(values) {
   }
   if (report.defaultDevice)
     row('device', report.defaultDevice.error ? `default model did not load: ${report.defaultDevice.error}` : `auto -> ${report.defaultDevice.device}${report.defaultDevice.reason ? ` (${report.defaultDevice.reason})` : ''}`);
-  const flags = report.cpu ? `; avx2 ${report.cpu.avx2 ? 'yes' : 'no'}, fma ${report.cpu.fma ? 'yes' : 'no'}, avx512f ${report.cpu.avx512f ? 'yes' : 'no'} (/proc/cpuinfo)` : '';
+  const flags = report.cpu ? `; avx2 ${report.cpu.avx2 ? 'yes' : 'no'}, fma ${report.cpu.fma ? 'yes' : 'no'}, avx512f ${report.cpu.avx512f ? 'yes' : 'no'}, avx512_bf16 ${report.cpu.avx512bf16 ? 'yes' : 'no'} (/proc/cpuinfo)` : '';
   if (report.engine) row('cpu', `gemm kernel ${report.engine.gemmKernel}, ${report.engine.threads} threads of ${report.cpus} cores${flags}`);
   else row('cpu', `${report.cpus} cores${flags}`);
   if (report.cpu?.model) row('', report.cpu.model);
+  if (report.engine) {
+    const e = report.engine;
+    row('precision', `${e.defaultPrecision} by default; bf16 kernel ${e.bf16Kernel}${e.bf16Kernel === 'none' ? " (precision 'bf16' runs float32 here)" : " (loadModel(src, { precision: 'bf16' }) about doubles GEMM speed)"}`);
+  }
   row('node', `${report.node}, N-API ${report.napi} (the binary needs ${report.napiNeeded}), ${report.platform}${report.glibc ? `, glibc ${report.glibc}` : ''}`);
   if (report.sharp) row('sharp', `${report.sharp.sharp}, libvips ${report.sharp.libvips}`);
   const env = Object.entries(report.env);

@@ -44,9 +44,11 @@ namespace {
 using step::Error;
 using step::ErrorCode;
 
-step::cpu::CpuBackend& cpu_backend() {
-  static step::cpu::CpuBackend backend;
-  return backend;
+// One CPU backend per precision (a bf16 request on a CPU without a bfloat16 kernel gets the float32
+// one: CpuBackend::precision() says which runs).
+step::cpu::CpuBackend& cpu_backend(step::Precision precision = step::Precision::kFp32) {
+  static step::cpu::CpuBackend fp32(step::Precision::kFp32), bf16(step::Precision::kBf16);
+  return precision == step::Precision::kBf16 ? bf16 : fp32;
 }
 
 // ---- reading JS values ---------------------------------------------------------------------------
@@ -214,13 +216,14 @@ struct ModelState {
                                                  // destroyed first, it reads model's host tensors)
 #endif
   std::mutex run_mutex;  // one forward at a time per model (lib/ queues calls too)
+  step::cpu::CpuBackend* cpu = &cpu_backend();  // the CPU backend of the model's precision
 
   // The encoder forward on the model's device.
   step::EncoderOutput forward(const step::EncoderInput& in) {
 #ifdef STEP_SEG_HAVE_CUDA
     if (gpu) return gpu->forward(in);
 #endif
-    return model->forward(cpu_backend(), in);
+    return model->forward(*cpu, in);
   }
 };
 
@@ -288,9 +291,10 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 class CreateModelJob : public Job {
  public:
   CreateModelJob(Napi::Env env, bool effnet, step::VitConfig cfg, std::vector<step::TensorEntry> entries, std::string path,
-                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda, std::vector<uint8_t> header, uint64_t file_size)
+                 Napi::Buffer<uint8_t> buffer, uint64_t data_offset, bool cuda, std::vector<uint8_t> header, uint64_t file_size,
+                 step::Precision precision)
       : Job(env), effnet_(effnet), cfg_(cfg), entries_(std::move(entries)), path_(std::move(path)), data_offset_(data_offset),
-        cuda_(cuda), header_(std::move(header)), file_size_(file_size) {
+        cuda_(cuda), header_(std::move(header)), file_size_(file_size), precision_(precision) {
     if (!buffer.IsEmpty()) {
       buffer_ref_ = Napi::Persistent(buffer.As<Napi::Object>());  // keeps the bytes alive until the job ends
       buffer_data_ = buffer.Data();
@@ -316,6 +320,7 @@ class CreateModelJob : public Job {
       src = memory.get();
     }
     state_ = std::make_shared<ModelState>();
+    state_->cpu = &cpu_backend(precision_);
     if (effnet_)
       state_->trunk = std::make_unique<step::EffNetTrunk>(step::EffNetConfig{}, step::load_effnet_weights("", *src, entries_, {}));
     else
@@ -325,7 +330,7 @@ class CreateModelJob : public Job {
 #ifdef STEP_SEG_HAVE_CUDA
     if (!state_->model)
       throw Error(ErrorCode::kDeviceUnavailable, "a bare EfficientNet-Lite0 trunk runs on the CPU only: use device 'cpu'");
-    state_->gpu = step::cuda::DeviceModel::create(*state_->model, cpu_backend());
+    state_->gpu = step::cuda::DeviceModel::create(*state_->model, cpu_backend());  // the host side: float32
 #else
     throw Error(ErrorCode::kDeviceUnavailable, "this build of step-seg has no CUDA backend");
 #endif
@@ -333,6 +338,8 @@ class CreateModelJob : public Job {
   Napi::Value result(Napi::Env env) override {
     Napi::Object obj = addon_data(env).model_ctor.New({});
     NativeModel::Unwrap(obj)->state = state_;
+    // what the CPU side runs: bf16 only where it was asked for and this CPU has a bfloat16 kernel
+    obj.Set("precision", state_->cpu->precision() == step::Precision::kBf16 ? "bf16" : "fp32");
     return obj;
   }
 
@@ -348,6 +355,7 @@ class CreateModelJob : public Job {
   bool cuda_;
   std::vector<uint8_t> header_;  // the file's first bytes as lib/ parsed them (path sources)
   uint64_t file_size_;
+  step::Precision precision_;
   std::shared_ptr<ModelState> state_;
 };
 
@@ -400,8 +408,11 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
     header = get_vector<uint8_t>(info[5], "header");
     file_size = uint64_t(to_int64(info[6], "fileSize"));
   }
+  // optional: 'bf16' or 'fp32' (default) for the CPU's GEMMs and attention
+  const bool bf16 = info.Length() > 7 && info[7].IsString() && info[7].As<Napi::String>().Utf8Value() == "bf16";
   auto* job = new CreateModelJob(env, effnet, cfg, std::move(entries), path, buffer,
-                                 uint64_t(to_int64(info[3], "dataOffset")), cuda, std::move(header), file_size);
+                                 uint64_t(to_int64(info[3], "dataOffset")), cuda, std::move(header), file_size,
+                                 bf16 ? step::Precision::kBf16 : step::Precision::kFp32);
   job->Queue();
   return job->promise();
 }
@@ -447,7 +458,7 @@ class ForwardJob : public Job {
     for (int b = 0; b < n_; ++b)
       for (int64_t i = 0; i < plane; ++i)
         for (int c = 0; c < 3; ++c) x.data()[(b * plane + i) * 3 + c] = pixels_[(int64_t(b) * 3 + c) * plane + i];
-    std::vector<step::Tensor> maps = state_->trunk->forward(cpu_backend(), x.data(), n_, h_, w_, &out_.stats.gflops);
+    std::vector<step::Tensor> maps = state_->trunk->forward(*state_->cpu, x.data(), n_, h_, w_, &out_.stats.gflops);
     for (step::Tensor& m : maps) {
       const int64_t hh = m.dim(1), ww = m.dim(2), C = m.dim(3);
       step::Tensor nchw({n_, C, hh, ww});
@@ -580,7 +591,7 @@ class SegmentJob : public Job {
 
   Pass run_pass(const std::vector<View>& views) {
     step::VitModel& model = *state_->model;
-    step::Backend& backend = cpu_backend();
+    step::Backend& backend = *state_->cpu;
     const int P = model.config().patch, B = int(views.size());
     auto t0 = clock::now();
     Pass pass;
@@ -978,6 +989,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("threads", step::cpu::num_threads());
   o.Set("gemmKernel", step::cpu::gemm_kernel_name());
+  o.Set("bf16Kernel", step::cpu::gemm_kernel_name(step::Precision::kBf16));
   o.Set("build", kBuildSystem);
   o.Set("cuda", kCudaBuild);
   return o;
@@ -1122,6 +1134,12 @@ T* typed_data(const Napi::Value& v) {
   return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
 }
 
+// precision: 'bf16' or 'fp32' (absent: fp32), for the ops that have both
+step::Precision op_precision(const Napi::Object& o) {
+  Napi::Value v = o.Get("precision");
+  return v.IsString() && v.As<Napi::String>().Utf8Value() == "bf16" ? step::Precision::kBf16 : step::Precision::kFp32;
+}
+
 Napi::Value op_gemm(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   step::GemmParams p;
@@ -1137,10 +1155,11 @@ Napi::Value op_gemm(const Napi::CallbackInfo& info) {
   p.c = typed_data<float>(o.Get("c")), p.ldc = get_int(o, "ldc");
   p.residual = p.epilogue == step::Epilogue::kResidual ? typed_data<float>(o.Get("residual")) : nullptr;
   // packW: pack w beforehand as a model does (pack_weights), instead of inside gemm
+  const step::Precision precision = op_precision(o);
   std::shared_ptr<const void> packed;
-  if (o.Get("packW").ToBoolean()) packed = step::cpu::pack_weights(p.w, p.N, p.K);
+  if (o.Get("packW").ToBoolean()) packed = step::cpu::pack_weights(p.w, p.N, p.K, precision);
   p.w_packed = packed.get();
-  step::cpu::gemm(p);
+  step::cpu::gemm(p, precision);
   return info.Env().Undefined();
 }
 
@@ -1160,7 +1179,7 @@ Napi::Value op_attention(const Napi::CallbackInfo& info) {
   p.batch = get_int(o, "batch"), p.offsets = typed_data<int32_t>(o.Get("offsets"));
   p.heads = get_int(o, "heads"), p.head_dim = get_int(o, "headDim"), p.scale = float(get_double(o, "scale"));
   p.qkv = typed_data<float>(o.Get("qkv")), p.out = typed_data<float>(o.Get("out"));
-  step::cpu::attention(p);
+  step::cpu::attention(p, op_precision(o));
   return info.Env().Undefined();
 }
 

@@ -18,6 +18,10 @@
 namespace step {
 
 // ---- gemm ---------------------------------------------------------------------------------------
+// The arithmetic of the matrix products (gemm, and attention's two products): float32, or bfloat16
+// operands (each rounded to nearest even) with float32 accumulation, the CUDA backend's numerics.
+// Everything else (epilogues, softmax, norms) stays float32 either way.
+enum class Precision { kFp32, kBf16 };
 // c = epilogue(a * w^T + bias). w is stored as PyTorch's Linear weight, [N, K] row-major, which is
 // B[K,N] read column-major: the packing step reads it in that order.
 enum class Epilogue {

@@ -148,10 +148,13 @@ SoftmaxColumns choose_softmax() {
 
 }  // namespace
 
-void attention(const AttentionParams& p) {
+void attention(const AttentionParams& p, Precision precision) {
   const int H = p.heads, D = p.head_dim, C = H * D, row = 3 * C;
-  const MicroTile tile = gemm_micro_tile();
+  const MicroTile tile = gemm_micro_tile(precision);
   const int mr = tile.mr, nr = tile.nr;
+  // bfloat16: both products take pairs of k (gemm_packed.h); P is rounded into a copy of S^T
+  const bool pairs = tile.k_per_step == 2;
+  auto steps = [&](int k) { return pairs ? (k + 1) / 2 : k; };
   const int query_block = kMaxQueryBlock - kMaxQueryBlock % mr;
   static const SoftmaxColumns softmax = choose_softmax();
 
@@ -163,8 +166,8 @@ void attention(const AttentionParams& p) {
     int T = p.offsets[b + 1] - p.offsets[b];
     for (int h = 0; h < H; ++h) {
       size_t i = (size_t(b) * H + h) * 2;
-      panel_at[i + 1] = panel_at[i] + line(packed_panel_floats(T, D, mr));
-      panel_at[i + 2] = panel_at[i + 1] + line(packed_panel_floats(D, T, nr));
+      panel_at[i + 1] = panel_at[i] + line(packed_panel_floats(T, D, mr, precision));
+      panel_at[i + 2] = panel_at[i + 1] + line(packed_panel_floats(D, T, nr, precision));
     }
   }
   thread_local std::vector<float> panel_storage;
@@ -174,8 +177,9 @@ void attention(const AttentionParams& p) {
       int b = int(item / H), h = int(item % H);
       int t0 = p.offsets[b], T = p.offsets[b + 1] - t0;
       const float* k = p.qkv + int64_t(t0) * row + C + h * D;  // (T, D) row stride 3C
-      pack_panel(k, T, D, row, PanelLayout::kVectorRows, mr, panels + panel_at[item * 2]);
-      pack_panel(k + C, D, T, row, PanelLayout::kDepthRows, nr, panels + panel_at[item * 2 + 1]);
+      pack_panel(k, T, D, row, PanelLayout::kVectorRows, mr, panels + panel_at[item * 2], precision);
+      pack_panel(k + C, D, T, row, PanelLayout::kDepthRows, nr, panels + panel_at[item * 2 + 1],
+                 precision);
     }
   });
 
@@ -196,14 +200,14 @@ void attention(const AttentionParams& p) {
   const int pad = std::max(nr, kLanes);
   const int64_t ld_s = (query_block + pad - 1) / pad * pad;
   parallel_for(int64_t(items.size()), 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> q_storage, s_storage, sum_storage;
+    thread_local std::vector<float> q_storage, s_storage, sum_storage, p_storage;
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items[i];
       const int t0 = p.offsets[it.b], T = p.offsets[it.b + 1] - t0;
       const int rows = std::min(query_block, T - it.q0);
       const float* k_packed = panels + panel_at[(size_t(it.b) * H + it.h) * 2];
       const float* v_packed = panels + panel_at[(size_t(it.b) * H + it.h) * 2 + 1];
-      float* q_packed = aligned(q_storage, packed_panel_floats(rows, D, nr));    // W of step 1
+      float* q_packed = aligned(q_storage, packed_panel_floats(rows, D, nr, precision));  // W of step 1
       float* st = aligned(s_storage, size_t(T) * ld_s);                         // S^T (T, ld_s)
       float* inv_sum = aligned(sum_storage, kMaxQueryBlock);                    // (rows)
 
@@ -212,11 +216,12 @@ void attention(const AttentionParams& p) {
       // take the vector epilogue (the partial last sliver cost 8% in write_tile_scalar).
       const int q_cols = (rows + nr - 1) / nr * nr;
       pack_panel(p.qkv + int64_t(t0 + it.q0) * row + it.h * D, rows, D, row,
-                 PanelLayout::kVectorRows, nr, q_packed);
-      for (int k0 = 0; k0 < D; k0 += kKeyBlock) {  // one block unless D > kKeyBlock
+                 PanelLayout::kVectorRows, nr, q_packed, precision);
+      for (int k0 = 0; k0 < D; k0 += kKeyBlock) {  // one block unless D > kKeyBlock (even)
         int kc = std::min(kKeyBlock, D - k0);
-        gemm_packed_block(T, q_cols, kc, k_packed + k0 * mr, int64_t(D) * mr, mr,
-                          q_packed + k0 * nr, int64_t(D) * nr, st, ld_s, k0 > 0);
+        gemm_packed_block(T, q_cols, kc, k_packed + steps(k0) * mr, int64_t(steps(D)) * mr, mr,
+                          q_packed + steps(k0) * nr, int64_t(steps(D)) * nr, st, ld_s, k0 > 0,
+                          precision);
       }
 
       // 2. unnormalised softmax down the columns
@@ -226,13 +231,23 @@ void attention(const AttentionParams& p) {
       // S^T itself: MR queries side by side in each row, rows ld_s apart (reading it in place
       // instead of packing a copy made the attention 8% faster). The columns past rows feed only
       // micro-tile rows that are not stored.
+      // bfloat16: P (T, ld_s) rounded into pairs of keys, (steps(T), ld_s), read in place as well.
+      const float* pa = st;
+      if (pairs) {
+        float* p2 = aligned(p_storage, size_t(steps(T)) * ld_s);
+        pack_panel(st, int(ld_s), T, ld_s, PanelLayout::kDepthRows, int(ld_s), p2, precision);
+        pa = p2;
+      }
       float* out = p.out + int64_t(t0 + it.q0) * C + it.h * D;  // (rows, D) row stride C
       const int key_blocks = (T + kKeyBlock - 1) / kKeyBlock;
+      auto key_begin = [&](int kb) {  // even for bfloat16 pairs, but the end T
+        return kb == key_blocks ? T : int(int64_t(T) * kb / key_blocks) / tile.k_per_step * tile.k_per_step;
+      };
       for (int kb = 0; kb < key_blocks; ++kb) {
-        const int k0 = int(int64_t(T) * kb / key_blocks);
-        const int kc = int(int64_t(T) * (kb + 1) / key_blocks) - k0;
-        gemm_packed_block(rows, D, kc, st + k0 * ld_s, mr, ld_s, v_packed + int64_t(k0) * nr,
-                          int64_t(T) * nr, out, C, kb > 0);
+        const int k0 = key_begin(kb), kc = key_begin(kb + 1) - k0;
+        gemm_packed_block(rows, D, kc, pa + steps(k0) * ld_s, mr, ld_s,
+                          v_packed + int64_t(steps(k0)) * nr, int64_t(steps(T)) * nr, out, C, kb > 0,
+                          precision);
       }
       for (int r = 0; r < rows; ++r)
         for (int d = 0; d < D; ++d) out[int64_t(r) * C + d] *= inv_sum[r];

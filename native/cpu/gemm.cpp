@@ -44,6 +44,7 @@
 
 #include "../core/errors.h"
 #include "cpu_backend.h"
+#include "gemm_kernels.h"
 #include "gemm_packed.h"
 #include "parallel.h"
 
@@ -52,7 +53,62 @@
 #endif
 
 namespace step::cpu {
+using namespace gemm_detail;
+
+// Packs `rows` rows (of `width`, the rest zero) of src, columns [0, kc), as out[k * width + i].
+// src: (rows, kc) float32, row stride ld; out: (kc, width) float32, contiguous.
+// The 16 k wide steps keep the written part of out in L1; on x86 4 x 4 blocks are transposed in SSE
+// registers (baseline x86-64), which makes packing about 6x faster than element by element.
+void gemm_detail::pack_sliver(const float* src, int64_t ld, int rows, int width, int kc, float* out) {
+  constexpr int kStep = 16;
+  for (int k0 = 0; k0 < kc; k0 += kStep) {
+    const int k1 = std::min(kc, k0 + kStep);
+    int i = 0;
+#if defined(__x86_64__)
+    for (; i + 4 <= rows; i += 4) {
+      const float* s = src + i * ld;
+      int k = k0;
+      for (; k + 4 <= k1; k += 4) {
+        __m128 r0 = _mm_loadu_ps(s + k), r1 = _mm_loadu_ps(s + ld + k);
+        __m128 r2 = _mm_loadu_ps(s + 2 * ld + k), r3 = _mm_loadu_ps(s + 3 * ld + k);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(out + k * width + i, r0);
+        _mm_storeu_ps(out + (k + 1) * width + i, r1);
+        _mm_storeu_ps(out + (k + 2) * width + i, r2);
+        _mm_storeu_ps(out + (k + 3) * width + i, r3);
+      }
+      for (; k < k1; ++k)
+        for (int r = 0; r < 4; ++r) out[k * width + i + r] = s[r * ld + k];
+    }
+#endif
+    for (; i < rows; ++i) {
+      const float* s = src + i * ld;
+      for (int k = k0; k < k1; ++k) out[k * width + i] = s[k];
+    }
+    for (; i < width; ++i)
+      for (int k = k0; k < k1; ++k) out[k * width + i] = 0.f;
+  }
+}
+
+// Packs `vectors` vectors stored down the rows of src (element k of vector v at src[k * ld + v]) in
+// slivers of `width`: row k of src already holds element k of every vector, so a sliver is a copy.
+void gemm_detail::pack_depth_rows(const float* src, int64_t ld, int vectors, int width, int depth,
+                                  float* out) {
+  for (int v0 = 0; v0 < vectors; v0 += width, out += int64_t(width) * depth) {
+    const int n = std::min(width, vectors - v0);
+    const float* s = src + v0;
+    for (int k = 0; k < depth; ++k, s += ld) {
+      float* o = out + int64_t(k) * width;
+      std::copy(s, s + n, o);
+      std::fill(o + n, o + width, 0.f);
+    }
+  }
+}
+
 namespace {
+
+// Below this many flops per thread a call runs on one thread: the pool's wake-up costs more.
+constexpr double kMinFlopsPerThread = 2e6;
 
 // Longest K block. 384 does ViT-S's K = 384 products in one pass (c written once) and measured the
 // same as 256 on Zen 4 for K = 768 and 3072 (within the 3% run-to-run noise); 128 was 3-5% slower.
@@ -62,71 +118,6 @@ constexpr int kMaxKc = 384;
 // 6 and 16 rows measured within noise of 10; 64 columns instead of 32 made no difference.
 constexpr int kTileRowUnits = 10;
 constexpr int kTileColUnits = 32;
-// Below this many flops per thread a call runs on one thread: the pool's wake-up costs more.
-constexpr double kMinFlopsPerThread = 2e6;
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-
-// erf(x) = x * P(x^2) / Q(x^2) on [-4, 4], saturated outside (erf(4) rounds to 1 in float).
-// Coefficients of Eigen's generic_fast_erf_float.
-constexpr float kErfP[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
-                            -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
-                            -1.60960333262415e-02f};
-constexpr float kErfQ[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
-                            -7.37332916720468e-03f, -1.42647390514189e-02f};
-
-inline float gelu_scalar(float v) {
-  float x = std::min(std::max(v * kInvSqrt2, -4.f), 4.f), x2 = x * x;
-  float p = kErfP[0], q = kErfQ[0];
-  for (int i = 1; i < 7; ++i) p = p * x2 + kErfP[i];
-  for (int i = 1; i < 5; ++i) q = q * x2 + kErfQ[i];
-  return 0.5f * v * (1.f + x * p / q);
-}
-
-// Where and how one micro-tile is written.
-struct TileOut {
-  float* c;                 // top-left of the micro-tile in c, row stride ldc
-  const float* residual;    // same position in residual, or null; read only when first is set
-  const float* scale;       // (NR) multiplier of acc per column: col_scale, or 1
-  const float* shift;       // (NR) scale * bias per column, or 0
-  int ldc;
-  int rows, cols;           // valid part of the MR x NR micro-tile
-  bool first;               // first K block: start from residual + shift instead of c
-  Epilogue act;             // kGelu, kRelu6 or kSigmoid on the last K block, else kNone
-};
-
-inline float activate_scalar(Epilogue act, float v) {
-  switch (act) {
-    case Epilogue::kGelu: return gelu_scalar(v);
-    case Epilogue::kRelu6: return std::min(std::max(v, 0.f), 6.f);
-    case Epilogue::kSigmoid: return 1.f / (1.f + std::exp(-v));
-    default: return v;
-  }
-}
-
-// Writes a micro-tile held in memory (acc[i * acc_ld + j]); used by the portable kernel and by the
-// SIMD kernels for tiles cut by the right edge of c.
-void write_tile_scalar(const float* acc, int acc_ld, const TileOut& o) {
-  for (int i = 0; i < o.rows; ++i) {
-    float* c = o.c + int64_t(i) * o.ldc;
-    const float* r = o.residual ? o.residual + int64_t(i) * o.ldc : nullptr;
-    for (int j = 0; j < o.cols; ++j) {
-      float base = o.first ? o.shift[j] + (r ? r[j] : 0.f) : c[j];
-      float v = o.scale[j] * acc[i * acc_ld + j] + base;
-      c[j] = activate_scalar(o.act, v);
-    }
-  }
-}
-
-// a: kc steps of MR floats, a_step floats apart (MR when packed); b: kc steps of NR floats, packed.
-using MicroKernel = void (*)(int kc, const float* a, int64_t a_step, const float* b,
-                             const TileOut& o);
-
-struct Kernel {
-  const char* name;
-  int mr, nr;
-  MicroKernel run;
-};
-
 constexpr int kGenericMr = 4, kGenericNr = 8;
 constexpr int kMaxNr = 32;  // the widest micro-tile, AVX-512's
 
@@ -140,46 +131,12 @@ void kernel_generic(int kc, const float* a, int64_t a_step, const float* b, cons
 
 #if defined(__x86_64__)
 
-#define STEP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
 #define STEP_TARGET_AVX2 __attribute__((target("avx2,fma")))
-
-// Starts fetching the c (and residual) lines of row i of a micro-tile `width` floats wide while the
-// K loop runs, so that the epilogue stores into lines already in L1 rather than stall (3% faster).
-inline void prefetch_row(const TileOut& o, int i, int width) {
-  const float* c = o.c + int64_t(i) * o.ldc;
-  const bool read_residual = o.first && o.residual && o.residual != o.c;
-  const float* r = read_residual ? o.residual + int64_t(i) * o.ldc : nullptr;
-  for (int j = 0; j < width; j += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + j), _MM_HINT_T0);
-    if (r) _mm_prefetch(reinterpret_cast<const char*>(r + j), _MM_HINT_T0);
-  }
-}
-
-constexpr int kAvx512Mr = 14, kAvx512Nr = 32;
-
-STEP_TARGET_AVX512 inline __m512 gelu_avx512(__m512 v) {
-  // The zero-masked min/max (all lanes kept) are plain vminps/vmaxps; the unmasked intrinsics start
-  // from _mm512_undefined_ps, which makes g++ 12 warn -Wmaybe-uninitialized.
-  constexpr __mmask16 kAll = 0xffff;
-  __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(kInvSqrt2));
-  x = _mm512_maskz_max_ps(kAll, x, _mm512_set1_ps(-4.f));
-  x = _mm512_maskz_min_ps(kAll, x, _mm512_set1_ps(4.f));
-  __m512 x2 = _mm512_mul_ps(x, x), p = _mm512_set1_ps(kErfP[0]), q = _mm512_set1_ps(kErfQ[0]);
-  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kErfP[i]));
-  for (int i = 1; i < 5; ++i) q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(kErfQ[i]));
-  __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
-  __m512 half_v = _mm512_mul_ps(v, _mm512_set1_ps(0.5f));
-  return _mm512_fmadd_ps(half_v, erf, half_v);
-}
 
 STEP_TARGET_AVX512 void kernel_avx512(int kc, const float* a, int64_t a_step, const float* b,
                                       const TileOut& o) {
   __m512 acc[kAvx512Mr][2];
-#pragma GCC unroll 14
-  for (int i = 0; i < kAvx512Mr; ++i) {
-    acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    if (i < o.rows) prefetch_row(o, i, kAvx512Nr);
-  }
+  start_tile_avx512(acc, o);
   for (int k = 0; k < kc; ++k, a += a_step, b += kAvx512Nr) {
     __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 14
@@ -189,49 +146,7 @@ STEP_TARGET_AVX512 void kernel_avx512(int kc, const float* a, int64_t a_step, co
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
   }
-  if (o.cols < kAvx512Nr) {
-    alignas(64) float tile[kAvx512Mr][kAvx512Nr];
-#pragma GCC unroll 14
-    for (int i = 0; i < kAvx512Mr; ++i) {
-      _mm512_store_ps(tile[i], acc[i][0]);
-      _mm512_store_ps(tile[i] + 16, acc[i][1]);
-    }
-    write_tile_scalar(&tile[0][0], kAvx512Nr, o);
-    return;
-  }
-  __m512 s0 = _mm512_loadu_ps(o.scale), s1 = _mm512_loadu_ps(o.scale + 16);
-  __m512 h0 = _mm512_loadu_ps(o.shift), h1 = _mm512_loadu_ps(o.shift + 16);
-#pragma GCC unroll 14
-  for (int i = 0; i < kAvx512Mr; ++i) {
-    if (i >= o.rows) break;
-    float* c = o.c + int64_t(i) * o.ldc;
-    __m512 base0, base1;
-    if (!o.first) {
-      base0 = _mm512_loadu_ps(c);
-      base1 = _mm512_loadu_ps(c + 16);
-    } else if (o.residual) {
-      const float* r = o.residual + int64_t(i) * o.ldc;
-      base0 = _mm512_add_ps(h0, _mm512_loadu_ps(r));
-      base1 = _mm512_add_ps(h1, _mm512_loadu_ps(r + 16));
-    } else {
-      base0 = h0;
-      base1 = h1;
-    }
-    __m512 v0 = _mm512_fmadd_ps(s0, acc[i][0], base0), v1 = _mm512_fmadd_ps(s1, acc[i][1], base1);
-    if (o.act == Epilogue::kGelu) {
-      v0 = gelu_avx512(v0);
-      v1 = gelu_avx512(v1);
-    } else if (o.act == Epilogue::kRelu6) {
-      // masked forms: GCC 12 warns about the undefined source register of the unmasked ones
-      const __m512 zero = _mm512_set1_ps(0.f), six = _mm512_set1_ps(6.f);
-      v0 = _mm512_mask_min_ps(v0, 0xffff, _mm512_mask_max_ps(v0, 0xffff, v0, zero), six);
-      v1 = _mm512_mask_min_ps(v1, 0xffff, _mm512_mask_max_ps(v1, 0xffff, v1, zero), six);
-    }
-    _mm512_storeu_ps(c, v0);
-    _mm512_storeu_ps(c + 16, v1);
-    if (o.act == Epilogue::kSigmoid)  // only the small policy heads use it: scalar is enough
-      for (int j = 0; j < 32; ++j) c[j] = activate_scalar(o.act, c[j]);
-  }
+  store_tile_avx512(acc, o);
 }
 
 constexpr int kAvx2Mr = 6, kAvx2Nr = 16;
@@ -312,15 +227,15 @@ STEP_TARGET_AVX2 void kernel_avx2(int kc, const float* a, int64_t a_step, const 
 
 // The best kernel this CPU runs, lowered to the one STEP_SEG_GEMM_KERNEL names if it is set.
 Kernel choose_kernel() {
-  const Kernel generic{"generic", kGenericMr, kGenericNr, kernel_generic};
+  const Kernel generic{"generic", kGenericMr, kGenericNr, kernel_generic, 1, pack_sliver, pack_depth_rows};
   std::vector<Kernel> supported;  // best first
 #if defined(__x86_64__)
   __builtin_cpu_init();
   bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq"))
-    supported.push_back({"avx512", kAvx512Mr, kAvx512Nr, kernel_avx512});
-  if (avx2) supported.push_back({"avx2", kAvx2Mr, kAvx2Nr, kernel_avx2});
+    supported.push_back({"avx512", kAvx512Mr, kAvx512Nr, kernel_avx512, 1, pack_sliver, pack_depth_rows});
+  if (avx2) supported.push_back({"avx2", kAvx2Mr, kAvx2Nr, kernel_avx2, 1, pack_sliver, pack_depth_rows});
 #endif
   supported.push_back(generic);
   const char* wanted = std::getenv("STEP_SEG_GEMM_KERNEL");
@@ -342,135 +257,110 @@ const Kernel& chosen_kernel() {
   return kernel;
 }
 
-// A thread's growable scratch, aligned to a cache line so that SIMD loads of packed panels never
-// straddle two lines.
-float* scratch(std::vector<float>& storage, size_t floats) {
-  constexpr size_t kAlignFloats = 16;
-  if (storage.size() < floats + kAlignFloats) storage.resize(floats + kAlignFloats);
-  auto addr = reinterpret_cast<uintptr_t>(storage.data());
-  return storage.data() + ((64 - addr % 64) % 64) / sizeof(float);
-}
-
-// Packs `rows` rows (of `width`, the rest zero) of src, columns [0, kc), as out[k * width + i].
-// src: (rows, kc) float32, row stride ld; out: (kc, width) float32, contiguous.
-// The 16 k wide steps keep the written part of out in L1; on x86 4 x 4 blocks are transposed in SSE
-// registers (baseline x86-64), which makes packing about 6x faster than element by element.
-void pack_sliver(const float* src, int64_t ld, int rows, int width, int kc, float* out) {
-  constexpr int kStep = 16;
-  for (int k0 = 0; k0 < kc; k0 += kStep) {
-    const int k1 = std::min(kc, k0 + kStep);
-    int i = 0;
-#if defined(__x86_64__)
-    for (; i + 4 <= rows; i += 4) {
-      const float* s = src + i * ld;
-      int k = k0;
-      for (; k + 4 <= k1; k += 4) {
-        __m128 r0 = _mm_loadu_ps(s + k), r1 = _mm_loadu_ps(s + ld + k);
-        __m128 r2 = _mm_loadu_ps(s + 2 * ld + k), r3 = _mm_loadu_ps(s + 3 * ld + k);
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        _mm_storeu_ps(out + k * width + i, r0);
-        _mm_storeu_ps(out + (k + 1) * width + i, r1);
-        _mm_storeu_ps(out + (k + 2) * width + i, r2);
-        _mm_storeu_ps(out + (k + 3) * width + i, r3);
-      }
-      for (; k < k1; ++k)
-        for (int r = 0; r < 4; ++r) out[k * width + i + r] = s[r * ld + k];
-    }
-#endif
-    for (; i < rows; ++i) {
-      const float* s = src + i * ld;
-      for (int k = k0; k < k1; ++k) out[k * width + i] = s[k];
-    }
-    for (; i < width; ++i)
-      for (int k = k0; k < k1; ++k) out[k * width + i] = 0.f;
-  }
-}
-
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // K cut into blocks of nearly equal size, at most kMaxKc deep, so that no block is a short,
-// inefficient remainder. Block kb is [begin(kb), begin(kb + 1)).
+// inefficient remainder. Block kb is [begin(kb), begin(kb + 1)). For kernels that take k in pairs
+// every block but the last starts and ends on an even k, so a block is whole pairs (the last may
+// end on an odd K: its last pair is padded with a zero).
 struct KBlocks {
-  int K, count, max_depth;
-  explicit KBlocks(int k)
-      : K(k), count(std::max(1, ceil_div(k, kMaxKc))), max_depth(ceil_div(std::max(k, 1), count)) {}
-  int begin(int kb) const { return int(int64_t(K) * kb / count); }
+  int K, unit, count, max_depth;
+  KBlocks(int k, int k_unit)
+      : K(k), unit(k_unit), count(std::max(1, ceil_div(k, kMaxKc * k_unit))),
+        max_depth(ceil_div(ceil_div(std::max(k, 1), count), k_unit) * k_unit) {}
+  int begin(int kb) const {
+    if (kb >= count) return K;
+    return int(int64_t(K) * kb / count) / unit * unit;
+  }
 };
 
-// Packs W (N, K) row-major for the micro-kernel of sliver width nr, on `threads` threads.
-// out: for each K block [k0, k1), at out + k0 * n_pad, slivers of nr columns (n_pad = N rounded up
-// to nr), sliver n0 / nr at + n0 * (k1 - k0), each (k1 - k0, nr) k-major, zero-padded past N.
-void pack_w(const float* w, int N, int K, int nr, int threads, float* out) {
-  const KBlocks blocks(K);
-  const int units_n = ceil_div(N, nr), n_pad = units_n * nr;
+// Packs W (N, K) row-major for kernel `kern`, on `threads` threads.
+// out: for each K block [k0, k1), at out + steps(k0) * n_pad, slivers of nr columns (n_pad = N
+// rounded up to nr), sliver n0 / nr at + n0 * steps(k1 - k0), each (steps(k1 - k0), nr) step-major,
+// zero-padded past N; steps() counts k (float32) or pairs of k (bfloat16), as the kernel takes them.
+void pack_w(const Kernel& kern, const float* w, int N, int K, int threads, float* out) {
+  const KBlocks blocks(K, kern.k_per_step);
+  const int nr = kern.nr, units_n = ceil_div(N, nr), n_pad = units_n * nr;
   const int64_t items = int64_t(units_n) * blocks.count;
   parallel_for(items, threads > 1 ? ceil_div(int(items), threads) : items, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       int kb = int(item / units_n), unit = int(item % units_n);
       int k0 = blocks.begin(kb), kc = blocks.begin(kb + 1) - k0, n0 = unit * nr;
-      pack_sliver(w + int64_t(n0) * K + k0, K, std::min(nr, N - n0), nr, kc,
-                  out + int64_t(k0) * n_pad + int64_t(n0) * kc);
+      kern.pack(w + int64_t(n0) * K + k0, K, std::min(nr, N - n0), nr, kc,
+                out + int64_t(depth_steps(kern, k0)) * n_pad + int64_t(n0) * depth_steps(kern, kc));
     }
   });
 }
 
-// What pack_weights() hands out (as GemmParams::w_packed): W packed by pack_w for the kernel of
-// width nr, with the shape it was packed for so that gemm() can check it.
+// What pack_weights() hands out (as GemmParams::w_packed): W packed by pack_w for one kernel, with
+// the shape and the kernel it was packed for so that gemm() can check it.
 struct PackedWeights {
-  int N = 0, K = 0, nr = 0;
+  int N = 0, K = 0;
+  const Kernel* kernel = nullptr;
   std::vector<float> storage;
   const float* data = nullptr;  // 64-byte aligned inside storage
 };
 
+// The kernel a call of the given precision runs: bf16 where this CPU has a bfloat16 kernel, else
+// the float32 one.
+const Kernel& kernel_for(Precision precision) {
+  if (precision == Precision::kBf16)
+    if (const Kernel* k = bf16_kernel()) return *k;
+  return chosen_kernel();
+}
+
 }  // namespace
 
-const char* gemm_kernel_name() { return chosen_kernel().name; }
+const Kernel& gemm_detail::fp32_kernel() { return chosen_kernel(); }
+
+const char* gemm_kernel_name(Precision precision) {
+  return precision == Precision::kBf16 && !bf16_kernel() ? "none" : kernel_for(precision).name;
+}
 
 // Packing once per model rather than once per call (ViT-S dense forward, 2 threads, AMD EPYC,
 // base and packed binaries interleaved, 4 processes each, best of 8 runs, machine shared with another
 // job): 512 px 371-412 ms against 402-455 ms, about 7% faster; 1024 px within noise (2770-3087
 // against 2743-3091 ms, 3 processes each), where packing is under 1% of the forward.
-std::shared_ptr<const void> pack_weights(const float* w, int N, int K) {
+std::shared_ptr<const void> pack_weights(const float* w, int N, int K, Precision precision) {
   STEP_CHECK(N >= 0 && K >= 0, "pack_weights: negative size");
   auto packed = std::make_shared<PackedWeights>();
-  const int nr = chosen_kernel().nr;
-  packed->N = N, packed->K = K, packed->nr = nr;
-  float* out = scratch(packed->storage, size_t(ceil_div(N, nr)) * nr * std::max(K, 1));
-  pack_w(w, N, K, nr, num_threads(), out);
+  const Kernel& kern = kernel_for(precision);
+  packed->N = N, packed->K = K, packed->kernel = &kern;
+  float* out = scratch(packed->storage,
+                       size_t(ceil_div(N, kern.nr)) * kern.nr * std::max(depth_steps(kern, K), 1));
+  pack_w(kern, w, N, K, num_threads(), out);
   packed->data = out;
   return packed;
 }
 
 // ---- packed operands for callers that drive the blocking themselves (gemm_packed.h) -------------
 
-MicroTile gemm_micro_tile() { return {chosen_kernel().mr, chosen_kernel().nr}; }
+MicroTile gemm_micro_tile(Precision precision) {
+  const Kernel& k = kernel_for(precision);
+  return {k.mr, k.nr, k.k_per_step};
+}
 
-size_t packed_panel_floats(int vectors, int depth, int width) {
-  return size_t(ceil_div(vectors, width)) * width * depth;
+size_t packed_panel_floats(int vectors, int depth, int width, Precision precision) {
+  return size_t(ceil_div(vectors, width)) * width * depth_steps(kernel_for(precision), depth);
 }
 
 void pack_panel(const float* src, int vectors, int depth, int64_t ld, PanelLayout layout, int width,
-                float* out) {
-  for (int v0 = 0; v0 < vectors; v0 += width, out += int64_t(width) * depth) {
-    const int n = std::min(width, vectors - v0);
-    if (layout == PanelLayout::kVectorRows) {
-      pack_sliver(src + int64_t(v0) * ld, ld, n, width, depth, out);
-      continue;
-    }
-    // kDepthRows: row k of src already holds element k of every vector, so a sliver is a copy.
-    const float* s = src + v0;
-    for (int k = 0; k < depth; ++k, s += ld) {
-      float* o = out + int64_t(k) * width;
-      std::copy(s, s + n, o);
-      std::fill(o + n, o + width, 0.f);
-    }
+                float* out, Precision precision) {
+  const Kernel& kern = kernel_for(precision);
+  if (layout == PanelLayout::kDepthRows) {
+    kern.pack_depth_rows(src, ld, vectors, width, depth, out);
+    return;
   }
+  const int64_t sliver = int64_t(width) * depth_steps(kern, depth);
+  for (int v0 = 0; v0 < vectors; v0 += width, out += sliver)
+    kern.pack(src + int64_t(v0) * ld, ld, std::min(width, vectors - v0), width, depth, out);
 }
 
 void gemm_packed_block(int M, int N, int kc, const float* a, int64_t a_stride, int64_t a_step,
-                       const float* w, int64_t w_stride, float* c, int64_t ldc, bool accumulate) {
-  const Kernel& kern = chosen_kernel();
-  const int mr = kern.mr, nr = kern.nr;
+                       const float* w, int64_t w_stride, float* c, int64_t ldc, bool accumulate,
+                       Precision precision) {
+  const Kernel& kern = kernel_for(precision);
+  const int mr = kern.mr, nr = kern.nr, steps = depth_steps(kern, kc);
   static const std::vector<float> ones(kMaxNr, 1.f), zeros(kMaxNr, 0.f);  // scale, shift
   // Row slivers outside: attention's blocks measured the same with the W slivers outside (T = 1025:
   // 16.8 against 16.9 ms, T = 4097: 261 against 262 ms, ViT-S, 1 thread).
@@ -478,19 +368,20 @@ void gemm_packed_block(int M, int N, int kc, const float* a, int64_t a_stride, i
     for (int n = 0; n < N; n += nr) {
       TileOut o{c + int64_t(m) * ldc + n, nullptr, ones.data(), zeros.data(), int(ldc),
                 std::min(mr, M - m), std::min(nr, N - n), !accumulate, Epilogue::kNone};
-      kern.run(kc, a + int64_t(m / mr) * a_stride, a_step, w + int64_t(n / nr) * w_stride, o);
+      kern.run(steps, a + int64_t(m / mr) * a_stride, a_step, w + int64_t(n / nr) * w_stride, o);
     }
 }
 
-void gemm(const GemmParams& p) {
+void gemm(const GemmParams& p, Precision precision) {
   STEP_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "gemm: negative size");
   if (p.M == 0 || p.N == 0) return;
   STEP_CHECK(p.lda >= p.K && p.ldc >= p.N, "gemm: row stride shorter than the row");
-  const Kernel& kern = chosen_kernel();
+  const Kernel& kern = kernel_for(precision);
   const int mr = kern.mr, nr = kern.nr, M = p.M, N = p.N, K = p.K;
   const bool residual = p.epilogue == Epilogue::kResidual;
+  auto steps = [&](int k) { return depth_steps(kern, k); };
 
-  const KBlocks blocks(K);
+  const KBlocks blocks(K, kern.k_per_step);
   const int k_blocks = blocks.count, kc_max = blocks.max_depth;
   auto k_begin = [&](int kb) { return blocks.begin(kb); };
 
@@ -510,11 +401,12 @@ void gemm(const GemmParams& p) {
   const float* packed_w;
   if (p.w_packed) {
     const auto& pw = *static_cast<const PackedWeights*>(p.w_packed);
-    STEP_CHECK(pw.N == N && pw.K == K && pw.nr == nr, "gemm: w_packed was packed for another shape or kernel");
+    STEP_CHECK(pw.N == N && pw.K == K && pw.kernel == &kern,
+               "gemm: w_packed was packed for another shape, kernel or precision");
     packed_w = pw.data;
   } else {
-    float* out = scratch(w_storage, size_t(n_pad) * std::max(K, 1));
-    pack_w(p.w, N, K, nr, threads, out);
+    float* out = scratch(w_storage, size_t(n_pad) * std::max(steps(K), 1));
+    pack_w(kern, p.w, N, K, threads, out);
     packed_w = out;
   }
 
@@ -533,7 +425,7 @@ void gemm(const GemmParams& p) {
   parallel_for(tiles, threads > 1 ? 1 : tiles, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> a_storage;
     const int max_tile_units = ceil_div(units_m, tiles_m);
-    float* packed_a = scratch(a_storage, size_t(max_tile_units) * mr * kc_max);
+    float* packed_a = scratch(a_storage, size_t(max_tile_units) * mr * steps(kc_max));
     for (int64_t t = begin; t < end; ++t) {
       int tm = int(t / tiles_n), tn = int(t % tiles_n);
       int m0 = int(int64_t(units_m) * tm / tiles_m) * mr;
@@ -541,18 +433,18 @@ void gemm(const GemmParams& p) {
       int n0 = int(int64_t(units_n) * tn / tiles_n) * nr;
       int n1 = std::min(N, int(int64_t(units_n) * (tn + 1) / tiles_n) * nr);
       for (int kb = 0; kb < k_blocks; ++kb) {
-        int k0 = k_begin(kb), kc = k_begin(kb + 1) - k0;
+        int k0 = k_begin(kb), kc = k_begin(kb + 1) - k0, sc = steps(kc);
         for (int m = m0; m < m1; m += mr)
-          pack_sliver(p.a + int64_t(m) * p.lda + k0, p.lda, std::min(mr, m1 - m), mr, kc,
-                      packed_a + int64_t(m - m0) * kc);
+          kern.pack(p.a + int64_t(m) * p.lda + k0, p.lda, std::min(mr, m1 - m), mr, kc,
+                    packed_a + int64_t(m - m0) * sc);
         for (int n = n0; n < n1; n += nr) {
-          const float* b = packed_w + int64_t(k0) * n_pad + int64_t(n) * kc;
+          const float* b = packed_w + int64_t(steps(k0)) * n_pad + int64_t(n) * sc;
           for (int m = m0; m < m1; m += mr) {
             int64_t at = int64_t(m) * p.ldc + n;
             TileOut o{p.c + at, residual && p.residual ? p.residual + at : nullptr, scale + n,
                       shift + n, p.ldc, std::min(mr, m1 - m), std::min(nr, n1 - n), kb == 0,
                       kb == k_blocks - 1 ? act : Epilogue::kNone};
-            kern.run(kc, packed_a + int64_t(m - m0) * kc, mr, b, o);
+            kern.run(sc, packed_a + int64_t(m - m0) * sc, mr, b, o);
           }
         }
       }

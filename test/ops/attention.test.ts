@@ -1,56 +1,26 @@
 // attention, layernorm and upsample against plain double-precision references, on random packed
-// lists (uneven images, a single token, a block boundary just crossed) with NaN-poisoned outputs.
+// lists (uneven images, a single token, a block boundary just crossed: op-cases.ts's table) with
+// NaN-poisoned outputs.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
 import { relL2 } from '../helpers/compare';
+import { attentionCases, runAttentionCase } from '../helpers/op-cases';
 import { randn, rng } from '../helpers/random';
 
 const { ops } = loadBinding().binding;
 
-function attentionRef(qkv: Float32Array, offsets: number[], H: number, D: number, scale: number): Float64Array {
-  const C = H * D, out = new Float64Array(offsets[offsets.length - 1] * C);
-  for (let b = 0; b + 1 < offsets.length; b++) {
-    const t0 = offsets[b], T = offsets[b + 1] - t0;
-    for (let h = 0; h < H; h++)
-      for (let i = 0; i < T; i++) {
-        const s = new Float64Array(T);
-        let mx = -Infinity;
-        for (let j = 0; j < T; j++) {
-          let dot = 0;
-          for (let d = 0; d < D; d++) dot += qkv[(t0 + i) * 3 * C + h * D + d] * qkv[(t0 + j) * 3 * C + C + h * D + d];
-          s[j] = dot * scale;
-          mx = Math.max(mx, s[j]);
-        }
-        let sum = 0;
-        for (let j = 0; j < T; j++) sum += s[j] = Math.exp(s[j] - mx);
-        for (let d = 0; d < D; d++) {
-          let acc = 0;
-          for (let j = 0; j < T; j++) acc += s[j] * qkv[(t0 + j) * 3 * C + 2 * C + h * D + d];
-          out[(t0 + i) * C + h * D + d] = acc / sum;
-        }
-      }
-  }
-  return out;
-}
-
-for (const [name, lengths, H, D] of [
-  ['one image, one token', [1], 2, 8],
-  ['uneven batch', [5, 70, 1, 129], 3, 16],
-  ['one image past a query block', [65], 1, 64],
-  ['wide heads', [40, 33], 2, 96],
-] as const) {
-  test(`attention: ${name}`, () => {
-    const rand = rng(lengths.length * 31 + H);
-    const offsets = [0];
-    for (const n of lengths) offsets.push(offsets[offsets.length - 1] + n);
-    const A = offsets[offsets.length - 1], C = H * D;
-    const qkv = randn(A * 3 * C, rand, 1.5);
-    const out = new Float32Array(A * C).fill(NaN);
-    const scale = 1 / Math.sqrt(D);
-    ops.attention({ batch: lengths.length, offsets: Int32Array.from(offsets), heads: H, headDim: D, scale, qkv, out });
-    const err = relL2(out, attentionRef(qkv, offsets, H, D, scale));
+for (const [i, c] of attentionCases.entries()) {
+  test(`attention: ${c.name}`, () => {
+    const err = runAttentionCase(c, 200 + i);
+    assert.ok(err < 1e-5, `relative L2 error ${err}`);
+  });
+  // bf16 (the kernel this CPU picks; test/ops/gemm.test.ts forces each): against operands rounded
+  // as the engine rounds them, or against float32 where this CPU has no bf16 kernel
+  test(`attention bf16: ${c.name}`, () => {
+    const ran = loadBinding().binding.cpuInfo().bf16Kernel === 'none' ? 'fp32' : 'bf16';
+    const err = runAttentionCase(c, 200 + i, 'bf16', ran);
     assert.ok(err < 1e-5, `relative L2 error ${err}`);
   });
 }
