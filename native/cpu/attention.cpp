@@ -92,22 +92,47 @@ STEP_SIMD_CLONES void softmax_columns(float* __restrict s, int T, int cols, int6
 // vectorisation of the portable loop (masked, with spills) is 1.45x slower, which made the
 // attention 5-6% slower (ViT-S, 1 thread, T = 1025: 17.9 against 16.9 ms; T = 4097: 277 against
 // 264 ms).
-__attribute__((target("avx512f"))) void softmax_columns_avx512(float* s, int T, int cols,
-                                                                 int64_t ld, float scale,
-                                                                 float* inv_sum) {
-  constexpr float kExp2[6] = {1.535336188319500e-4f, 1.339887440266574e-3f,
-                              9.618437357674640e-3f, 5.550332471162809e-2f,
-                              2.402264791363012e-1f, 6.931472028550421e-1f};
-  // Zero-masked forms with every lane kept: the unmasked intrinsics start from
-  // _mm512_undefined_ps, which makes g++ 12 warn -Wmaybe-uninitialized (as in gemm.cpp).
-  constexpr __mmask16 kAll = 0xffff;
-  const int strips = (cols + kLanes - 1) / kLanes;
-  __m512 mx[kMaxQueryBlock / kLanes];
+// Zero-masked forms with every lane kept: the unmasked intrinsics start from _mm512_undefined_ps,
+// which makes g++ 12 warn -Wmaybe-uninitialized (as in gemm.cpp).
+constexpr __mmask16 kAll = 0xffff;
+
+// The column maxima of s (T, ld) over strips of kLanes columns.
+__attribute__((target("avx512f"), always_inline)) inline void column_max_avx512(
+    const float* s, int T, int strips, int64_t ld, __m512* mx) {
   for (int j = 0; j < strips; ++j) mx[j] = _mm512_set1_ps(-INFINITY);
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < strips; ++j)
       mx[j] = _mm512_maskz_max_ps(kAll, mx[j], _mm512_loadu_ps(s + t * ld + j * kLanes));
-  const __m512 k = _mm512_set1_ps(scale * 1.44269504088896341f), one = _mm512_set1_ps(1.f);
+}
+
+// 2^(x k - shift) for x k - shift <= 0 (k = scale log2 e, shift = k * column max).
+__attribute__((target("avx512f"), always_inline)) inline __m512 exp_shifted_avx512(__m512 x, __m512 k,
+                                                                                   __m512 shift) {
+  constexpr float kExp2[6] = {1.535336188319500e-4f, 1.339887440266574e-3f,
+                              9.618437357674640e-3f, 5.550332471162809e-2f,
+                              2.402264791363012e-1f, 6.931472028550421e-1f};
+  const __m512 y = _mm512_fmsub_ps(x, k, shift);  // <= 0
+  const __m512 n = _mm512_maskz_roundscale_ps(kAll, y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 p = _mm512_set1_ps(kExp2[0]);
+  for (int c = 1; c < 6; ++c) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2[c]));
+  return _mm512_maskz_scalef_ps(kAll, _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f)), n);
+}
+
+__attribute__((target("avx512f"), always_inline)) inline void store_inv_sum(__m512 sum, int j, int cols,
+                                                                            float* inv_sum) {
+  alignas(64) float lane_sum[kLanes];
+  _mm512_store_ps(lane_sum, sum);
+  for (int l = 0; l < kLanes && j * kLanes + l < cols; ++l) inv_sum[j * kLanes + l] = 1.f / lane_sum[l];
+}
+
+__attribute__((target("avx512f"))) void softmax_columns_avx512(float* s, int T, int cols,
+                                                                 int64_t ld, float scale,
+                                                                 float* inv_sum) {
+  const int strips = (cols + kLanes - 1) / kLanes;
+  __m512 mx[kMaxQueryBlock / kLanes];
+  column_max_avx512(s, T, strips, ld, mx);
+  const __m512 k = _mm512_set1_ps(scale * 1.44269504088896341f);
   for (int j = 0; j < strips; ++j) {
     const __m512 shift = _mm512_mul_ps(mx[j], k);
     __m512 sum = _mm512_setzero_ps();
@@ -115,22 +140,47 @@ __attribute__((target("avx512f"))) void softmax_columns_avx512(float* s, int T, 
       __m512 part = _mm512_setzero_ps();
       for (int t = t0; t < std::min(T, t0 + kSumChunk); ++t) {
         float* r = s + t * ld + j * kLanes;
-        const __m512 y = _mm512_fmsub_ps(_mm512_loadu_ps(r), k, shift);  // <= 0
-        const __m512 n = _mm512_maskz_roundscale_ps(
-            kAll, y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512 f = _mm512_sub_ps(y, n);
-        __m512 p = _mm512_set1_ps(kExp2[0]);
-        for (int c = 1; c < 6; ++c) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2[c]));
-        const __m512 e = _mm512_maskz_scalef_ps(kAll, _mm512_fmadd_ps(p, f, one), n);
+        const __m512 e = exp_shifted_avx512(_mm512_loadu_ps(r), k, shift);
         _mm512_storeu_ps(r, e);
         part = _mm512_add_ps(part, e);
       }
       sum = _mm512_add_ps(sum, part);
     }
-    alignas(64) float lane_sum[kLanes];
-    _mm512_store_ps(lane_sum, sum);
-    for (int l = 0; l < kLanes && j * kLanes + l < cols; ++l)
-      inv_sum[j * kLanes + l] = 1.f / lane_sum[l];
+    store_inv_sum(sum, j, cols, inv_sum);
+  }
+}
+
+// softmax_columns_avx512 for the bfloat16 P V: the same sums of the same float32 exponentials, which
+// go straight to `pairs` (steps(T), ld) as pairs of keys rounded to bfloat16 (gemm_packed.h's format,
+// key 2s in the low half, a zero past an odd T) instead of back into s: no second pass over P.
+// Where the bfloat16 GEMM kernel is AVX512_BF16's.
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16"))) void softmax_columns_bf16(
+    float* s, int T, int cols, int64_t ld, float scale, float* inv_sum, float* pairs) {
+  const int strips = (cols + kLanes - 1) / kLanes;
+  __m512 mx[kMaxQueryBlock / kLanes];
+  column_max_avx512(s, T, strips, ld, mx);
+  const __m512 k = _mm512_set1_ps(scale * 1.44269504088896341f);
+  for (int j = 0; j < strips; ++j) {
+    const __m512 shift = _mm512_mul_ps(mx[j], k);
+    __m512 sum = _mm512_setzero_ps();
+    for (int t0 = 0; t0 < T; t0 += kSumChunk) {  // kSumChunk is even: a pair never straddles chunks
+      __m512 part = _mm512_setzero_ps();
+      for (int t = t0; t < std::min(T, t0 + kSumChunk); t += 2) {
+        const __m512 e0 = exp_shifted_avx512(_mm512_loadu_ps(s + t * ld + j * kLanes), k, shift);
+        part = _mm512_add_ps(part, e0);
+        __m512 e1 = _mm512_setzero_ps();
+        if (t + 1 < T) {
+          e1 = exp_shifted_avx512(_mm512_loadu_ps(s + (t + 1) * ld + j * kLanes), k, shift);
+          part = _mm512_add_ps(part, e1);
+        }
+        const __m512i lo = _mm512_maskz_cvtepu16_epi32(kAll, __m256i(_mm512_cvtneps_pbh(e0)));
+        const __m512i hi = _mm512_maskz_slli_epi32(
+            kAll, _mm512_maskz_cvtepu16_epi32(kAll, __m256i(_mm512_cvtneps_pbh(e1))), 16);
+        _mm512_storeu_si512(pairs + (t / 2) * ld + j * kLanes, _mm512_or_si512(lo, hi));
+      }
+      sum = _mm512_add_ps(sum, part);
+    }
+    store_inv_sum(sum, j, cols, inv_sum);
   }
 }
 #endif
@@ -157,6 +207,10 @@ void attention(const AttentionParams& p, Precision precision) {
   auto steps = [&](int k) { return pairs ? (k + 1) / 2 : k; };
   const int query_block = kMaxQueryBlock - kMaxQueryBlock % mr;
   static const SoftmaxColumns softmax = choose_softmax();
+  // the fused softmax-to-pairs needs AVX512_BF16 and serves only its kernel (the portable twin keeps
+  // the second pass) and only the AVX-512 softmax's rows (16 lanes)
+  const bool fused_pairs = pairs && std::strcmp(gemm_kernel_name(precision), "avx512bf16") == 0 &&
+                           softmax != softmax_columns;
 
   // Packed K (slivers of MR keys, depth D) and V (slivers of NR head channels, depth T) of every
   // (image, head), packed once straight from qkv.
@@ -224,20 +278,24 @@ void attention(const AttentionParams& p, Precision precision) {
                           precision);
       }
 
-      // 2. unnormalised softmax down the columns
+      // 2. unnormalised softmax down the columns; for bfloat16, P rounded into pairs of keys
+      // (steps(T), ld_s), read in place like S^T: by the fused softmax where AVX512_BF16 runs,
+      // else by a second pass
+      float* p2 = pairs ? aligned(p_storage, size_t(steps(T)) * ld_s) : nullptr;
+#if defined(__x86_64__)
+      if (fused_pairs && pairs)
+        softmax_columns_bf16(st, T, rows, ld_s, p.scale, inv_sum, p2);
+      else
+#endif
       softmax(st, T, rows, ld_s, p.scale, inv_sum);
 
       // 3. out_blk (rows, D) = P (rows, T) . V (T, D), then scaled by 1 / l per row. A = P is
       // S^T itself: MR queries side by side in each row, rows ld_s apart (reading it in place
       // instead of packing a copy made the attention 8% faster). The columns past rows feed only
       // micro-tile rows that are not stored.
-      // bfloat16: P (T, ld_s) rounded into pairs of keys, (steps(T), ld_s), read in place as well.
-      const float* pa = st;
-      if (pairs) {
-        float* p2 = aligned(p_storage, size_t(steps(T)) * ld_s);
+      const float* pa = pairs ? p2 : st;
+      if (pairs && !fused_pairs)
         pack_panel(st, int(ld_s), T, ld_s, PanelLayout::kDepthRows, int(ld_s), p2, precision);
-        pa = p2;
-      }
       float* out = p.out + int64_t(t0 + it.q0) * C + it.h * D;  // (rows, D) row stride C
       const int key_blocks = (T + kKeyBlock - 1) / kKeyBlock;
       auto key_begin = [&](int kb) {  // even for bfloat16 pairs, but the end T
