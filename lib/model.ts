@@ -64,6 +64,8 @@ export interface SegmentStats {
   /** Device that ran the model, and why it is the CPU when a GPU was asked for or could be used. */
   device: 'cpu' | 'cuda';
   deviceReason?: string;
+  /** The matrix products' arithmetic (`model.precision`). */
+  precision: Precision;
   tokens: {
     /** Tokens a plain ViT uses for this image (patches + prefix tokens). */
     dense: number;
@@ -618,6 +620,7 @@ export class Model {
   #stats(s: NativeSegmentResult['stats'], ms: StageTimes, batchSize: number, gflopsDense: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
+      precision: this.precision,
       tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },
       gflops: s.gflops,
       gflopsDense,

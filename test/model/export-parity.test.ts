@@ -47,8 +47,8 @@ function learnedModelBuffer(): Buffer {
 
 let model: Model, learned: Model;
 test.before(async () => {
-  model = await loadModel(dir, { device: 'cpu' });
-  learned = await loadModel(learnedModelBuffer(), { device: 'cpu' });
+  model = await loadModel(dir, { device: 'cpu', precision: 'fp32' });
+  learned = await loadModel(learnedModelBuffer(), { device: 'cpu', precision: 'fp32' });
 });
 test.after(() => {
   model.dispose();

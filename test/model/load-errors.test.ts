@@ -118,5 +118,28 @@ test('bad options are BadInputError', async () => {
   }
 });
 
+test('a bad precision, in the options or in STEP_SEG_PRECISION, is BadInputError', async () => {
+  const { buffer } = randomVit(spec);
+  const expectBad = async (options: object, pattern: RegExp) => {
+    try {
+      await loadModel(buffer, options);
+      assert.unreachable();
+    } catch (err) {
+      assert.is((err as { code: string }).code, 'ERR_STEP_BAD_INPUT');
+      assert.match((err as Error).message, pattern);
+    }
+  };
+  await expectBad({ device: 'cpu', precision: 'fp16' }, /Expected 'fp32' or 'bf16' for options\.precision but received "fp16"/);
+  process.env.STEP_SEG_PRECISION = 'int8';
+  try {
+    await expectBad({ device: 'cpu' }, /Expected 'fp32' or 'bf16' for STEP_SEG_PRECISION but received "int8"/);
+    const m = await loadModel(buffer, { device: 'cpu', precision: 'fp32' }); // the option wins over the variable
+    assert.is(m.precision, 'fp32');
+    m.dispose();
+  } finally {
+    delete process.env.STEP_SEG_PRECISION;
+  }
+});
+
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 test.run();

@@ -19,7 +19,7 @@ const effnetDir = path.join(sharedDir, 'fixtures', 'effnet-a');
 test('efficientnet_lite0 trunk: every stage matches timm to 1e-4 (effnet-a)', async (ctx) => {
   if (!fs.existsSync(effnetDir)) return skip(ctx, '../shared/fixtures/effnet-a is absent');
   const io = readSafetensors(path.join(effnetDir, 'io.safetensors'));
-  const model = await loadModel(effnetDir, { device: 'cpu' });
+  const model = await loadModel(effnetDir, { device: 'cpu', precision: 'fp32' });
   assert.is(model.config.kind, 'efficientnet_lite0');
   const x = io.input_nchw_f32;
   const out = await model.forwardFeatures({ data: x.data as Float32Array, dims: x.dims });

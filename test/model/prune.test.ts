@@ -14,7 +14,7 @@ const image = (w: number, h: number) => ({ data: new Uint8Array(w * h * 3).map((
 const img = image(96, 80);
 
 test.before(async () => {
-  model = await loadModel(vit.buffer, { device: 'cpu' });
+  model = await loadModel(vit.buffer, { device: 'cpu', precision: 'fp32' });
 });
 test.after(() => model.dispose());
 

@@ -18,7 +18,7 @@ for (const [name, T] of [
   test(`${name}: final norm and intermediates match PyTorch to 1e-4`, async () => {
     const dir = path.join(fixturesDir, name);
     const io = readSafetensors(path.join(dir, 'io.safetensors'));
-    const model = await loadModel(dir, { device: 'cpu' });
+    const model = await loadModel(dir, { device: 'cpu', precision: 'fp32' });
     const x = io.input_nchw_f32;
     const out = await model.forwardFeatures({ data: x.data as Float32Array, dims: x.dims }, { intermediates: true });
     assert.equal(out.dims, [1, T, model.config.embedDim]);
