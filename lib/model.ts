@@ -37,9 +37,13 @@ type BlockGroup = 'encoder' | `blocks ${number}-${number}`;
 /**
  * The stages `stats.ms` times. On the CPU: `copy` (the caller's bytes, on the main thread), `decode`
  * (the image, on libuv's pool), `normalize`, `score`
- * and `select` (merging), `trunk` (the learned policy's CNN), `embed`, the block groups, `head`,
- * `upsample`. On the GPU the block groups and the head are timed with CUDA events and end in `(gpu)`
- * (`'encoder (gpu)'`, `'head (gpu)'`, or `'graph (gpu)'` for a replayed CUDA graph), and
+ * and `select` (merging), `trunk` (the learned policy's CNN), `embed` (patch or superpatch embedding),
+ * the block groups, `halt` (pruning: the exit heads, halting and compaction, summed over the exits and
+ * left out of the block groups), `head` (the segmentation head), `unshare` (each token's logits back
+ * onto the patch cells it covers), `upsample` (bilinear upsampling and argmax to the output size).
+ * These are disjoint: with `copy` and `decode` they add up to about `total`. On the GPU the block
+ * groups and the head are timed with CUDA events and end in `(gpu)` (`'encoder (gpu)'`,
+ * `'head (gpu)'`, or `'graph (gpu)'` for a replayed CUDA graph; no `halt` or `unshare`), and
  * `host + transfers` is the rest of the native call. `total` is the whole call, decoding included.
  */
 export type StageName =
@@ -51,7 +55,9 @@ export type StageName =
   | 'trunk'
   | 'embed'
   | BlockGroup
+  | 'halt'
   | 'head'
+  | 'unshare'
   | 'upsample'
   | `${BlockGroup | 'head' | 'head + upsample' | 'graph'} (gpu)`
   | 'host + transfers'

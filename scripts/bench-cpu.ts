@@ -12,13 +12,23 @@
  * "busy" is the share of the CPU that other processes used while step-seg and onnxruntime were
  * timed: above a few percent, the figures were disturbed.
  *
+ * Then the segment() section (scripts/bench-segment.ts): the bundled model's whole segment() on the
+ * shared photos at a long side of 1024, dense and STEP, beside onnxruntime-node's dense forward of the
+ * same network, and STEP's own costs per stage against the dense forward.
+ *
  * Usage (from the package root, after `npx cmake-js compile` and `npm run build:ts`):
- *   node --import tsx scripts/bench-cpu.ts                   # vit-s, vit-b at 512 and 1024
- *   node --import tsx scripts/bench-cpu.ts --quick           # vit-s at 512 only, 3 runs
+ *   node --import tsx scripts/bench-cpu.ts                   # vit-s, vit-b at 512 and 1024, then segment()
+ *   node --import tsx scripts/bench-cpu.ts --quick           # vit-s at 512 only, 3 runs; segment() on one photo
  *   node --import tsx scripts/bench-cpu.ts --models vit-s --sizes 512,1024 --runs 5 --torch
- * Options: --models vit-s,vit-b  --sizes 512,1024  --runs N (default 5 at 512², 3 above)
+ *   node --import tsx scripts/bench-cpu.ts --segment --threads-list 1,2   # segment() alone, a row per thread count
+ * Options: --models vit-s,vit-b  --sizes 512,1024  --runs N (default 5 at 512², 3 above and for segment())
  *   --warmup N (1)  --threads N (default: all cores; sets STEP_SEG_NUM_THREADS, ort's intra-op threads
- *   and torch's)  --torch (also time PyTorch)  --python PATH (/usr/bin/python3)  --keep (keep temp files)
+ *   and torch's)  --threads-list 1,2 (the whole bench once per thread count, each in a child process,
+ *   since the engine sizes its pool once; one table at the end)  --torch (also time PyTorch)
+ *   --python PATH (/usr/bin/python3)  --keep (keep temp files)
+ *   --dense (the random-weight forwards alone)  --segment (the segment() section alone)
+ *   --photos DIR (../shared/images)  --long-side N (1024)
+ *   --precision fp32|bf16 (passed as loadModel's `precision` to the engine; onnxruntime stays float32)
  * Peers, none in package.json:
  *   onnxruntime-node: npm install --no-save --ignore-scripts onnxruntime-node@1.30.0
  *     (--ignore-scripts skips its install script, which downloads GPU parts; the CPU binary is in the package)
@@ -29,6 +39,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+
+import { cpuMeter, fill, fmt, fmtExp, kOrtInstall, loadOrt, ortSession, printTable, relL2, rng, timeRuns, type Ort } from './bench-common';
+import { benchSegment, printSegmentTables, segmentRowsAgree, type SegmentRow } from './bench-segment';
 
 interface Arch {
   name: string;
@@ -49,9 +62,18 @@ interface Args {
   runs?: number;
   warmup: number;
   threads: number;
+  threadsList?: number[];
   torch: boolean;
   python: string;
   keep: boolean;
+  dense: boolean;
+  segment: boolean;
+  quick: boolean;
+  photos: string;
+  longSide: number;
+  precision?: string;
+  onnxCache?: string; // set by the parent of a --threads-list run: exported graphs shared
+  rowsOut?: string; // set by the parent of a --threads-list run: where the child writes its rows
 }
 
 function usage(message: string): never {
@@ -60,7 +82,21 @@ function usage(message: string): never {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { models: ['vit-s', 'vit-b'], sizes: [512, 1024], warmup: 1, threads: os.availableParallelism(), torch: false, python: '/usr/bin/python3', keep: false };
+  const a: Args = {
+    models: ['vit-s', 'vit-b'],
+    sizes: [512, 1024],
+    warmup: 1,
+    threads: os.availableParallelism(),
+    torch: false,
+    python: '/usr/bin/python3',
+    keep: false,
+    dense: true,
+    segment: true,
+    quick: false,
+    photos: path.join(__dirname, '..', '..', 'shared', 'images'),
+    longSide: 1024,
+  };
+  let only: 'dense' | 'segment' | undefined;
   const list = (v: string | undefined) => (v ?? '').split(',').filter(Boolean);
   const int = (v: string | undefined, name: string, min: number) => {
     const n = Number(v);
@@ -70,12 +106,19 @@ function parseArgs(argv: string[]): Args {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = () => argv[++i];
-    if (k === '--quick') Object.assign(a, { models: ['vit-s'], sizes: [512], runs: 3 });
+    if (k === '--quick') Object.assign(a, { models: ['vit-s'], sizes: [512], runs: 3, quick: true });
     else if (k === '--models') a.models = list(v());
     else if (k === '--sizes') a.sizes = list(v()).map((s) => int(s, '--sizes', kPatch));
     else if (k === '--runs') a.runs = int(v(), '--runs', 1);
     else if (k === '--warmup') a.warmup = int(v(), '--warmup', 0);
     else if (k === '--threads') a.threads = int(v(), '--threads', 1);
+    else if (k === '--threads-list') a.threadsList = list(v()).map((t) => int(t, '--threads-list', 1));
+    else if (k === '--dense' || k === '--segment') only = k === '--dense' ? 'dense' : 'segment';
+    else if (k === '--photos') a.photos = path.resolve(v() ?? '');
+    else if (k === '--long-side') a.longSide = int(v(), '--long-side', kPatch);
+    else if (k === '--precision') a.precision = v();
+    else if (k === '--onnx-cache') a.onnxCache = v();
+    else if (k === '--rows-out') a.rowsOut = v();
     else if (k === '--torch') a.torch = true;
     else if (k === '--python') a.python = v();
     else if (k === '--keep') a.keep = true;
@@ -83,23 +126,10 @@ function parseArgs(argv: string[]): Args {
   }
   for (const m of a.models) if (!kArchs[m]) usage(`unknown model ${m}: expected ${Object.keys(kArchs).join(', ')}`);
   for (const s of a.sizes) if (s % kPatch) usage(`size ${s} is not a multiple of the patch size ${kPatch}`);
+  if (a.precision !== undefined && a.precision !== 'fp32' && a.precision !== 'bf16') usage(`expected fp32 or bf16 for --precision but received ${a.precision}`);
+  if (a.threadsList && !a.threadsList.length) usage('--threads-list takes a comma-separated list of thread counts');
+  if (only) a.dense = only === 'dense', a.segment = only === 'segment';
   return a;
-}
-
-// Seeded uniform numbers (mulberry32); weights are uniform with the std asked for ("normal-ish").
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function fill(n: number, next: () => number, mean: number, std: number): Float32Array {
-  const out = new Float32Array(n), half = std * Math.sqrt(3);
-  for (let i = 0; i < n; i++) out[i] = mean + half * (2 * next() - 1);
-  return out;
 }
 
 /**
@@ -151,54 +181,6 @@ function randomModel(arch: Arch, size: number, seed: number): Buffer {
   return encodeSafetensors(t, { config: JSON.stringify(config) });
 }
 
-function relL2(a: Float32Array, ref: Float32Array): number {
-  if (a.length !== ref.length) return NaN;
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  return Math.sqrt(num / den);
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-async function timeRuns(warmup: number, runs: number, once: () => Promise<Float32Array>) {
-  let out: Float32Array = new Float32Array(0);
-  for (let i = 0; i < warmup; i++) out = await once();
-  const ms: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    out = await once();
-    ms.push(performance.now() - t0);
-  }
-  return { ms: median(ms), runs: ms, out };
-}
-
-// CPU time, in ms, used by every process but this one since `start` (os.cpus() against cpuUsage()).
-function cpuMeter() {
-  const busy = () => os.cpus().reduce((s, c) => s + c.times.user + c.times.nice + c.times.sys + c.times.irq, 0);
-  const b0 = busy(), own0 = process.cpuUsage(), t0 = performance.now();
-  return () => {
-    const own = process.cpuUsage(own0);
-    const others = busy() - b0 - (own.user + own.system) / 1000;
-    return Math.max(0, others) / ((performance.now() - t0) * os.cpus().length);
-  };
-}
-
-// The peers: onnxruntime-node (dynamic, not a dependency) and Debian's python3 with torch.
-type Ort = typeof import('onnxruntime-node');
-async function loadOrt(): Promise<{ ort?: Ort; why?: string }> {
-  try {
-    return { ort: (await import('onnxruntime-node')) as Ort };
-  } catch (err) {
-    return { why: (err as Error).message.split('\n')[0] };
-  }
-}
 function torchVersion(python: string): string | undefined {
   const r = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
   return r.status === 0 ? r.stdout.trim() : undefined;
@@ -207,6 +189,7 @@ function torchVersion(python: string): string | undefined {
 interface Row {
   model: string;
   size: number;
+  threads: number;
   tokens: number;
   gflops: number;
   oursMs: number;
@@ -217,50 +200,167 @@ interface Row {
   busy: number;
 }
 
-function printTable(rows: Row[]): void {
-  const f = (x: number | undefined, d: number) => (x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
-  const e = (x: number | undefined) => (x === undefined ? '-' : x.toExponential(1));
-  const head = ['model', 'size', 'tokens', 'GFLOPs', 'step-seg ms', 'GFLOP/s', 'ort ms', 'ort GFLOP/s', 'ratio ort/ours', 'torch ms', 'relL2 ort', 'relL2 torch', 'busy'];
+function printDenseTable(rows: Row[]): void {
+  if (!rows.length) return;
+  const head = ['model', 'size', 'threads', 'tokens', 'GFLOPs', 'step-seg ms', 'GFLOP/s', 'ort ms', 'ort GFLOP/s', 'ratio ort/ours', 'torch ms', 'relL2 ort', 'relL2 torch', 'busy'];
   const body = rows.map((r) => [
     r.model,
     `${r.size}²`,
+    String(r.threads),
     String(r.tokens),
-    f(r.gflops, 1),
-    f(r.oursMs, 0),
-    f(r.gflops / (r.oursMs / 1e3), 0),
-    f(r.ortMs, 0),
-    r.ortMs === undefined ? '-' : f(r.gflops / (r.ortMs / 1e3), 0),
-    r.ortMs === undefined ? '-' : f(r.ortMs / r.oursMs, 2),
-    f(r.torchMs, 0),
-    e(r.ortErr),
-    e(r.torchErr),
+    fmt(r.gflops, 1),
+    fmt(r.oursMs, 0),
+    fmt(r.gflops / (r.oursMs / 1e3), 0),
+    fmt(r.ortMs, 0),
+    r.ortMs === undefined ? '-' : fmt(r.gflops / (r.ortMs / 1e3), 0),
+    r.ortMs === undefined ? '-' : fmt(r.ortMs / r.oursMs, 2),
+    fmt(r.torchMs, 0),
+    fmtExp(r.ortErr),
+    fmtExp(r.torchErr),
     `${(100 * r.busy).toFixed(0)}%`,
   ]);
-  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
-  console.log('\n' + line(head));
-  console.log(w.map((n) => '-'.repeat(n)).join('  '));
-  for (const b of body) console.log(line(b));
+  printTable(head, body, 2);
 }
 
 // Imported after STEP_SEG_NUM_THREADS is set: the addon sizes its thread pool on first use.
-let encodeSafetensors: typeof import('../lib/index').encodeSafetensors;
+type Lib = typeof import('../lib/index');
+let encodeSafetensors: Lib['encodeSafetensors'];
+
+// The dense forwards of random-weight ViT-S/B, one row per model and size.
+async function benchDense(lib: Lib, args: Args, ort: Ort | undefined, torch: string | undefined, tmp: string): Promise<Row[]> {
+  const exporter = path.join(__dirname, 'export_vit_onnx.py');
+  const rows: Row[] = [];
+  for (const key of args.models) {
+    for (const size of args.sizes) {
+      const arch = kArchs[key];
+      const runs = args.runs ?? (size <= 512 ? 5 : 3);
+      const tokens = 1 + (size / kPatch) ** 2;
+      const dims = [1, 3, size, size];
+      const seed = 1000 * args.models.indexOf(key) + size;
+      const weights = randomModel(arch, size, seed);
+      const pixels = fill(3 * size * size, rng(seed + 1), 0, 1);
+      const weightsPath = path.join(tmp, `${key}-${size}.safetensors`);
+      const onnxPath = path.join(tmp, `${key}-${size}.onnx`);
+      const inputPath = path.join(tmp, `${key}-${size}.input.f32`);
+      const torchOutPath = path.join(tmp, `${key}-${size}.torch.f32`);
+      fs.writeFileSync(weightsPath, weights);
+      fs.writeFileSync(inputPath, pixels);
+      console.log(`\n${arch.name} ${size}²: ${tokens} tokens, ${runs} runs after ${args.warmup} warm-up`);
+
+      // The peer in Python first, while nothing else of this process holds the CPU or memory.
+      let torchMs: number | undefined, torchOut: Float32Array | undefined, haveOnnx = false;
+      if (torch) {
+        const py = [exporter, weightsPath, ort ? onnxPath : '-', String(size), String(size), '--threads', String(args.threads)];
+        if (args.torch) py.push('--input', inputPath, '--output', torchOutPath, '--time', String(runs), '--warmup', String(args.warmup));
+        const r = spawnSync(args.python, py, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+        if (r.status !== 0) {
+          console.log(`  export_vit_onnx.py failed (status ${r.status}):\n${r.stderr}`);
+        } else {
+          haveOnnx = !!ort;
+          if (args.torch) {
+            const line = r.stdout.trim().split('\n').pop() ?? '{}';
+            torchMs = (JSON.parse(line) as { torch_ms: number }).torch_ms;
+            const b = fs.readFileSync(torchOutPath);
+            torchOut = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+            console.log(`  torch: ${torchMs.toFixed(0)} ms`);
+          }
+        }
+      }
+
+      const meter = cpuMeter();
+      const model = await lib.loadModel(weights, loadOptions(args));
+      let gflops = 0;
+      const ours = await timeRuns(args.warmup, runs, async () => {
+        const r = await model.forwardFeatures({ data: pixels, dims });
+        gflops = r.stats.gflops;
+        return r.data as Float32Array;
+      });
+      model.dispose();
+      console.log(`  step-seg: ${ours.ms.toFixed(0)} ms (runs ${ours.runs.map((x) => x.toFixed(0)).join(' ')}), ${gflops.toFixed(1)} GFLOPs`);
+
+      let ortRes: Awaited<ReturnType<typeof timeRuns<Float32Array>>> | undefined;
+      if (ort && haveOnnx) {
+        const session = await ortSession(ort, onnxPath, args.threads);
+        const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', pixels, dims) };
+        ortRes = await timeRuns(args.warmup, runs, async () => {
+          const out = await session.run(feeds);
+          return out[session.outputNames[0]].data as Float32Array;
+        });
+        await session.release();
+        console.log(`  onnxruntime: ${ortRes.ms.toFixed(0)} ms (runs ${ortRes.runs.map((x) => x.toFixed(0)).join(' ')})`);
+      }
+      const busy = meter();
+
+      const row: Row = { model: arch.name, size, threads: args.threads, tokens, gflops, oursMs: ours.ms, ortMs: ortRes?.ms, torchMs, busy };
+      if (ortRes) row.ortErr = relL2(ours.out, ortRes.out);
+      if (torchOut) row.torchErr = relL2(ours.out, torchOut);
+      for (const [peer, err] of [['onnxruntime', row.ortErr], ['torch', row.torchErr]] as const)
+        if (err !== undefined)
+          console.log(`  relative L2 step-seg vs ${peer}: ${err.toExponential(2)} ${err < kMaxRelL2 ? 'ok' : `FAILS (limit ${kMaxRelL2})`}`);
+      rows.push(row);
+      for (const p of [weightsPath, onnxPath, inputPath, torchOutPath]) if (!args.keep) fs.rmSync(p, { force: true });
+    }
+  }
+  return rows;
+}
+
+// loadModel's options: the CPU, and `precision` when --precision is given (not in the types yet).
+const loadOptions = (args: Args) => ({ device: 'cpu', ...(args.precision ? { precision: args.precision } : {}) }) as unknown as import('../lib/index').LoadOptions;
+
+interface Results {
+  dense: Row[];
+  segment: SegmentRow[];
+}
+
+function report(r: Results): void {
+  printDenseTable(r.dense);
+  printSegmentTables(r.segment);
+  console.log(`load average after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  const bad = r.dense.filter((x) => (x.ortErr ?? 0) >= kMaxRelL2 || (x.torchErr ?? 0) >= kMaxRelL2 || Number.isNaN(x.ortErr ?? 0));
+  if (bad.length) console.log(`outputs disagree for ${bad.map((x) => `${x.model} ${x.size}²`).join(', ')}`);
+  if (!segmentRowsAgree(r.segment)) console.log('segment(): the engine and onnxruntime disagree on the bundled model (see relL2 ort)');
+  if (bad.length || !segmentRowsAgree(r.segment)) process.exitCode = 1;
+}
+
+// One process per thread count (the engine sizes its pool once), the exported graphs shared; each
+// child prints as it goes and hands its rows back in a file; then one table over all of them.
+function runThreadsList(args: Args): void {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'step-seg-bench-list-'));
+  const all: Results = { dense: [], segment: [] };
+  const argv = process.argv.slice(2);
+  const own = argv.filter((_, i) => argv[i] !== '--threads-list' && argv[i - 1] !== '--threads-list' && argv[i] !== '--threads' && argv[i - 1] !== '--threads');
+  try {
+    for (const threads of args.threadsList!) {
+      const rowsOut = path.join(tmp, `rows-${threads}.json`);
+      console.log(`\n==== ${threads} thread${threads === 1 ? '' : 's'} ====`);
+      const r = spawnSync(process.execPath, [...process.execArgv, __filename, ...own, '--threads', String(threads), '--onnx-cache', tmp, '--rows-out', rowsOut], { stdio: 'inherit' });
+      if (r.status !== 0) process.exitCode = 1;
+      if (!fs.existsSync(rowsOut)) continue;
+      const rows = JSON.parse(fs.readFileSync(rowsOut, 'utf8')) as Results;
+      all.dense.push(...rows.dense), all.segment.push(...rows.segment);
+    }
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  console.log(`\n==== all thread counts: ${args.threadsList!.join(', ')} ====`);
+  report(all);
+}
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.threadsList) return runThreadsList(args);
   process.env.STEP_SEG_NUM_THREADS = String(args.threads);
   const lib = await import('../lib/index');
   encodeSafetensors = lib.encodeSafetensors;
   const info = lib.runtimeInfo();
-  const exporter = path.join(__dirname, 'export_vit_onnx.py');
 
   const { ort, why } = await loadOrt();
   const torch = torchVersion(args.python);
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  console.log(`step-seg CPU bench: ${cpu}, ${os.cpus().length} cores, ${args.threads} threads; gemm kernel ${info.gemmKernel}, pool ${info.threads} threads`);
+  console.log(`step-seg CPU bench: ${cpu}, ${os.cpus().length} cores, ${args.threads} threads; gemm kernel ${info.gemmKernel}, pool ${info.threads} threads; precision ${args.precision ?? 'default (fp32)'}`);
   console.log(`load average before: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  if (ort) console.log(`onnxruntime-node ${ort.env.versions?.common ?? ''}: intra-op threads ${args.threads}, sequential, all graph optimisations`);
-  else console.log(`onnxruntime-node is missing (${why}): npm install --no-save --ignore-scripts onnxruntime-node@1.30.0`);
+  if (ort) console.log(`onnxruntime-node ${ort.env.versions?.common ?? ''}: float32, intra-op threads ${args.threads}, sequential, all graph optimisations`);
+  else console.log(`onnxruntime-node is missing (${why}): ${kOrtInstall}`);
   if (torch) console.log(`torch ${torch} at ${args.python}${args.torch ? ', timed' : ' (export only; --torch to time it)'}`);
   else
     console.log(
@@ -268,96 +368,19 @@ async function main(): Promise<void> {
     );
 
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'step-seg-bench-'));
-  const rows: Row[] = [];
+  const results: Results = { dense: [], segment: [] };
   try {
-    for (const key of args.models) {
-      for (const size of args.sizes) {
-        const arch = kArchs[key];
-        const runs = args.runs ?? (size <= 512 ? 5 : 3);
-        const tokens = 1 + (size / kPatch) ** 2;
-        const dims = [1, 3, size, size];
-        const seed = 1000 * args.models.indexOf(key) + size;
-        const weights = randomModel(arch, size, seed);
-        const pixels = fill(3 * size * size, rng(seed + 1), 0, 1);
-        const weightsPath = path.join(tmp, `${key}-${size}.safetensors`);
-        const onnxPath = path.join(tmp, `${key}-${size}.onnx`);
-        const inputPath = path.join(tmp, `${key}-${size}.input.f32`);
-        const torchOutPath = path.join(tmp, `${key}-${size}.torch.f32`);
-        fs.writeFileSync(weightsPath, weights);
-        fs.writeFileSync(inputPath, pixels);
-        console.log(`\n${arch.name} ${size}²: ${tokens} tokens, ${runs} runs after ${args.warmup} warm-up`);
-
-        // The peer in Python first, while nothing else of this process holds the CPU or memory.
-        let torchMs: number | undefined, torchOut: Float32Array | undefined, haveOnnx = false;
-        if (torch) {
-          const py = [exporter, weightsPath, ort ? onnxPath : '-', String(size), String(size), '--threads', String(args.threads)];
-          if (args.torch) py.push('--input', inputPath, '--output', torchOutPath, '--time', String(runs), '--warmup', String(args.warmup));
-          const r = spawnSync(args.python, py, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-          if (r.status !== 0) {
-            console.log(`  export_vit_onnx.py failed (status ${r.status}):\n${r.stderr}`);
-          } else {
-            haveOnnx = !!ort;
-            if (args.torch) {
-              const line = r.stdout.trim().split('\n').pop() ?? '{}';
-              torchMs = (JSON.parse(line) as { torch_ms: number }).torch_ms;
-              const b = fs.readFileSync(torchOutPath);
-              torchOut = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-              console.log(`  torch: ${torchMs.toFixed(0)} ms`);
-            }
-          }
-        }
-
-        const meter = cpuMeter();
-        const model = await lib.loadModel(weights, { device: 'cpu' });
-        let gflops = 0;
-        const ours = await timeRuns(args.warmup, runs, async () => {
-          const r = await model.forwardFeatures({ data: pixels, dims });
-          gflops = r.stats.gflops;
-          return r.data as Float32Array;
-        });
-        model.dispose();
-        console.log(`  step-seg: ${ours.ms.toFixed(0)} ms (runs ${ours.runs.map((x) => x.toFixed(0)).join(' ')}), ${gflops.toFixed(1)} GFLOPs`);
-
-        let ortRes: Awaited<ReturnType<typeof timeRuns>> | undefined;
-        if (ort && haveOnnx) {
-          const session = await ort.InferenceSession.create(onnxPath, {
-            executionProviders: ['cpu'],
-            intraOpNumThreads: args.threads,
-            interOpNumThreads: 1,
-            executionMode: 'sequential',
-            graphOptimizationLevel: 'all',
-          });
-          const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', pixels, dims) };
-          ortRes = await timeRuns(args.warmup, runs, async () => {
-            const out = await session.run(feeds);
-            return out[session.outputNames[0]].data as Float32Array;
-          });
-          await session.release();
-          console.log(`  onnxruntime: ${ortRes.ms.toFixed(0)} ms (runs ${ortRes.runs.map((x) => x.toFixed(0)).join(' ')})`);
-        }
-        const busy = meter();
-
-        const row: Row = { model: arch.name, size, tokens, gflops, oursMs: ours.ms, ortMs: ortRes?.ms, torchMs, busy };
-        if (ortRes) row.ortErr = relL2(ours.out, ortRes.out);
-        if (torchOut) row.torchErr = relL2(ours.out, torchOut);
-        for (const [peer, err] of [['onnxruntime', row.ortErr], ['torch', row.torchErr]] as const)
-          if (err !== undefined)
-            console.log(`  relative L2 step-seg vs ${peer}: ${err.toExponential(2)} ${err < kMaxRelL2 ? 'ok' : `FAILS (limit ${kMaxRelL2})`}`);
-        rows.push(row);
-        for (const p of [weightsPath, onnxPath, inputPath, torchOutPath]) if (!args.keep) fs.rmSync(p, { force: true });
-      }
+    if (args.dense) results.dense = await benchDense(lib, args, ort, torch, tmp);
+    if (args.segment) {
+      const opts = { photos: args.photos, longSide: args.longSide, runs: args.runs ?? 3, warmup: args.warmup, threads: args.threads };
+      results.segment = await benchSegment(lib, ort, { ...opts, precision: args.precision, python: args.python, haveTorch: !!torch, onnxCache: args.onnxCache ?? tmp, quick: args.quick });
     }
   } finally {
     if (!args.keep) fs.rmSync(tmp, { recursive: true, force: true });
     else console.log(`\nfiles kept in ${tmp}`);
   }
-  printTable(rows);
-  console.log(`load average after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  const bad = rows.filter((r) => (r.ortErr ?? 0) >= kMaxRelL2 || (r.torchErr ?? 0) >= kMaxRelL2 || Number.isNaN(r.ortErr ?? 0));
-  if (bad.length) {
-    console.log(`outputs disagree for ${bad.map((r) => `${r.model} ${r.size}²`).join(', ')}`);
-    process.exitCode = 1;
-  }
+  if (args.rowsOut) fs.writeFileSync(args.rowsOut, JSON.stringify(results));
+  report(results);
 }
 
 main().catch((err) => {

@@ -6,11 +6,16 @@ The network is timm's VisionTransformer.forward_features written out in plain to
 patch conv (P x P, stride P, bias) -> [class token] + patches -> + pos_embed -> depth pre-LN blocks
 (x += proj(attn(norm1(x))); x += fc2(gelu_erf(fc1(norm2(x))))) -> final LayerNorm. Input (1, 3, H, W)
 float32, output (1, T, C) final-norm tokens. The config comes from the safetensors
-__metadata__.config (lib/config.ts schema); img_size must equal H x W (no pos_embed resampling here).
+__metadata__.config (lib/config.ts schema), or from --config (a model directory's config.json).
+img_size must equal H x W, unless --resample: then pos_embed is resampled to the (H / P, W / P) grid
+once, at export, as the engine and timm's resample_abs_pos_embed do (bicubic, antialiased), and the
+graph holds the resampled table. --head adds the linear segmentation head (decoder.head) as a second
+output, (1, T, K) logits; exit heads and a merge policy in the file are ignored.
 
 Usage (Debian's torch, with libopenblas0-pthread installed; not the pyenv python3 on PATH):
   /usr/bin/python3 scripts/export_vit_onnx.py model.safetensors out.onnx H W \
       [--threads 2] [--input x.f32 --output y.f32] [--time N] [--warmup 1] [--opset 17]
+      [--config config.json] [--resample] [--head]
   --input/--output: run torch on raw little-endian float32 pixels (1*3*H*W) and write the tokens.
   --time N: time N runs after --warmup runs; prints one JSON line {"torch_ms": median, "runs_ms": [...]}.
   out.onnx may be "-" to skip the export.
@@ -138,6 +143,30 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(x))
 
 
+class Segmenter(nn.Module):
+    """The ViT and the linear segmentation head (decoder.head) on every token: (tokens, logits)."""
+
+    def __init__(self, vit, dim, classes):
+        super().__init__()
+        self.vit = vit
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.vit(x)
+        return tokens, self.head(tokens)
+
+
+def resample_pos_embed(pos, prefix, src, dst):
+    """(1, prefix + sh*sw, C) -> (1, prefix + dh*dw, C): timm's resample_abs_pos_embed (bicubic,
+    antialias, align_corners False), which the engine's pos_resample reproduces."""
+    (sh, sw), (dh, dw) = src, dst
+    C = pos.shape[-1]
+    grid = torch.from_numpy(pos[:, prefix:].reshape(1, sh, sw, C).copy()).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(dh, dw), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, dh * dw, C).numpy()
+    return np.concatenate([pos[:, :prefix], grid], axis=1)
+
+
 def config_of(meta):
     if "config" not in meta:
         sys.exit("error: the safetensors file has no __metadata__.config")
@@ -183,6 +212,9 @@ def main():
     ap.add_argument("--time", type=int, default=0, metavar="N", help="time N torch runs; prints a JSON line")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--config", help="the model's config.json (default: the file's __metadata__.config)")
+    ap.add_argument("--resample", action="store_true", help="resample pos_embed to H x W when img_size differs")
+    ap.add_argument("--head", action="store_true", help="add the segmentation head's logits as a second output")
     a = ap.parse_args()
 
     if a.random:
@@ -195,23 +227,37 @@ def main():
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     tensors, meta = read_safetensors(weights_path)
+    if a.config:
+        with open(a.config, encoding="utf8") as f:
+            meta = {"config": f.read()}
     c, img = config_of(meta)
     if img != [H, W]:
-        sys.exit(f"error: config img_size {img} differs from the input size {[H, W]}; pos_embed resampling is not exported")
-    model = build(c, img).eval()
-    state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items() if not k.startswith(("head.", "fc_norm.", "decoder."))}
-    model.load_state_dict(state, strict=True)
+        if not a.resample:
+            sys.exit(f"error: config img_size {img} differs from the input size {[H, W]}: --resample resamples pos_embed")
+        P, prefix = c["patch_size"], (1 if c.get("class_token", True) else 0)
+        tensors["pos_embed"] = resample_pos_embed(tensors["pos_embed"], prefix, (img[0] // P, img[1] // P), (H // P, W // P))
+        img = [H, W]
+    vit = build(c, img)
+    skipped = ("head.", "fc_norm.", "decoder.", "exit_heads.", "policy.")
+    vit.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items() if not k.startswith(skipped)}, strict=True)
+    model, outputs = vit.eval(), ["tokens"]
+    if a.head:
+        w, b = tensors["decoder.head.weight"], tensors["decoder.head.bias"]
+        model = Segmenter(vit, c["embed_dim"], w.shape[0]).eval()
+        model.head.load_state_dict({"weight": torch.from_numpy(w.copy()), "bias": torch.from_numpy(b.copy())})
+        outputs.append("logits")
 
     x = torch.zeros(1, 3, H, W)
     if a.input:
         x = torch.from_numpy(np.fromfile(a.input, dtype="<f4").reshape(1, 3, H, W).copy())
     if onnx_path != "-":
         with torch.no_grad():
-            torch.onnx.export(model, (x,), onnx_path, input_names=["pixels"], output_names=["tokens"],
+            torch.onnx.export(model, (x,), onnx_path, input_names=["pixels"], output_names=outputs,
                               opset_version=a.opset, do_constant_folding=True)
     with torch.inference_mode():
         if a.output:
-            model(x).numpy().astype("<f4").tofile(a.output)
+            y = model(x)
+            (y[0] if a.head else y).numpy().astype("<f4").tofile(a.output)
         if a.time > 0:
             for _ in range(a.warmup):
                 model(x)

@@ -306,6 +306,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     gemm_flops(g.M, g.N, g.K);
   };
   int group_start = 0;
+  double halt_ms = 0;
   for (int i = 0; i < c.depth; ++i) {
     const std::string blk = "blocks." + std::to_string(i) + ".";
     st.per_block.push_back(A);
@@ -325,7 +326,10 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     capture("block_" + std::to_string(i), x, A);
 
     if (std::find(exits.begin(), exits.end(), i + 1) == exits.end()) continue;
-    // Early exit after block i: exit head (LayerNorm + linear), halting, filing, compaction.
+    // Early exit after block i: exit head (LayerNorm + linear), halting, filing, compaction; timed
+    // as 'halt' (summed over the exits), apart from the block groups.
+    st.ms.emplace_back("blocks " + std::to_string(group_start) + "-" + std::to_string(i), since_ms(t0));
+    t0 = clock::now();
     const std::string ex = "exit_heads." + std::to_string(i + 1) + ".";
     Tensor exit_logits({A, K});
     layernorm(x, ex + "norm", h);
@@ -359,7 +363,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     A = new_a;
     x = std::move(kept);
     x.reset({A, C});
-    st.ms.emplace_back("blocks " + std::to_string(group_start) + "-" + std::to_string(i), since_ms(t0));
+    halt_ms += since_ms(t0);
     t0 = clock::now();
     group_start = i + 1;
   }
@@ -369,6 +373,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   if (K == 0 && !all_finite(out.tokens.data(), out.tokens.numel())) throw NonFiniteError("final-norm features");
   st.ms.emplace_back(group_start == 0 ? "encoder" : "blocks " + std::to_string(group_start) + "-" + std::to_string(c.depth - 1),
                      since_ms(t0));
+  if (!exits.empty()) st.ms.emplace_back("halt", halt_ms);
 
   // Segmentation head on the tokens still active, then unsharing of every rect's logits.
   if (K > 0) {
@@ -376,6 +381,9 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     Tensor logits({A, K});  // (A, K); prefix rows are computed and never filed
     linear(out.tokens, C, "decoder.head", K, logits, Epilogue::kNone, nullptr);
     if (!all_finite(logits.data(), logits.numel())) throw NonFiniteError("logits of the segmentation head");
+    st.ms.emplace_back("head", since_ms(t0));
+    // Unsharing, timed as 'unshare': each rect's logits from its row, then onto every cell it covers.
+    t0 = clock::now();
     TokenScatterParams sc;
     sc.rows = A, sc.K = K, sc.src = logits.data(), sc.index = rect_of_row.data(), sc.table = rect_logits.data();
     backend.token_scatter(sc);
@@ -384,7 +392,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     u.K = K, u.tokens = Tp, u.rects = rects.data(), u.logits = rect_logits.data();
     u.grid_offset = out.grid_offset.data(), u.grid_w = grid_w.data(), u.grid = out.grid_logits.data();
     backend.unshare(u);
-    st.ms.emplace_back("head", since_ms(t0));
+    st.ms.emplace_back("unshare", since_ms(t0));
   }
   return out;
 }

@@ -2,7 +2,9 @@
 // The caller takes part in its own region; chunks (at most 4 per thread) are claimed one at a time
 // under the pool's mutex, tagged with the region's generation, so uneven chunk costs balance out and a
 // worker that wakes late can never claim a chunk of a region it was not woken for. Regions from
-// different threads are serialised by region_mutex_.
+// different threads are serialised by region_mutex_, including those the caller runs alone (one chunk,
+// or a pool of one thread): two models segmenting at once take turns op by op, so their ops never
+// compute on more than the pool's threads together.
 #include "parallel.h"
 
 #include <algorithm>
@@ -44,11 +46,18 @@ class Pool {
     }
     grain = std::max<int64_t>(1, grain);
     int64_t chunks = std::min<int64_t>((n + grain - 1) / grain, int64_t(size()) * 4);
+    std::lock_guard<std::mutex> region(region_mutex_);
+    // One chunk, or no workers (STEP_SEG_NUM_THREADS=1): the caller runs it alone, but still inside
+    // the region lock, so that two models segmenting at once take turns here too instead of computing
+    // side by side on two threads (which, at 1 thread, would be twice the threads asked for).
     if (chunks <= 1 || workers_.empty()) {
+      struct Inline {  // nested parallel_for calls run inline, as in a chunk of a pooled region
+        Inline() { in_region = true; }
+        ~Inline() { in_region = false; }
+      } mark;
       fn(0, n);
       return;
     }
-    std::lock_guard<std::mutex> region(region_mutex_);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;

@@ -80,6 +80,22 @@ test('a batch with uneven halting (and merging) equals its images one by one', a
   }
 });
 
+test('pruning is timed as its own stage: halt, between the block groups and the head, disjoint from them', async () => {
+  const w = 48 + 16 * Math.floor(rand() * 4), h = 48 + 16 * Math.floor(rand() * 3);
+  const on = await model.segment(image(w, h), { merge: false, prune: { threshold: rand() } });
+  const stages = Object.keys(on.stats.ms);
+  assert.equal(
+    stages.filter((k) => k !== 'copy' && k !== 'decode' && k !== 'total'),
+    ['normalize', 'score', 'select', 'embed', 'blocks 0-0', 'blocks 1-1', 'blocks 2-3', 'halt', 'head', 'unshare', 'upsample'],
+  );
+  // disjoint stages: their sum cannot exceed the whole call
+  const sum = stages.filter((k) => k !== 'total').reduce((a, k) => a + on.stats.ms[k as 'halt']!, 0);
+  assert.ok(sum <= on.stats.ms.total + 1e-6, `${sum} > ${on.stats.ms.total}`);
+  const off = await model.segment(image(w, h), { merge: false, prune: false });
+  assert.is(off.stats.ms.halt, undefined);
+  assert.ok(off.stats.ms.encoder! >= 0 && off.stats.ms.unshare! >= 0);
+});
+
 test('prune options are checked; a model without exit heads refuses pruning', async () => {
   for (const [prune, pattern] of [
     [{ exitLayers: [3] }, /exitLayers/],

@@ -47,7 +47,7 @@ test('a model segments the demo image from a path, a Buffer and raw pixels alike
   assert.ok(fromPath.stats.tokens.input <= fromPath.stats.tokens.dense); // merging is on by default
   assert.equal(fromPath.stats.tokens.perBlock, Array(4).fill(fromPath.stats.tokens.input));
   assert.ok(fromPath.stats.gflops > 0);
-  for (const stage of ['decode', 'normalize', 'embed', 'encoder', 'head', 'upsample', 'total'] as const)
+  for (const stage of ['decode', 'normalize', 'embed', 'encoder', 'head', 'unshare', 'upsample', 'total'] as const)
     assert.ok((fromPath.stats.ms[stage] ?? -1) >= 0, stage);
 
   const fromBuffer = await model.segment(fs.readFileSync(demo));

@@ -168,6 +168,38 @@ test('--merge learned on a model without a learned policy says so plainly, and w
   assert.match(stepSeg(['segment', '--help']).stdout, /learned only for a\s+model whose weights carry a merge policy/);
 });
 
+test('bench --images and --image: dense and STEP rows per image and size, and the STEP costs per stage', async ({ tmp }) => {
+  const dir = path.join(tmp, 'bench-photos');
+  fs.mkdirSync(dir);
+  const names = ['a.png', 'b.png'];
+  for (const name of names) {
+    const w = 80 + Math.floor(Math.random() * 120), h = 60 + Math.floor(Math.random() * 100);
+    const px = Buffer.alloc(w * h * 3);
+    for (let i = 0; i < px.length; i++) px[i] = Math.floor(Math.random() * 256);
+    await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toFile(path.join(dir, name));
+  }
+  const r = stepSeg(['bench', '--images', dir, '--image', demo, '--sizes', '96,128', '--runs', '1', '--device', 'cpu']);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stdout, /on 3 images, cpu/);
+  for (const file of [...names.map((n) => path.join(dir, n)), demo]) {
+    const rel = path.relative(repoRoot, file); // as the CLI shows a path: relative below its cwd
+    const at = r.stdout.indexOf(rel.startsWith('..') ? file : rel);
+    assert.ok(at >= 0, `${file} is not in the output`);
+    const block = r.stdout.slice(at).split('\n\n')[0];
+    for (const size of [96, 128]) {
+      assert.match(block, new RegExp(`^\\s*${size}\\s+dense\\s+[\\d.]+\\s+\\d+\\s+[\\d.]+$`, 'm'));
+      assert.match(block, new RegExp(`^\\s*${size}\\s+STEP\\s+[\\d.]+\\s+\\d+\\s+[\\d.]+$`, 'm'));
+    }
+    // the bundled model merges and prunes: every STEP stage is timed on the CPU
+    const costs = [...block.matchAll(/^\s+((?:[\d.]+\s+){7})\(([\d.]+)% of [\d.]+ ms\)$/gm)];
+    assert.is(costs.length, 2, block);
+  }
+  assert.match(r.stdout, /STEP ms score select embed halt\+compact unshare upsample\+argmax/);
+  const missing = stepSeg(['bench', '--images', path.join(tmp, 'no-such-folder')]);
+  assert.is(missing.code, 2);
+  assert.match(missing.stderr, /no such file or folder/);
+});
+
 test('doctor prints the binary it loaded, which build made it, and the licences', () => {
   const r = stepSeg(['doctor']);
   assert.is(r.code, 0, r.stderr);
