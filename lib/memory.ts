@@ -91,7 +91,8 @@ export function forwardBytes(c: ModelConfig, s: ForwardShape): number {
     s.cells * (3 * P * P + C + K) +
     A * (8 * C + Hd + 2 * K) +
     2 * A * C +
-    threads * (s.largestTokens + pre) * 128 +
+    // per thread: attention's score rows S^T (T x 128), and for bf16 their copy as pairs (T / 2 x 128)
+    threads * (s.largestTokens + pre) * 192 +
     (s.learnedPolicy ? 80 * s.largestPixels : 0);
   return 4 * floats + 32 * s.cells + (16 << 20);
 }
