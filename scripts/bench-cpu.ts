@@ -28,7 +28,10 @@
  *   --python PATH (/usr/bin/python3)  --keep (keep temp files)
  *   --dense (the random-weight forwards alone)  --segment (the segment() section alone)
  *   --photos DIR (../shared/images)  --long-side N (1024)
- *   --precision fp32|bf16 (passed as loadModel's `precision` to the engine; onnxruntime stays float32)
+ *   --precision fp32,bf16 (the engine's precisions, loadModel's `precision`; default both in the dense
+ *   section, a column each, and the library's default for segment(), or the first one given;
+ *   onnxruntime stays float32). Outputs must agree with onnxruntime's to a relative L2 of 1e-4 in
+ *   fp32 and 1e-2 in bf16, and bf16 with the engine's own fp32 to 1e-2.
  * Peers, none in package.json:
  *   onnxruntime-node: npm install --no-save --ignore-scripts onnxruntime-node@1.30.0
  *     (--ignore-scripts skips its install script, which downloads GPU parts; the CPU binary is in the package)
@@ -55,6 +58,7 @@ const kArchs: Record<string, Arch> = {
 };
 const kPatch = 16;
 const kMaxRelL2 = 1e-4;
+const kMaxRelL2Bf16 = 1e-2;
 
 interface Args {
   models: string[];
@@ -71,7 +75,8 @@ interface Args {
   quick: boolean;
   photos: string;
   longSide: number;
-  precision?: string;
+  precisions: ('fp32' | 'bf16')[];
+  precisionGiven: boolean;
   onnxCache?: string; // set by the parent of a --threads-list run: exported graphs shared
   rowsOut?: string; // set by the parent of a --threads-list run: where the child writes its rows
 }
@@ -95,6 +100,8 @@ function parseArgs(argv: string[]): Args {
     quick: false,
     photos: path.join(__dirname, '..', '..', 'shared', 'images'),
     longSide: 1024,
+    precisions: ['fp32', 'bf16'],
+    precisionGiven: false,
   };
   let only: 'dense' | 'segment' | undefined;
   const list = (v: string | undefined) => (v ?? '').split(',').filter(Boolean);
@@ -116,7 +123,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--dense' || k === '--segment') only = k === '--dense' ? 'dense' : 'segment';
     else if (k === '--photos') a.photos = path.resolve(v() ?? '');
     else if (k === '--long-side') a.longSide = int(v(), '--long-side', kPatch);
-    else if (k === '--precision') a.precision = v();
+    else if (k === '--precision') (a.precisions = list(v()) as Args['precisions']), (a.precisionGiven = true);
     else if (k === '--onnx-cache') a.onnxCache = v();
     else if (k === '--rows-out') a.rowsOut = v();
     else if (k === '--torch') a.torch = true;
@@ -126,7 +133,8 @@ function parseArgs(argv: string[]): Args {
   }
   for (const m of a.models) if (!kArchs[m]) usage(`unknown model ${m}: expected ${Object.keys(kArchs).join(', ')}`);
   for (const s of a.sizes) if (s % kPatch) usage(`size ${s} is not a multiple of the patch size ${kPatch}`);
-  if (a.precision !== undefined && a.precision !== 'fp32' && a.precision !== 'bf16') usage(`expected fp32 or bf16 for --precision but received ${a.precision}`);
+  if (!a.precisions.length || a.precisions.some((p) => p !== 'fp32' && p !== 'bf16'))
+    usage(`expected fp32, bf16 or fp32,bf16 for --precision but received ${a.precisions.join(',')}`);
   if (a.threadsList && !a.threadsList.length) usage('--threads-list takes a comma-separated list of thread counts');
   if (only) a.dense = only === 'dense', a.segment = only === 'segment';
   return a;
@@ -192,33 +200,38 @@ interface Row {
   threads: number;
   tokens: number;
   gflops: number;
-  oursMs: number;
+  /** The engine's runs, one per precision asked: what ran (model.precision), ms, relL2 against ort */
+  ours: { precision: string; ms: number; ortErr?: number; fp32Err?: number }[];
   ortMs?: number;
   torchMs?: number;
-  ortErr?: number;
   torchErr?: number;
   busy: number;
 }
 
+const limitOf = (precision: string) => (precision === 'bf16' ? kMaxRelL2Bf16 : kMaxRelL2);
+
 function printDenseTable(rows: Row[]): void {
   if (!rows.length) return;
-  const head = ['model', 'size', 'threads', 'tokens', 'GFLOPs', 'step-seg ms', 'GFLOP/s', 'ort ms', 'ort GFLOP/s', 'ratio ort/ours', 'torch ms', 'relL2 ort', 'relL2 torch', 'busy'];
-  const body = rows.map((r) => [
-    r.model,
-    `${r.size}²`,
-    String(r.threads),
-    String(r.tokens),
-    fmt(r.gflops, 1),
-    fmt(r.oursMs, 0),
-    fmt(r.gflops / (r.oursMs / 1e3), 0),
-    fmt(r.ortMs, 0),
-    r.ortMs === undefined ? '-' : fmt(r.gflops / (r.ortMs / 1e3), 0),
-    r.ortMs === undefined ? '-' : fmt(r.ortMs / r.oursMs, 2),
-    fmt(r.torchMs, 0),
-    fmtExp(r.ortErr),
-    fmtExp(r.torchErr),
-    `${(100 * r.busy).toFixed(0)}%`,
-  ]);
+  const head = ['model', 'size', 'threads', 'tokens', 'GFLOPs', 'precision', 'step-seg ms', 'GFLOP/s', 'ort ms', 'ort GFLOP/s', 'ratio ort/ours', 'torch ms', 'relL2 ort', 'relL2 fp32', 'busy'];
+  const body = rows.flatMap((r) =>
+    r.ours.map((o) => [
+      r.model,
+      `${r.size}²`,
+      String(r.threads),
+      String(r.tokens),
+      fmt(r.gflops, 1),
+      o.precision,
+      fmt(o.ms, 0),
+      fmt(r.gflops / (o.ms / 1e3), 0),
+      fmt(r.ortMs, 0),
+      r.ortMs === undefined ? '-' : fmt(r.gflops / (r.ortMs / 1e3), 0),
+      r.ortMs === undefined ? '-' : fmt(r.ortMs / o.ms, 2),
+      fmt(r.torchMs, 0),
+      fmtExp(o.ortErr),
+      fmtExp(o.fp32Err),
+      `${(100 * r.busy).toFixed(0)}%`,
+    ]),
+  );
   printTable(head, body, 2);
 }
 
@@ -268,15 +281,19 @@ async function benchDense(lib: Lib, args: Args, ort: Ort | undefined, torch: str
       }
 
       const meter = cpuMeter();
-      const model = await lib.loadModel(weights, loadOptions(args));
       let gflops = 0;
-      const ours = await timeRuns(args.warmup, runs, async () => {
-        const r = await model.forwardFeatures({ data: pixels, dims });
-        gflops = r.stats.gflops;
-        return r.data as Float32Array;
-      });
-      model.dispose();
-      console.log(`  step-seg: ${ours.ms.toFixed(0)} ms (runs ${ours.runs.map((x) => x.toFixed(0)).join(' ')}), ${gflops.toFixed(1)} GFLOPs`);
+      const ours: { precision: string; ms: number; out: Float32Array }[] = [];
+      for (const precision of args.precisions) {
+        const model = await lib.loadModel(weights, { device: 'cpu', precision });
+        const t = await timeRuns(args.warmup, runs, async () => {
+          const r = await model.forwardFeatures({ data: pixels, dims });
+          gflops = r.stats.gflops;
+          return r.data as Float32Array;
+        });
+        ours.push({ precision: model.precision, ms: t.ms, out: t.out });
+        model.dispose();
+        console.log(`  step-seg ${model.precision}: ${t.ms.toFixed(0)} ms (runs ${t.runs.map((x) => x.toFixed(0)).join(' ')}), ${gflops.toFixed(1)} GFLOPs`);
+      }
 
       let ortRes: Awaited<ReturnType<typeof timeRuns<Float32Array>>> | undefined;
       if (ort && haveOnnx) {
@@ -291,12 +308,24 @@ async function benchDense(lib: Lib, args: Args, ort: Ort | undefined, torch: str
       }
       const busy = meter();
 
-      const row: Row = { model: arch.name, size, threads: args.threads, tokens, gflops, oursMs: ours.ms, ortMs: ortRes?.ms, torchMs, busy };
-      if (ortRes) row.ortErr = relL2(ours.out, ortRes.out);
-      if (torchOut) row.torchErr = relL2(ours.out, torchOut);
-      for (const [peer, err] of [['onnxruntime', row.ortErr], ['torch', row.torchErr]] as const)
-        if (err !== undefined)
-          console.log(`  relative L2 step-seg vs ${peer}: ${err.toExponential(2)} ${err < kMaxRelL2 ? 'ok' : `FAILS (limit ${kMaxRelL2})`}`);
+      const fp32 = ours.find((o) => o.precision === 'fp32');
+      const row: Row = {
+        model: arch.name, size, threads: args.threads, tokens, gflops, ortMs: ortRes?.ms, torchMs, busy,
+        ours: ours.map((o) => ({
+          precision: o.precision, ms: o.ms,
+          ortErr: ortRes ? relL2(o.out, ortRes.out) : undefined,
+          fp32Err: fp32 && o !== fp32 ? relL2(o.out, fp32.out) : undefined,
+        })),
+      };
+      if (torchOut) row.torchErr = relL2((fp32 ?? ours[0]).out, torchOut);
+      const check = (what: string, err: number | undefined, limit: number) => {
+        if (err !== undefined) console.log(`  relative L2 ${what}: ${err.toExponential(2)} ${err < limit ? 'ok' : `FAILS (limit ${limit})`}`);
+      };
+      for (const o of row.ours) {
+        check(`step-seg ${o.precision} vs onnxruntime`, o.ortErr, limitOf(o.precision));
+        check(`step-seg ${o.precision} vs step-seg fp32`, o.fp32Err, kMaxRelL2Bf16);
+      }
+      check(`step-seg ${(fp32 ?? ours[0]).precision} vs torch`, row.torchErr, limitOf((fp32 ?? ours[0]).precision));
       rows.push(row);
       for (const p of [weightsPath, onnxPath, inputPath, torchOutPath]) if (!args.keep) fs.rmSync(p, { force: true });
     }
@@ -304,8 +333,6 @@ async function benchDense(lib: Lib, args: Args, ort: Ort | undefined, torch: str
   return rows;
 }
 
-// loadModel's options: the CPU, and `precision` when --precision is given (not in the types yet).
-const loadOptions = (args: Args) => ({ device: 'cpu', ...(args.precision ? { precision: args.precision } : {}) }) as unknown as import('../lib/index').LoadOptions;
 
 interface Results {
   dense: Row[];
@@ -316,7 +343,11 @@ function report(r: Results): void {
   printDenseTable(r.dense);
   printSegmentTables(r.segment);
   console.log(`load average after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  const bad = r.dense.filter((x) => (x.ortErr ?? 0) >= kMaxRelL2 || (x.torchErr ?? 0) >= kMaxRelL2 || Number.isNaN(x.ortErr ?? 0));
+  const bad = r.dense.filter(
+    (x) =>
+      x.ours.some((o) => !((o.ortErr ?? 0) < limitOf(o.precision)) || !((o.fp32Err ?? 0) < kMaxRelL2Bf16)) ||
+      !((x.torchErr ?? 0) < limitOf(x.ours[0]?.precision ?? 'fp32')),
+  );
   if (bad.length) console.log(`outputs disagree for ${bad.map((x) => `${x.model} ${x.size}²`).join(', ')}`);
   if (!segmentRowsAgree(r.segment)) console.log('segment(): the engine and onnxruntime disagree on the bundled model (see relL2 ort)');
   if (bad.length || !segmentRowsAgree(r.segment)) process.exitCode = 1;
@@ -357,7 +388,7 @@ async function main(): Promise<void> {
   const { ort, why } = await loadOrt();
   const torch = torchVersion(args.python);
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  console.log(`step-seg CPU bench: ${cpu}, ${os.cpus().length} cores, ${args.threads} threads; gemm kernel ${info.gemmKernel}, pool ${info.threads} threads; precision ${args.precision ?? 'default (fp32)'}`);
+  console.log(`step-seg CPU bench: ${cpu}, ${os.cpus().length} cores, ${args.threads} threads; gemm kernel ${info.gemmKernel}, pool ${info.threads} threads; bf16 kernel ${info.bf16Kernel}; precisions ${args.precisions.join(', ')} (the library's default: ${info.defaultPrecision})`);
   console.log(`load average before: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   if (ort) console.log(`onnxruntime-node ${ort.env.versions?.common ?? ''}: float32, intra-op threads ${args.threads}, sequential, all graph optimisations`);
   else console.log(`onnxruntime-node is missing (${why}): ${kOrtInstall}`);
@@ -373,7 +404,7 @@ async function main(): Promise<void> {
     if (args.dense) results.dense = await benchDense(lib, args, ort, torch, tmp);
     if (args.segment) {
       const opts = { photos: args.photos, longSide: args.longSide, runs: args.runs ?? 3, warmup: args.warmup, threads: args.threads };
-      results.segment = await benchSegment(lib, ort, { ...opts, precision: args.precision, python: args.python, haveTorch: !!torch, onnxCache: args.onnxCache ?? tmp, quick: args.quick });
+      results.segment = await benchSegment(lib, ort, { ...opts, precision: args.precisionGiven ? args.precisions[0] : undefined, python: args.python, haveTorch: !!torch, onnxCache: args.onnxCache ?? tmp, quick: args.quick });
     }
   } finally {
     if (!args.keep) fs.rmSync(tmp, { recursive: true, force: true });

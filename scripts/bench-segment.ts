@@ -55,6 +55,7 @@ export interface SegmentRow {
   stepMs: number;
   ortMs?: number;
   ortErr?: number;
+  precision: string; // what the engine ran (model.precision)
   denseForwardMs: number; // embed + encoder + head of the dense calls
   costs: Record<string, number>; // STEP's own stages, ms
   busy: number;
@@ -63,7 +64,8 @@ export interface SegmentRow {
 export const kStepCosts = ['score', 'select', 'embed', 'halt', 'unshare', 'upsample'] as const;
 const kCostLabel: Record<string, string> = { halt: 'halt+compact', upsample: 'upsample+argmax' };
 const kImage = /\.(jpe?g|png|webp)$/i;
-const kMaxRelL2 = 1e-4;
+// the engine's tokens against onnxruntime's float32 ones: float32, or bf16 (the CPU's default where it runs)
+const limitOf = (precision: string) => (precision === 'bf16' ? 1e-2 : 1e-4);
 
 // Median per stage over the runs' stats.ms.
 function stageMedians(all: Stats[]): Record<string, number> {
@@ -112,18 +114,11 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
   }
   let photos = fs.readdirSync(args.photos).filter((f) => kImage.test(f)).sort();
   if (args.quick) photos = photos.slice(0, 1);
-  const options = { device: 'cpu', ...(args.precision ? { precision: args.precision } : {}) };
-  let model: Model;
-  try {
-    model = await lib.loadModel(lib.defaultModelPath, options as unknown as import('../lib/index').LoadOptions);
-  } catch (err) {
-    if (args.precision) console.log(`\nsegment(): loadModel(default, { precision: '${args.precision}' }) failed (this build may not have the option yet)`);
-    throw err;
-  }
+  const model: Model = await lib.loadModel(lib.defaultModelPath, { device: 'cpu', ...(args.precision ? { precision: args.precision as 'fp32' | 'bf16' } : {}) });
   const c = model.config, P = c.patchSize;
   console.log(
     `\nsegment() of the bundled model (${c.embedDim}-wide, ${c.depth} blocks, ${c.numClasses} classes), long side ${args.longSide}, ` +
-      `${args.runs} runs after ${args.warmup} warm-up, precision ${args.precision ?? 'default (fp32)'}; onnxruntime float32`,
+      `${args.runs} runs after ${args.warmup} warm-up, precision ${model.precision}${args.precision ? '' : " (the library's default)"}; onnxruntime float32`,
   );
   const rows: SegmentRow[] = [];
   try {
@@ -153,7 +148,7 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
         await session.release();
         ortMs = t.ms;
         ortErr = relL2(ours.data as Float32Array, t.out.tokens.data as Float32Array);
-        console.log(`  onnxruntime forward ${ortMs.toFixed(0)} ms (runs ${t.runs.map((x) => x.toFixed(0)).join(' ')}); relative L2 of the tokens vs forwardFeatures(): ${ortErr.toExponential(2)} ${ortErr < kMaxRelL2 ? 'ok' : `FAILS (limit ${kMaxRelL2})`}`);
+        console.log(`  onnxruntime forward ${ortMs.toFixed(0)} ms (runs ${t.runs.map((x) => x.toFixed(0)).join(' ')}); relative L2 of the tokens vs forwardFeatures(): ${ortErr.toExponential(2)} ${ortErr < limitOf(model.precision) ? 'ok' : `FAILS (limit ${limitOf(model.precision)})`}`);
       }
       const last = step.stats[step.stats.length - 1];
       const perBlock = last.tokens.perBlock;
@@ -171,6 +166,7 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
         stepMs: step.ms,
         ortMs,
         ortErr,
+        precision: model.precision,
         denseForwardMs: (d.embed ?? 0) + (d.encoder ?? 0) + (d.head ?? 0),
         costs: Object.fromEntries(kStepCosts.map((k) => [k, step.stages[k] ?? 0])),
         busy: meter(),
@@ -183,17 +179,18 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
 }
 
 /** Whether every row's engine and ort tokens agree. */
-export const segmentRowsAgree = (rows: SegmentRow[]) => rows.every((r) => r.ortErr === undefined || r.ortErr < kMaxRelL2);
+export const segmentRowsAgree = (rows: SegmentRow[]) => rows.every((r) => r.ortErr === undefined || r.ortErr < limitOf(r.precision));
 
 export function printSegmentTables(rows: SegmentRow[]): void {
   if (!rows.length) return;
   console.log('\nsegment(), JPEG bytes to labels (medians), beside the onnxruntime-node dense forward of the same network on a float32 tensor:');
   printTable(
-    ['photo', 'input', 'threads', 'tokens dense', 'tokens STEP', 'GFLOPs dense', 'GFLOPs STEP', 'segment dense ms', 'segment STEP ms', 'ort fwd ms', 'ort / STEP', 'ort / dense', 'relL2 ort', 'busy'],
+    ['photo', 'input', 'threads', 'precision', 'tokens dense', 'tokens STEP', 'GFLOPs dense', 'GFLOPs STEP', 'segment dense ms', 'segment STEP ms', 'ort fwd ms', 'ort / STEP', 'ort / dense', 'relL2 ort', 'busy'],
     rows.map((r) => [
       r.photo,
       `${r.width}x${r.height}`,
       String(r.threads),
+      r.precision,
       String(r.denseTokens),
       r.stepTokens.toFixed(0),
       fmt(r.denseGflops, 1),
