@@ -54,7 +54,8 @@ export interface SegmentRow {
   denseMs: number; // whole segment() calls, medians
   stepMs: number;
   ortMs?: number;
-  ortErr?: number;
+  ortErr?: number; // the engine's fp32 tokens against onnxruntime's
+  bf16Err?: number; // the timed model's tokens against onnxruntime's, where it runs bf16
   precision: string; // what the engine ran (model.precision)
   denseForwardMs: number; // embed + encoder + head of the dense calls
   costs: Record<string, number>; // STEP's own stages, ms
@@ -64,8 +65,10 @@ export interface SegmentRow {
 export const kStepCosts = ['score', 'select', 'embed', 'halt', 'unshare', 'upsample'] as const;
 const kCostLabel: Record<string, string> = { halt: 'halt+compact', upsample: 'upsample+argmax' };
 const kImage = /\.(jpe?g|png|webp)$/i;
-// the engine's tokens against onnxruntime's float32 ones: float32, or bf16 (the CPU's default where it runs)
-const limitOf = (precision: string) => (precision === 'bf16' ? 1e-2 : 1e-4);
+// The export check: the engine's float32 tokens against onnxruntime's (a wrong export is off by O(1)).
+// A bf16 model's own tokens are reported beside, against the same, with no limit: how far bf16 moves
+// this trained model's features (0.9e-2 to 1.3e-2 on the shared photos) is a figure, not a check.
+const kMaxRelL2 = 1e-4;
 
 // Median per stage over the runs' stats.ms.
 function stageMedians(all: Stats[]): Record<string, number> {
@@ -115,6 +118,8 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
   let photos = fs.readdirSync(args.photos).filter((f) => kImage.test(f)).sort();
   if (args.quick) photos = photos.slice(0, 1);
   const model: Model = await lib.loadModel(lib.defaultModelPath, { device: 'cpu', ...(args.precision ? { precision: args.precision as 'fp32' | 'bf16' } : {}) });
+  // the export check needs float32 tokens: a float32 twin where the timed model runs bf16
+  const reference = model.precision === 'fp32' ? model : await lib.loadModel(lib.defaultModelPath, { device: 'cpu', precision: 'fp32' });
   const c = model.config, P = c.patchSize;
   console.log(
     `\nsegment() of the bundled model (${c.embedDim}-wide, ${c.depth} blocks, ${c.numClasses} classes), long side ${args.longSide}, ` +
@@ -137,18 +142,23 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
       const dense = await timeSegment(model, bytes, { merge: false, prune: false }, args);
       const step = await timeSegment(model, bytes, {}, args);
       console.log(`  segment() dense ${dense.ms.toFixed(0)} ms (runs ${dense.runs.map((x) => x.toFixed(0)).join(' ')}), STEP ${step.ms.toFixed(0)} ms (runs ${step.runs.map((x) => x.toFixed(0)).join(' ')})`);
-      let ortMs: number | undefined, ortErr: number | undefined;
+      let ortMs: number | undefined, ortErr: number | undefined, bf16Err: number | undefined;
       if (ort && onnx) {
         const pixels = await pixelsOf(bytes, w, h, H, W, c.pixelMean, c.pixelStd);
         const dims = [1, 3, H, W];
-        const ours = await model.forwardFeatures({ data: pixels, dims });
+        const fp32 = await reference.forwardFeatures({ data: pixels, dims });
         const session = await ortSession(ort, onnx, args.threads);
         const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', pixels, dims) };
         const t = await timeRuns(args.warmup, args.runs, () => session.run(feeds));
         await session.release();
         ortMs = t.ms;
-        ortErr = relL2(ours.data as Float32Array, t.out.tokens.data as Float32Array);
-        console.log(`  onnxruntime forward ${ortMs.toFixed(0)} ms (runs ${t.runs.map((x) => x.toFixed(0)).join(' ')}); relative L2 of the tokens vs forwardFeatures(): ${ortErr.toExponential(2)} ${ortErr < limitOf(model.precision) ? 'ok' : `FAILS (limit ${limitOf(model.precision)})`}`);
+        const ortTokens = t.out.tokens.data as Float32Array;
+        ortErr = relL2(fp32.data as Float32Array, ortTokens);
+        console.log(`  onnxruntime forward ${ortMs.toFixed(0)} ms (runs ${t.runs.map((x) => x.toFixed(0)).join(' ')}); relative L2 of the tokens vs forwardFeatures() in fp32: ${ortErr.toExponential(2)} ${ortErr < kMaxRelL2 ? 'ok' : `FAILS (limit ${kMaxRelL2})`}`);
+        if (reference !== model) {
+          bf16Err = relL2((await model.forwardFeatures({ data: pixels, dims })).data as Float32Array, ortTokens);
+          console.log(`  the ${model.precision} tokens against onnxruntime's: relative L2 ${bf16Err.toExponential(2)}`);
+        }
       }
       const last = step.stats[step.stats.length - 1];
       const perBlock = last.tokens.perBlock;
@@ -166,6 +176,7 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
         stepMs: step.ms,
         ortMs,
         ortErr,
+        bf16Err,
         precision: model.precision,
         denseForwardMs: (d.embed ?? 0) + (d.encoder ?? 0) + (d.head ?? 0),
         costs: Object.fromEntries(kStepCosts.map((k) => [k, step.stages[k] ?? 0])),
@@ -174,18 +185,19 @@ export async function benchSegment(lib: Lib, ort: Ort | undefined, args: Segment
     }
   } finally {
     model.dispose();
+    if (reference !== model) reference.dispose();
   }
   return rows;
 }
 
 /** Whether every row's engine and ort tokens agree. */
-export const segmentRowsAgree = (rows: SegmentRow[]) => rows.every((r) => r.ortErr === undefined || r.ortErr < limitOf(r.precision));
+export const segmentRowsAgree = (rows: SegmentRow[]) => rows.every((r) => r.ortErr === undefined || r.ortErr < kMaxRelL2);
 
 export function printSegmentTables(rows: SegmentRow[]): void {
   if (!rows.length) return;
   console.log('\nsegment(), JPEG bytes to labels (medians), beside the onnxruntime-node dense forward of the same network on a float32 tensor:');
   printTable(
-    ['photo', 'input', 'threads', 'precision', 'tokens dense', 'tokens STEP', 'GFLOPs dense', 'GFLOPs STEP', 'segment dense ms', 'segment STEP ms', 'ort fwd ms', 'ort / STEP', 'ort / dense', 'relL2 ort', 'busy'],
+    ['photo', 'input', 'threads', 'precision', 'tokens dense', 'tokens STEP', 'GFLOPs dense', 'GFLOPs STEP', 'segment dense ms', 'segment STEP ms', 'ort fwd ms', 'ort / STEP', 'ort / dense', 'relL2 ort fp32', 'relL2 ort bf16', 'busy'],
     rows.map((r) => [
       r.photo,
       `${r.width}x${r.height}`,
@@ -201,6 +213,7 @@ export function printSegmentTables(rows: SegmentRow[]): void {
       r.ortMs === undefined ? '-' : `${(r.ortMs / r.stepMs).toFixed(2)}x`,
       r.ortMs === undefined ? '-' : `${(r.ortMs / r.denseMs).toFixed(2)}x`,
       fmtExp(r.ortErr),
+      fmtExp(r.bf16Err),
       `${(100 * r.busy).toFixed(0)}%`,
     ]),
     2,
