@@ -12,6 +12,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_backend.h"
 #include "parallel.h"
 
@@ -67,6 +71,42 @@ std::vector<Filter> aa_filters(int in, int out) {
   }
   return filters;
 }
+
+#if defined(__x86_64__)
+// The label of one pixel from its four corners' K <= 16 logits: the same products and the same three
+// adds in the same order as the per-pixel path's ((w00 l00 + w01 l01) + w10 l10) + w11 l11, one class
+// per lane, fp-contract off so that no multiply-add is fused (which would round differently), and the
+// first class with the largest value, as the scalar loop's strict > picks it: the same label bit for
+// bit (upsample-labels.test.ts compares the two paths). About 3x fewer instructions for K = 11.
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) int interpolate_label_avx512(
+    int K, const float* l00, const float* l01, const float* l10, const float* l11, float w00,
+    float w01, float w10, float w11) {
+  const __mmask16 m = __mmask16((1u << K) - 1);
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(w00), _mm512_maskz_loadu_ps(m, l00));
+  v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w01), _mm512_maskz_loadu_ps(m, l01)));
+  v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w10), _mm512_maskz_loadu_ps(m, l10)));
+  v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(w11), _mm512_maskz_loadu_ps(m, l11)));
+  // the largest value in every lane: the unused lanes at -inf, then max with the halves, quarters,
+  // pairs and neighbours swapped (zero-masked forms, every lane kept: the unmasked ones make g++ 12
+  // warn, as in gemm.cpp)
+  constexpr __mmask16 kAll = 0xffff;
+  __m512 t = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), m, v);
+  t = _mm512_maskz_max_ps(kAll, t, _mm512_maskz_shuffle_f32x4(kAll, t, t, _MM_SHUFFLE(1, 0, 3, 2)));
+  t = _mm512_maskz_max_ps(kAll, t, _mm512_maskz_shuffle_f32x4(kAll, t, t, _MM_SHUFFLE(2, 3, 0, 1)));
+  t = _mm512_maskz_max_ps(kAll, t, _mm512_maskz_permute_ps(kAll, t, _MM_SHUFFLE(1, 0, 3, 2)));
+  t = _mm512_maskz_max_ps(kAll, t, _mm512_maskz_permute_ps(kAll, t, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __mmask16 at = _mm512_mask_cmp_ps_mask(m, v, t, _CMP_EQ_OQ);
+  return at ? __builtin_ctz(unsigned(at)) : 0;  // no lane equal: a NaN among them (lib/ refuses those)
+}
+
+bool have_avx512f() {
+  static const bool have = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return have;
+}
+#endif
 
 }  // namespace
 
@@ -141,9 +181,20 @@ void upsample(const UpsampleParams& p) {
             x = x1;
             continue;
           }
-          for (; x < x1; ++x) {  // a boundary cell: pixel by pixel, as below
-            put(y * p.out_w + x, interpolate(x));
+          // a boundary cell: pixel by pixel, as below
+#if defined(__x86_64__)
+          if (K <= 16 && have_avx512f()) {
+            const float *l00 = r0 + int64_t(tx[x].i0) * K, *l01 = r0 + int64_t(tx[x].i1) * K;
+            const float *l10 = r1 + int64_t(tx[x].i0) * K, *l11 = r1 + int64_t(tx[x].i1) * K;
+            for (; x < x1; ++x) {
+              const float wx = tx[x].w1;
+              put(y * p.out_w + x, interpolate_label_avx512(K, l00, l01, l10, l11, (1 - a.w1) * (1 - wx),
+                                                            (1 - a.w1) * wx, a.w1 * (1 - wx), a.w1 * wx));
+            }
+            continue;
           }
+#endif
+          for (; x < x1; ++x) put(y * p.out_w + x, interpolate(x));
           continue;
         }
         const int best = interpolate(x);
