@@ -51,7 +51,8 @@ import torch.nn.functional as F
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the working tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_model import (CAMVID_CLASSES, CAMVID_VOID, IMAGENET_MEAN, IMAGENET_STD, StepSeg, gt_token_maps,  # noqa: E402
-                        make_config, upsample_logits, window_purity, write_safetensors)
+                        make_config, upsample_logits, window_purity)
+from step_common import write_safetensors  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = len(CAMVID_CLASSES)

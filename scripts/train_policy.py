@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_model import CAMVID_VOID, MergePolicy, window_purity, write_safetensors  # noqa: E402
+from step_common import write_safetensors  # noqa: E402
+from step_model import CAMVID_VOID, MergePolicy, window_purity  # noqa: E402
 from train import load_split, resize_image, resize_labels, schedule_progress  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
