@@ -148,11 +148,10 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)  # exact (erf) GELU
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class LayerScale(nn.Module):
@@ -211,8 +210,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_len, C))
         self.norm_pre = nn.LayerNorm(C, eps=norm_eps) if pre_norm else nn.Identity()
         hidden = int(round(C * mlp_ratio))
-        self.blocks = nn.ModuleList([Block(C, num_heads, hidden, norm_eps, qkv_bias, init_values, fused_attention)
-                                     for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(C, num_heads, hidden, norm_eps, qkv_bias, init_values, fused_attention)
+                                      for _ in range(depth)])
         self.norm = nn.LayerNorm(C, eps=norm_eps)
 
     def pos_grid(self, gh, gw):
@@ -242,10 +241,11 @@ class VisionTransformer(nn.Module):
         if acts is not None:
             acts["tokens_0"] = y
         y = self.norm_pre(y)
+        if acts is None:
+            return self.norm(self.blocks(y))
         for i, blk in enumerate(self.blocks):
             y = blk(y)
-            if acts is not None:
-                acts[f"block_{i}"] = y
+            acts[f"block_{i}"] = y
         return self.norm(y)
 
     def forward(self, x):
