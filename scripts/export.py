@@ -27,7 +27,8 @@ import torch
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the working tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_model import StepSeg, read_safetensors, write_safetensors  # noqa: E402
+from step_common import read_safetensors, write_safetensors  # noqa: E402
+from step_model import StepSeg  # noqa: E402
 
 F16_MAX = 65504.0
 

@@ -11,9 +11,9 @@ patch_embed / tokens_0 / block_N, and final_norm [T, C]; rows: prefix tokens, th
                 as timm's resample_abs_pos_embed does); also pos_src / pos_dst_down / pos_dst_up,
                 (h, w, C) tensors that test the resampling op on its own
 
-The reference is a re-implementation of timm's VisionTransformer.forward_features (timm is not a
-dependency here), computed in float64 from the stored weights exactly as rounded to their storage
-dtype, and written as float32. The timm semantics it follows (vision_transformer.py, timm 1.0):
+The reference is a re-implementation of timm's VisionTransformer.forward_features (step_common.py;
+timm is not a dependency here), computed in float64 from the stored weights exactly as rounded to
+their storage dtype, and written as float32. The timm semantics it follows (vision_transformer.py, timm 1.0):
   _pos_embed: no_embed_class -> x = x + pos_embed, then cat([cls, reg..., x]);
               otherwise     -> x = cat([cls, reg..., x]), then x = x + pos_embed.
   resample_abs_pos_embed: prefix entries untouched; the patch part as a (1, C, gh, gw) grid through
@@ -32,82 +32,25 @@ import argparse
 import json
 import math
 import os
-import struct
+import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-# ---------------------------------------------------------------------------------------------------
-# safetensors: 8-byte little-endian header length, JSON header, then the raw little-endian data.
+sys.dont_write_bytecode = True  # no scripts/__pycache__ in the working tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_common import (IMAGENET_MEAN, IMAGENET_STD, VisionTransformer, decode, encode,  # noqa: E402
+                         read_safetensors, resample_pos_grid, vit_kwargs, write_safetensors)
 
 
-def _to_storage(t, dtype):
-    """float64 tensor -> (safetensors dtype string, bytes, float64 tensor of the stored values)."""
-    t = t.detach().to(torch.float64).contiguous()
-    if dtype == "F32":
-        a = t.to(torch.float32)
-        return "F32", a.numpy().astype("<f4").tobytes(), a.to(torch.float64)
-    if dtype == "F16":
-        a = t.to(torch.float16)  # round to nearest even
-        return "F16", a.numpy().astype("<f2").tobytes(), a.to(torch.float64)
-    if dtype == "BF16":
-        # Round-to-nearest-even on the float32 bits (numpy has no bfloat16). Callers pass values that are
-        # already float32, so this is a single rounding, not float64 -> float32 -> bfloat16.
-        f = t.to(torch.float32).numpy().astype("<f4")
-        bits = f.view("<u4").astype(np.uint64)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-        back = (rounded.astype(np.uint32) << 16).view("<f4")
-        return "BF16", rounded.tobytes(), torch.from_numpy(back.astype(np.float64)).reshape(t.shape)
-    if dtype == "U8":
-        a = t.to(torch.uint8)
-        return "U8", a.numpy().tobytes(), a.to(torch.float64)
-    raise ValueError(dtype)
-
-
-def save_safetensors(path, tensors, metadata=None):
-    """tensors: {name: (dtype string, shape, bytes)} written in insertion order."""
-    header, offset, blobs = {}, 0, []
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-(8 + len(h)) % 8)  # data section 8-byte aligned, as the Rust writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-_NP = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "U8": "u1", "I32": "<i4"}
+def stored(t, dtype):
+    """t as `dtype` stores it (rounded to nearest even), back in float64."""
+    return decode(encode(t, dtype), dtype, t.shape).to(torch.float64)
 
 
 def load_safetensors(path):
-    """-> {name: float64 torch tensor}; BF16 widened by hand (numpy has no bfloat16)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    data = raw[8 + n :]
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, end = e["data_offsets"]
-        buf = data[b:end]
-        if e["dtype"] == "BF16":
-            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view("<f4")
-        else:
-            a = np.frombuffer(buf, _NP[e["dtype"]])
-        out[name] = torch.from_numpy(a.astype(np.float64)).reshape(e["shape"])
-    return out
+    """-> {name: float64 torch tensor}."""
+    return {k: v.to(torch.float64) for k, v in read_safetensors(path)[0].items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,74 +101,22 @@ def make_weights(cfg, gen):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reference forward (float64), following timm's vision_transformer.py.
+# Reference forward (float64): step_common's VisionTransformer, which follows timm's vision_transformer.py.
 
 
 def resample_pos(grid_hwc, new_h, new_w):
     """(h, w, C) -> (new_h, new_w, C): the patch part of timm's resample_abs_pos_embed."""
-    x = grid_hwc.permute(2, 0, 1).unsqueeze(0)  # (1, C, h, w)
-    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).contiguous()
+    return resample_pos_grid(grid_hwc[None], new_h, new_w)[0]
 
 
+@torch.no_grad()
 def forward_features(cfg, w, x):
     """x: (1, 3, H, W) float64 -> dict of activations (rows x C, batch dim dropped)."""
-    C, P, heads = cfg["embed_dim"], cfg["patch_size"], cfg["num_heads"]
-    D = C // heads
-    eps = cfg["norm_eps"]
+    vit = VisionTransformer(**vit_kwargs(cfg), dynamic_img_size=True).double()
+    vit.load_state_dict(w, strict=True)
     acts = {}
-    # PatchEmbed: conv with stride P, then flatten(2).transpose(1, 2).
-    y = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=P)
-    B, _, gh, gw = y.shape
-    y = y.flatten(2).transpose(1, 2)  # (B, gh * gw, C)
-    acts["patch_embed"] = y[0]
-
-    # _pos_embed (dynamic_img_size: resample the patch part when the grid differs from the trained one).
-    tgh, tgw = cfg["img_size"][0] // P, cfg["img_size"][1] // P
-    prefix = (1 if cfg["class_token"] else 0) + cfg["reg_tokens"]
-    pos = w["pos_embed"]
-    npre = 0 if cfg["no_embed_class"] else prefix
-    pos_prefix, pos_grid = pos[:, :npre], pos[:, npre:]
-    if (gh, gw) != (tgh, tgw):
-        g = resample_pos(pos_grid[0].reshape(tgh, tgw, C), gh, gw)
-        pos_grid = g.reshape(1, gh * gw, C)
-    pos = torch.cat([pos_prefix, pos_grid], dim=1)
-    to_cat = []
-    if cfg["class_token"]:
-        to_cat.append(w["cls_token"].expand(B, -1, -1))
-    if cfg["reg_tokens"]:
-        to_cat.append(w["reg_token"].expand(B, -1, -1))
-    if cfg["no_embed_class"]:
-        y = y + pos
-        y = torch.cat(to_cat + [y], dim=1)
-    else:
-        y = torch.cat(to_cat + [y], dim=1)
-        y = y + pos
-    acts["tokens_0"] = y[0]
-    N = y.shape[1]
-
-    for i in range(cfg["depth"]):
-        b = f"blocks.{i}."
-        h = F.layer_norm(y, (C,), w[b + "norm1.weight"], w[b + "norm1.bias"], eps)
-        qkv = F.linear(h, w[b + "attn.qkv.weight"], w.get(b + "attn.qkv.bias"))
-        qkv = qkv.reshape(B, N, 3, heads, D).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, D)
-        attn = (q * D**-0.5) @ k.transpose(-2, -1)
-        attn = attn.softmax(dim=-1)
-        a = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        a = F.linear(a, w[b + "attn.proj.weight"], w[b + "attn.proj.bias"])
-        if b + "ls1.gamma" in w:
-            a = a * w[b + "ls1.gamma"]
-        y = y + a
-        h = F.layer_norm(y, (C,), w[b + "norm2.weight"], w[b + "norm2.bias"], eps)
-        m = F.gelu(F.linear(h, w[b + "mlp.fc1.weight"], w[b + "mlp.fc1.bias"]))  # exact erf GELU
-        m = F.linear(m, w[b + "mlp.fc2.weight"], w[b + "mlp.fc2.bias"])
-        if b + "ls2.gamma" in w:
-            m = m * w[b + "ls2.gamma"]
-        y = y + m
-        acts[f"block_{i}"] = y[0]
-    acts["final_norm"] = F.layer_norm(y, (C,), w["norm.weight"], w["norm.bias"], eps)[0]
-    return acts
+    acts["final_norm"] = vit.forward_features(x, acts)
+    return {k: v[0] for k, v in acts.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,19 +146,15 @@ def base_config(**kw):
     return cfg
 
 
-def f32(t):
-    return _to_storage(t, "F32")
-
-
 def write_fixture(out_dir, name, cfg, weight_dtype, input_hw, seed, note, extra_io=None):
     gen = torch.Generator().manual_seed(seed)
     w = make_weights(cfg, gen)
-    stored, wq = {}, {}
+    st, wq = {}, {}
     for k, t in w.items():
         # Every weight goes through float32 first, so F32 / F16 / BF16 fixtures share one rounding path.
-        dt, data, val = _to_storage(t.to(torch.float32).to(torch.float64), weight_dtype)
-        stored[k] = (dt, list(t.shape), data)
-        wq[k] = val.reshape(t.shape)
+        t32 = t.to(torch.float32).to(torch.float64)
+        st[k] = (weight_dtype, t32)
+        wq[k] = stored(t32, weight_dtype)
     x = torch.randn(1, 3, *input_hw, generator=gen, dtype=torch.float64).to(torch.float32).to(torch.float64)
     acts = forward_features(cfg, wq, x)
 
@@ -277,16 +164,12 @@ def write_fixture(out_dir, name, cfg, weight_dtype, input_hw, seed, note, extra_
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg_out, f, indent=1)
         f.write("\n")
-    save_safetensors(os.path.join(d, "model.safetensors"), stored)
+    write_safetensors(os.path.join(d, "model.safetensors"), st)
     io = {"input_nchw_f32": x}
     io.update(acts)
     if extra_io:
         io.update(extra_io)
-    io_st = {}
-    for k, t in io.items():
-        dt, data, _ = f32(t)
-        io_st[k] = (dt, list(t.shape), data)
-    save_safetensors(os.path.join(d, "io.safetensors"), io_st)
+    write_safetensors(os.path.join(d, "io.safetensors"), io, dtype="F32")
     return d, wq, x, acts
 
 

@@ -34,7 +34,8 @@ import torch
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the working tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export import export_tensors  # noqa: E402
-from step_model import StepSeg, make_config, write_safetensors  # noqa: E402
+from step_common import write_safetensors  # noqa: E402
+from step_model import StepSeg, make_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORE_MARGIN = 1e-4   # |window score - threshold|, engine float32 error is ~1e-6

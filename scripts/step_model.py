@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""step_model.py: the PyTorch side of step-seg's model: StepSeg, its safetensors I/O, and a forward
-that reproduces the engine (native/core/model.cpp, merge.cpp, cpu/token_merge.cpp, token_compact.cpp).
+"""step_model.py: the PyTorch side of step-seg's model: StepSeg and a forward that reproduces the engine
+(native/core/model.cpp, merge.cpp, cpu/token_merge.cpp, token_compact.cpp); safetensors I/O and the
+ViT itself are step_common.py's.
 
-StepSeg is timm's VisionTransformer (its key names exactly: patch_embed.proj, cls_token, pos_embed,
-blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm) plus what step-seg adds:
+StepSeg is timm's VisionTransformer (step_common.VisionTransformer, its key names exactly:
+patch_embed.proj, cls_token, pos_embed, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2},
+norm; a class token, no register tokens, no layer scale, no pre-norm) plus what step-seg adds:
   decoder.head                    Linear(C, K) over the final-norm tokens
   exit_heads.<layer>.{norm,head}  LayerNorm + Linear(C, K) after block <layer> (1-based count)
   policy.trunk.*                  timm efficientnet_lite0 (features_only) with BatchNorm running stats
@@ -24,89 +26,20 @@ Two forwards:
 
 Runs on Debian's torch 1.13 (CPU) and on PyTorch 2.x; numpy 1.x or 2.x; no timm.
 """
-import json
 import math
-import struct
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from step_common import IMAGENET_MEAN, IMAGENET_STD, VisionTransformer, read_safetensors, resample_pos_embed, vit_kwargs
 
 CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian",
                   "bicyclist"]
 CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
                   [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
 CAMVID_VOID = 11
-
-# ---------------------------------------------------------------------------------------------------
-# safetensors: an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
-# data_offsets}} (offsets into the data section that follows) with an optional __metadata__ map of
-# strings, then the raw little-endian tensor bytes.
-
-_NP_DTYPE = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "U8": "u1", "I8": "i1",
-             "BOOL": "u1"}
-
-
-def read_safetensors(path):
-    """-> ({name: torch tensor}, metadata dict). Floats come back as float32 (BF16 and F16 widened),
-    integers keep their type."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n].decode("utf8"))
-    base = 8 + n
-    tensors, meta = {}, header.pop("__metadata__", {}) or {}
-    for name, e in header.items():
-        b, end = e["data_offsets"]
-        buf = raw[base + b:base + end]
-        if e["dtype"] == "BF16":
-            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view("<f4")
-        else:
-            a = np.frombuffer(buf, _NP_DTYPE[e["dtype"]])
-            if e["dtype"] in ("F16", "F64"):
-                a = a.astype(np.float32)
-        tensors[name] = torch.from_numpy(np.array(a).reshape(e["shape"]))
-    return tensors, meta
-
-
-def _tensor_bytes(t, dtype):
-    t = t.detach().cpu().contiguous()
-    if dtype == "F32":
-        return t.to(torch.float32).numpy().astype("<f4").tobytes()
-    if dtype == "F16":
-        return t.to(torch.float16).numpy().astype("<f2").tobytes()  # round to nearest even
-    if dtype == "F64":
-        return t.to(torch.float64).numpy().astype("<f8").tobytes()
-    if dtype == "U8":
-        return t.to(torch.uint8).numpy().tobytes()
-    if dtype == "I32":
-        return t.to(torch.int32).numpy().astype("<i4").tobytes()
-    raise ValueError("unsupported dtype " + dtype)
-
-
-def write_safetensors(path, tensors, metadata=None, dtype="F32"):
-    """tensors: {name: tensor or (dtype, tensor)}; a bare tensor is stored as `dtype`. Insertion order."""
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    for name, v in tensors.items():
-        dt, t = v if isinstance(v, tuple) else (dtype, v)
-        data = _tensor_bytes(t, dt)
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode("utf8")
-    h += b" " * (-(8 + len(h)) % 8)  # keep the data section 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
 
 # ---------------------------------------------------------------------------------------------------
 # Config (the engine's schema, lib/config.ts)
@@ -264,57 +197,7 @@ class MergePolicy(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# ViT (timm names)
-
-
-def _sdpa():
-    return getattr(F, "scaled_dot_product_attention", None)  # PyTorch >= 2.0
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads, qkv_bias=True):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x, key_mask=None):
-        """x (B, T, C); key_mask (B, T) bool, True = a real token (others are neither keys nor values)."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D)
-        sdpa = _sdpa()
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T)
-        if sdpa is not None:
-            y = sdpa(q, k, v, attn_mask=mask)
-        else:
-            a = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-            if mask is not None:
-                a = a.masked_fill(~mask, float("-inf"))
-            y = a.softmax(-1) @ v
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, hidden, eps, qkv_bias=True):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, hidden)
-
-    def forward(self, x, key_mask=None):
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
+# StepSeg: the ViT (step_common.VisionTransformer, timm names) and step-seg's heads
 
 
 class ExitHead(nn.Module):
@@ -333,41 +216,20 @@ class Decoder(nn.Module):
         self.head = nn.Linear(dim, classes)
 
 
-def resample_pos_grid(grid, gh, gw):
-    """(1, h, w, C) position embeddings -> (1, gh, gw, C): timm's resample_abs_pos_embed (bicubic,
-    antialias, align_corners False), computed in float32 or float64 whatever autocast says."""
-    if grid.shape[1] == gh and grid.shape[2] == gw:
-        return grid
-    dt = grid.dtype if grid.dtype == torch.float64 else torch.float32
-    x = grid.to(dt).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(gh, gw), mode="bicubic", antialias=True, align_corners=False)
-    return x.permute(0, 2, 3, 1).to(grid.dtype)
-
-
-class StepSeg(nn.Module):
+class StepSeg(VisionTransformer):
     def __init__(self, cfg):
-        super().__init__()
         assert cfg.get("class_token", True) and not cfg.get("reg_tokens", 0) and not cfg.get("no_embed_class", False)
         assert not cfg.get("pre_norm", False) and cfg.get("init_values") is None
+        super().__init__(**vit_kwargs(cfg), fused_attention=True, dynamic_img_size=True)
         self.cfg = cfg
-        C, P, K = cfg["embed_dim"], cfg["patch_size"], cfg["num_classes"]
-        self.C, self.P, self.K, self.depth = C, P, K, cfg["depth"]
-        eps = cfg.get("norm_eps", 1e-6)
-        self.grid = (cfg["img_size"][0] // P, cfg["img_size"][1] // P)
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, C, P, P)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], C))
-        hidden = int(round(C * cfg.get("mlp_ratio", 4)))
-        self.blocks = nn.ModuleList([Block(C, cfg["num_heads"], hidden, eps, cfg.get("qkv_bias", True))
-                                     for _ in range(self.depth)])
-        self.norm = nn.LayerNorm(C, eps=eps)
+        C, K, eps = self.C, cfg["num_classes"], cfg.get("norm_eps", 1e-6)
+        self.K = K
         self.decoder = Decoder(C, K)
         prune = cfg.get("prune") or {}
         self.exit_layers = [int(l) for l in prune.get("exit_layers", [])]
         self.exit_heads = nn.ModuleDict({str(l): ExitHead(C, K, eps) for l in self.exit_layers})
         levels = policy_levels(cfg)
-        self.policy = MergePolicy(levels, cfg["merge"].get("head_outputs", 1), P) if levels else None
+        self.policy = MergePolicy(levels, cfg["merge"].get("head_outputs", 1), self.P) if levels else None
         self._init_weights()
 
     def _init_weights(self):
@@ -409,12 +271,10 @@ class StepSeg(nn.Module):
         """Starts the backbone from a timm ViT checkpoint (DeiT-Tiny: embed 192, depth 12, heads 3); the
         ImageNet head is dropped and the position embeddings are resampled to this model's grid."""
         t, _ = read_safetensors(path)
-        C = self.C
         pos = t["pos_embed"].to(torch.float32)  # (1, 1 + n * n, C)
         n = int(round(math.sqrt(pos.shape[1] - 1)))
         assert n * n == pos.shape[1] - 1, "expected a square position-embedding grid"
-        grid = resample_pos_grid(pos[:, 1:].reshape(1, n, n, C), *self.grid)
-        t["pos_embed"] = torch.cat([pos[:, :1], grid.reshape(1, -1, C)], 1)
+        t["pos_embed"] = resample_pos_embed(pos, 1, (n, n), self.grid)
         backbone = {k: v for k, v in t.items() if not k.startswith(("head.", "fc_norm."))}
         own = self.state_dict()
         missing = [k for k in own if not k.startswith(("decoder.", "exit_heads.", "policy."))
@@ -425,11 +285,6 @@ class StepSeg(nn.Module):
         return self
 
     # -- building blocks ----------------------------------------------------------------------------
-
-    def pos_grid(self, gh, gw):
-        """(1, gh, gw, C) position embeddings of the patch grid (resampled when it is not the trained one)."""
-        g = self.pos_embed[:, 1:].reshape(1, self.grid[0], self.grid[1], self.C)
-        return resample_pos_grid(g, gh, gw)
 
     def level_tokens(self, x, sizes, pos=None):
         """Embedding (patch embedding + mean position embedding) of every aligned window of every size:
@@ -455,15 +310,6 @@ class StepSeg(nn.Module):
 
     def prefix(self, B):
         return (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)
-
-    def forward_features(self, x):
-        """timm's forward_features: (B, 3, H, W) normalised -> final-norm tokens (B, 1 + gh * gw, C)."""
-        B = x.shape[0]
-        gh, gw = x.shape[2] // self.P, x.shape[3] // self.P
-        h = torch.cat([self.prefix(B), self.level_tokens(x, [1])[1].reshape(B, gh * gw, self.C)], 1)
-        for blk in self.blocks:
-            h = blk(h)
-        return self.norm(h)
 
     # -- training forward ---------------------------------------------------------------------------
 

@@ -50,8 +50,9 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True  # no scripts/__pycache__ in the working tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_model import (CAMVID_CLASSES, CAMVID_VOID, IMAGENET_MEAN, IMAGENET_STD, StepSeg, gt_token_maps,  # noqa: E402
-                        make_config, upsample_logits, window_purity, write_safetensors)
+from step_common import (IMAGENET_MEAN, IMAGENET_STD, jitter_colour, resize_image, resize_labels,  # noqa: E402
+                         scale_flip_crop, write_safetensors)
+from step_model import CAMVID_CLASSES, CAMVID_VOID, StepSeg, gt_token_maps, make_config, upsample_logits, window_purity  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = len(CAMVID_CLASSES)
@@ -78,17 +79,6 @@ def load_split(root, split, limit=None):
     return out
 
 
-def resize_image(img, h, w):
-    """(3, H, W) float 0..255 -> (3, h, w): bicubic up, antialiased down, clamped."""
-    down = h < img.shape[1] or w < img.shape[2]
-    y = F.interpolate(img[None], size=(h, w), mode="bicubic", align_corners=False, antialias=down)[0]
-    return y.clamp(0, 255)
-
-
-def resize_labels(lab, h, w):
-    return F.interpolate(lab[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
-
-
 class Augmenter:
     def __init__(self, model, crop, scale, jitter, colour, seed):
         self.model, self.crop, self.scale, self.jitter, self.colour = model, crop, scale, jitter, colour
@@ -98,21 +88,11 @@ class Augmenter:
     def sample(self, img_u8, lab_u8):
         """One training sample: (image (3, crop, crop) float 0..255, labels (crop, crop) long,
         pos (crop/P, crop/P, C) the crop's window of its image's position grid)."""
-        r, P, crop = self.rng, self.P, self.crop
-        H, W = lab_u8.shape
-        s = self.scale * r.uniform(*self.jitter)
-        h, w = max(1, round(H * s)), max(1, round(W * s))
-        img = resize_image(img_u8.permute(2, 0, 1).float(), h, w)
-        lab = resize_labels(lab_u8, h, w).long()
-        if r.random() < 0.5:
-            img, lab = img.flip(-1), lab.flip(-1)
-        gh, gw = -(-h // P), -(-w // P)  # the engine's grid for this image
-        pos = self.model.pos_grid(gh, gw)[0]  # (gh, gw, C), differentiable
-        # Crop on the patch grid; where the image is smaller than the crop, pad (mean colour, void).
-        oy = r.randrange(0, max(gh - crop // P, 0) + 1) * P
-        ox = r.randrange(0, max(gw - crop // P, 0) + 1) * P
-        img, lab = img[:, oy:oy + crop, ox:ox + crop], lab[oy:oy + crop, ox:ox + crop]
+        P, crop = self.P, self.crop
+        img, lab, (oy, ox), (gh, gw) = scale_flip_crop(img_u8, lab_u8, self.rng, self.scale, self.jitter, crop, P)
+        pos = self.model.pos_grid(gh, gw)[0]  # (gh, gw, C) for the engine's grid of this image, differentiable
         pos = pos[oy // P:oy // P + crop // P, ox // P:ox // P + crop // P]
+        # Where the image is smaller than the crop, pad (mean colour, void; positions replicated).
         ph, pw = crop - img.shape[1], crop - img.shape[2]
         if ph or pw:
             mean = torch.tensor(IMAGENET_MEAN, device=img.device)[:, None, None] * 255
@@ -120,13 +100,7 @@ class Augmenter:
             lab = F.pad(lab, (0, pw, 0, ph), value=CAMVID_VOID)
             pos = F.pad(pos.permute(2, 0, 1)[None], (0, pw // P, 0, ph // P), mode="replicate")[0].permute(1, 2, 0)
         if self.colour > 0:
-            c = self.colour
-            img = img * r.uniform(1 - c, 1 + c)  # brightness
-            grey = img.mean()
-            img = (img - grey) * r.uniform(1 - c, 1 + c) + grey  # contrast
-            g = (img * torch.tensor([0.299, 0.587, 0.114], device=img.device)[:, None, None]).sum(0, keepdim=True)
-            img = (img - g) * r.uniform(1 - c, 1 + c) + g  # saturation
-            img = img.clamp(0, 255)
+            img = jitter_colour(img, self.rng, self.colour)
         return img, lab, pos
 
 

@@ -31,29 +31,20 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_model import CAMVID_VOID, MergePolicy, window_purity, write_safetensors  # noqa: E402
-from train import load_split, resize_image, resize_labels, schedule_progress  # noqa: E402
+from step_common import jitter_colour, resize_image, resize_labels, scale_flip_crop, write_safetensors  # noqa: E402
+from step_model import CAMVID_VOID, MergePolicy, window_purity  # noqa: E402
+from train import load_split, schedule_progress  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 P = 16
 
 
 def sample(img_u8, lab_u8, a, r):
-    H, W = lab_u8.shape
-    s = a.scale * r.uniform(*a.scale_jitter)
-    h, w = max(1, round(H * s)), max(1, round(W * s))
-    img = resize_image(img_u8.permute(2, 0, 1).float(), h, w)
-    lab = resize_labels(lab_u8, h, w).long()
-    if r.random() < 0.5:
-        img, lab = img.flip(-1), lab.flip(-1)
-    gh, gw = -(-h // P), -(-w // P)
-    oy = r.randrange(0, max(gh - a.crop // P, 0) + 1) * P
-    ox = r.randrange(0, max(gw - a.crop // P, 0) + 1) * P
-    img, lab = img[:, oy:oy + a.crop, ox:ox + a.crop], lab[oy:oy + a.crop, ox:ox + a.crop]
-    img = img * r.uniform(0.75, 1.25)
-    grey = img.mean()
-    img = ((img - grey) * r.uniform(0.75, 1.25) + grey).clamp(0, 255)
-    x = (img - 127.5) / 127.5
+    """(policy input (3, crop, crop) normalised as the engine feeds the policy, labels (crop, crop)):
+    train.py's geometry and brightness / contrast (no saturation), then padding with zeros after the
+    normalisation, as the engine pads the policy's input."""
+    img, lab, _, _ = scale_flip_crop(img_u8, lab_u8, r, a.scale, a.scale_jitter, a.crop, P)
+    x = (jitter_colour(img, r, 0.25, saturation=False) - 127.5) / 127.5
     ph, pw = a.crop - x.shape[1], a.crop - x.shape[2]
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
