@@ -77,7 +77,7 @@ export interface ForwardShape {
  * Bytes the CPU engine holds at the peak of one forward (native/core/model.cpp, native/cpu): the
  * normalised pixels, position embeddings, im2col and patch embedding, the residual stream and each
  * block's buffers (norm, qkv, attention, MLP), an exit's logits and compacted copy, the heads' and
- * the patch grid's logits, the attention kernel's packed K / V and per-thread score rows, and the
+ * the patch grid's logits (twice: unshare's blend reads a flat copy), halting's cell labels, the attention kernel's packed K / V and per-thread score rows, and the
  * learned policy's CNN (about 80 floats per pixel).
  */
 export function forwardBytes(c: ModelConfig, s: ForwardShape): number {
@@ -87,7 +87,7 @@ export function forwardBytes(c: ModelConfig, s: ForwardShape): number {
   const threads = loadBinding().binding.cpuInfo().threads;
   const floats =
     3 * s.paddedPixels +
-    s.cells * (C + K) +
+    s.cells * (C + 2 * K + 1) +
     s.cells * (3 * P * P + C + K) +
     A * (8 * C + Hd + 2 * K) +
     2 * A * C +

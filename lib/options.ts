@@ -41,13 +41,15 @@ export interface SegmentOptions {
   /**
    * Superpatch merging: `false` for none (the dense model), or fields over the model's defaults:
    * `policy` ('similarity' | 'learned'), `levels` (window sides in patches, largest first),
-   * `thresholds` (one per level), `colorTau`, `textureTau`. Default: the model's config.
+   * `thresholds` (one per level), `colorTau`, `textureTau`, `unshare` ('copy' | 'blend'). Default: the
+   * model's config.
    */
   merge?: false | Partial<MergeConfig>;
   /**
    * Early pruning at the model's exit heads: `false` for none, or fields over the model's defaults:
    * `threshold` (confidence to halt), `keepTopK` (context tokens kept per class), `exitLayers`
-   * (a subset of the model's exits). Default: the model's config (off for models without exit heads).
+   * (a subset of the model's exits), `agree` (halting needs the neighbours' label). Default: the
+   * model's config (off for models without exit heads).
    */
   prune?: false | Partial<PruneConfig>;
   /**
@@ -149,7 +151,7 @@ export function checkSegmentOptions(
   if (o.merge === false) merge = false;
   else if (o.merge !== undefined) {
     const m = checkObject(o.merge, 'options.merge');
-    checkKeys(m, ['policy', 'levels', 'thresholds', 'colorTau', 'textureTau'], 'options.merge');
+    checkKeys(m, ['policy', 'levels', 'thresholds', 'colorTau', 'textureTau', 'unshare'], 'options.merge');
     // fields not given come from the model's merge config, or the defaults where it turns merging off
     merge = checkMerge(m, defaults.merge || kDefaultMerge, (field, expected, value) => {
       throw invalidParameter(`options.merge.${field}`, expected, value);
@@ -169,7 +171,7 @@ export function checkSegmentOptions(
   if (o.prune === false) prune = false;
   else if (o.prune !== undefined) {
     const p = checkObject(o.prune, 'options.prune');
-    checkKeys(p, ['threshold', 'keepTopK', 'exitLayers'], 'options.prune');
+    checkKeys(p, ['threshold', 'keepTopK', 'exitLayers', 'agree'], 'options.prune');
     if (!defaults.prune) throw invalidParameter('options.prune', 'false: this model has no exit heads', o.prune);
     prune = checkPrune(p, defaults.prune, (field, expected, value) => {
       throw invalidParameter(`options.prune.${field}`, expected, value);

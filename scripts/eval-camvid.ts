@@ -1,11 +1,14 @@
 // mIoU on CamVid val with the engine (not PyTorch): one confusion matrix over the whole split, per
 // setting and size, with tokens, GFLOPs and ms per image, as one table.
 //   node --import tsx scripts/eval-camvid.ts [--model DIR] [--data ../shared/data/camvid]
-//        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,similarity+prune,learned,learned+prune]
+//        [--sizes 480,960,1024] [--limit N] [--settings dense,similarity,prune,similarity+prune,learned,learned+prune]
 //        [--markdown FILE] [--prune-threshold X] [--keep-top-k N] [--learned-thresholds a,b,c]
-//        [--similarity-thresholds a,b,c]   (override the model's config, for choosing settings on val)
+//        [--similarity-thresholds a,b,c] [--unshare copy|blend] [--agree true|false]
+//        (override the model's config, for choosing settings on val)
 //        [--precision fp32,bf16]   (the CPU's arithmetic, loadModel's `precision`; several: one table
 //        each, on the same images, then the share of pixels whose label differs from the first's)
+// 'vs dense' is the share of pixels whose label differs from the dense setting's at the same size and
+// precision (run dense first); 'differ' the share that differs from the first precision's.
 // Columns: mIoU (%), tokens entering the encoder, mean tokens per block (what the encoder's cost
 // follows once exits shrink the list), the cut in tokens per block and in GFLOPs against dense at the
 // same size, GFLOPs and ms per image (2 threads unless STEP_SEG_NUM_THREADS says otherwise). --markdown
@@ -34,7 +37,9 @@ const list = (name: string) => (args.includes(name) ? flag(name, '').split(',').
 const pruneOverride = {
   ...(args.includes('--prune-threshold') ? { threshold: Number(flag('--prune-threshold', '')) } : {}),
   ...(args.includes('--keep-top-k') ? { keepTopK: Number(flag('--keep-top-k', '')) } : {}),
+  ...(args.includes('--agree') ? { agree: flag('--agree', '') === 'true' } : {}),
 };
+const unshare = args.includes('--unshare') ? { unshare: flag('--unshare', '') as 'copy' | 'blend' } : {};
 const learnedThresholds = list('--learned-thresholds');
 const similarityThresholds = list('--similarity-thresholds');
 const precisions = flag('--precision', 'fp32').split(',') as ('fp32' | 'bf16')[];
@@ -42,12 +47,13 @@ const K = 11, VOID = 11;
 
 function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>>): SegmentOptions | undefined {
   const hasPolicy = !!model.config.policy, hasExits = !!model.config.prune;
-  const similarity = { policy: 'similarity' as const, ...(similarityThresholds ? { thresholds: similarityThresholds } : {}) };
-  const learned = { policy: 'learned' as const, ...(learnedThresholds ? { thresholds: learnedThresholds } : {}) };
+  const similarity = { policy: 'similarity' as const, ...unshare, ...(similarityThresholds ? { thresholds: similarityThresholds } : {}) };
+  const learned = { policy: 'learned' as const, ...unshare, ...(learnedThresholds ? { thresholds: learnedThresholds } : {}) };
   const prune = pruneOverride; // {}: the model's prune config
   switch (setting) {
     case 'dense': return { merge: false, prune: false };
     case 'similarity': return { merge: similarity, prune: false };
+    case 'prune': return hasExits ? { merge: false, prune } : undefined;
     case 'similarity+prune': return hasExits ? { merge: similarity, prune } : undefined;
     case 'learned': return hasPolicy ? { merge: learned, prune: false } : undefined;
     case 'learned+prune': return hasPolicy && hasExits ? { merge: learned, prune } : undefined;
@@ -70,8 +76,9 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
   if (model.config.numClasses !== K) console.log(`note: the model has ${model.config.numClasses} classes, CamVid ${K}`);
   if (model.precision !== precision) console.log(`note: ${precision} asked, ${model.precision} runs: ${model.precisionReason}`);
   console.log(`\nprecision ${model.precision}`);
-  console.log('setting           size     mIoU   tokens  /block  dense  token cut  GFLOPs  GFLOP cut   ms/img  differ');
+  console.log('setting           size     mIoU   tokens  /block  dense  token cut  GFLOPs  GFLOP cut   ms/img  vs dense  differ');
   const denseAt = new Map<number, { perBlock: number; gflops: number }>();
+  const denseLabels = new Map<number, Uint8Array[]>(); // size -> dense labels per image
   for (const setting of settings) {
     const options = optionsFor(setting, model);
     if (!options) {
@@ -80,13 +87,16 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
     }
     for (const size of sizes) {
       const confusion = new Float64Array(K * K);
-      let tokens = 0, dense = 0, gflops = 0, ms = 0, perBlock = 0, differ = 0, pixels = 0;
+      let tokens = 0, dense = 0, gflops = 0, ms = 0, perBlock = 0, differ = 0, pixels = 0, offDense = 0;
+      const denseHere = setting === 'dense' ? [] : denseLabels.get(size);
       const key = `${setting}@${size}`, first = firstLabels.get(key), mine: Uint8Array[] = [];
       for (const [f, name] of files.entries()) {
         const label = await sharp(path.join(data, 'valannot', name)).extractChannel(0).raw().toBuffer();
         const r = await model.segment(path.join(data, 'val', name), { ...options, size });
         if (first) for (let i = 0; i < r.labels.length; i++) differ += r.labels[i] !== first[f][i] ? 1 : 0;
         else mine.push(r.labels as Uint8Array);
+        if (setting === 'dense') denseHere?.push(r.labels as Uint8Array);
+        else if (denseHere) for (let i = 0; i < r.labels.length; i++) offDense += r.labels[i] !== denseHere[f][i] ? 1 : 0;
         pixels += r.labels.length;
         for (let i = 0; i < label.length; i++) if (label[i] !== VOID && label[i] < K) confusion[label[i] * K + r.labels[i]]++;
         tokens += r.stats.tokens.input;
@@ -97,6 +107,7 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
         ms += r.stats.ms.total;
       }
       if (!first) firstLabels.set(key, mine);
+      if (setting === 'dense' && denseHere) denseLabels.set(size, denseHere);
       let iou = 0;
       for (let k = 0; k < K; k++) {
         let row = 0, col = 0;
@@ -114,6 +125,7 @@ function optionsFor(setting: string, model: Awaited<ReturnType<typeof loadModel>
         `${setting.padEnd(16)} ${String(size).padStart(5)} ${((100 * iou) / K).toFixed(2).padStart(8)} ${(tokens / n).toFixed(0).padStart(8)} ` +
           `${(perBlock / n).toFixed(0).padStart(7)} ${(dense / n).toFixed(0).padStart(6)} ${tokenCut.padStart(10)} ` +
           `${(gflops / n).toFixed(2).padStart(7)} ${flopCut.padStart(10)} ${(ms / n).toFixed(0).padStart(8)}` +
+          `${setting !== 'dense' && denseHere ? `${((100 * offDense) / pixels).toFixed(2).padStart(9)}%` : '         -'}` +
           `${first ? `${((100 * differ) / pixels).toFixed(3).padStart(7)}%` : '       -'}`,
       );
       md.push(`| ${precisions.length > 1 ? `${setting} (${model.precision})` : setting} | ${sizeName} | ${((100 * iou) / K).toFixed(1)} | ${(tokens / n).toFixed(0)} | ${(perBlock / n).toFixed(0)} | ` +

@@ -85,7 +85,7 @@ async function runUvu(uvuArgs, env) {
 // The CUDA tests: on the CUDA emulator when its build exists (npm run build:emu) and this is a whole
 // run, with STEP_SEG_REQUIRE_CUDA=1 so that nothing there may skip; the other files on the default
 // binary. STEP_SEG_TEST_EMU=0 (or STEP_SEG_BINARY set) runs everything on the default binary.
-const kCudaFiles = '(ops/cuda|model/cuda-model|model/cuda-photos|model/cuda-selfcheck|emu/emulator)\\.test\\.ts$';
+const kCudaFiles = '(ops/cuda|ops/step\\.cuda|model/cuda-model|model/cuda-photos|model/cuda-selfcheck|emu/emulator)\\.test\\.ts$';
 const emuBinary = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'build-emu', 'Release', 'step_seg.node');
 const wholeRun = args.length === 2 && args[0] === 'test' && args[1] === '\\.test\\.ts$';
 const useEmu = wholeRun && fs.existsSync(emuBinary) && !process.env.STEP_SEG_BINARY && process.env.STEP_SEG_TEST_EMU !== '0';

@@ -447,6 +447,7 @@ class ForwardJob : public Job {
     step::EncoderInput in;
     in.images = n_, in.height = h_, in.width = w_, in.pixels = pixels_.data(), in.capture = capture_;
     in.grids.assign(n_, {h_ / P, w_ / P});
+    in.unshare = step::UnshareMode::kCopy;  // dense: one rect per patch
     out_ = state_->forward(in);
   }
   // EfficientNet trunk: NCHW in, NHWC inside, the five stage maps back as NCHW (timm's layout).
@@ -619,6 +620,7 @@ class SegmentJob : public Job {
     pass.plan = step::plan_merge(backend, merge_images, P, merge_, model.policy());
     in.rects = pass.plan.rects;
     in.prune = prune_;
+    in.unshare = merge_.unshare;
     in.want_tokens = false;
     pass.out = state_->forward(in);
     if (!step::all_finite(pass.out.grid_logits.data(), pass.out.grid_logits.numel()))
@@ -917,6 +919,11 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     }
     merge.color_tau = to_float(m.Get("colorTau"), "colorTau"), merge.texture_tau = to_float(m.Get("textureTau"), "textureTau");
     if (!(merge.color_tau > 0.f) || !(merge.texture_tau > 0.f)) throw_bad_input(env, "merge: colorTau and textureTau must be positive");
+    const std::string unshare = m.Get("unshare").ToString().Utf8Value();
+    if (unshare != "copy" && unshare != "blend") throw_bad_input(env, "merge: unshare must be 'copy' or 'blend'");
+    merge.unshare = unshare == "blend" ? step::UnshareMode::kBlend : step::UnshareMode::kCopy;
+  } else {
+    merge.unshare = step::UnshareMode::kCopy;  // nothing merges: every rect is one patch, both modes copy
   }
   step::PruneSettings prune;
   Napi::Value pv = opts.Get("prune");
@@ -924,6 +931,8 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     Napi::Object pr = pv.As<Napi::Object>();
     prune.enabled = true;
     prune.threshold = to_float(pr.Get("threshold"), "threshold"), prune.top_k = to_int(pr.Get("keepTopK"), "keepTopK", 0);
+    if (!pr.Get("agree").IsBoolean()) throw_bad_input(env, "prune: agree must be a boolean");
+    prune.agree = pr.Get("agree").As<Napi::Boolean>().Value() ? 1 : 0;
     Napi::Array layers = to_array(pr.Get("exitLayers"), "prune.exitLayers");
     for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(to_int(layers.Get(i), "prune.exitLayers[i]", 1, 255));
   }
@@ -1134,6 +1143,21 @@ T* typed_data(const Napi::Value& v) {
   return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
 }
 
+// unshare's mode: 'copy' or 'blend' (anything else: unset, which the op refuses)
+step::UnshareMode unshare_mode(const Napi::Object& o) {
+  Napi::Value v = o.Get("mode");
+  const std::string m = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  return m == "copy" ? step::UnshareMode::kCopy : m == "blend" ? step::UnshareMode::kBlend : step::UnshareMode::kUnset;
+}
+
+// token_halt's agreement inputs (all absent: agreement off): rectOfRow, rects, gridOffset, gridH, gridW, cellLabel
+void halt_agreement(const Napi::Object& o, step::TokenHaltParams& p) {
+  p.rect_of_row = typed_data<int32_t>(o.Get("rectOfRow"));
+  p.rects = reinterpret_cast<const step::TokenRect*>(typed_data<int32_t>(o.Get("rects")));
+  p.grid_offset = typed_data<int32_t>(o.Get("gridOffset")), p.grid_h = typed_data<int32_t>(o.Get("gridH"));
+  p.grid_w = typed_data<int32_t>(o.Get("gridW")), p.cell_label = typed_data<int32_t>(o.Get("cellLabel"));
+}
+
 // precision: 'bf16' or 'fp32' (absent: fp32), for the ops that have both
 step::Precision op_precision(const Napi::Object& o) {
   Napi::Value v = o.Get("precision");
@@ -1257,6 +1281,7 @@ Napi::Value op_unshare(const Napi::CallbackInfo& info) {
   p.K = get_int(o, "K"), p.tokens = get_int(o, "tokens"), p.rects = rects_of(o.Get("rects"));
   p.logits = typed_data<float>(o.Get("logits")), p.grid_offset = typed_data<int32_t>(o.Get("gridOffset"));
   p.grid_w = typed_data<int32_t>(o.Get("gridW")), p.grid = typed_data<float>(o.Get("grid"));
+  p.mode = unshare_mode(o), p.grid_h = typed_data<int32_t>(o.Get("gridH")), p.flat = typed_data<float>(o.Get("flat"));
   step::cpu::unshare(p);
   return info.Env().Undefined();
 }
@@ -1267,6 +1292,7 @@ Napi::Value op_token_halt(const Napi::CallbackInfo& info) {
   p.batch = get_int(o, "batch"), p.K = get_int(o, "K"), p.prefix = get_int(o, "prefix");
   p.offsets = typed_data<int32_t>(o.Get("offsets")), p.logits = typed_data<float>(o.Get("logits"));
   p.threshold = float(get_double(o, "threshold")), p.top_k = get_int(o, "topK"), p.halt = typed_data<uint8_t>(o.Get("halt"));
+  halt_agreement(o, p);
   step::cpu::token_halt(p);
   return info.Env().Undefined();
 }

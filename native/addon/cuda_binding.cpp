@@ -28,8 +28,9 @@
 //                   rects, embedded, out, rowsBound? })
 //   windowScore({ image, h, w, channels?, patch, gh, gw, levels, sizes, colorTau, textureTau, scores })
 //   superpatchSelect({ image?, gh, gw, levels, sizes, thresholds, scores, rects, count, tokenOfPatch })
-//   unshare({ K, tokens, rects, logits, gridOffset, gridW, grid, tokensDevice? })
-//   tokenHalt({ batch, K, prefix?, offsets, logits, threshold, topK, halt, maxSeqlen? })
+//   unshare({ K, tokens, rects, logits, gridOffset, gridW, grid, mode: 'copy' | 'blend', gridH?, flat?, tokensDevice? })
+//   tokenHalt({ batch, K, prefix?, offsets, logits, threshold, topK, halt, maxSeqlen?,
+//               rectOfRow?, rects?, gridOffset?, gridH?, gridW?, cellLabel? })
 //   tokenCompact({ batch, C, offsets, halt, x, out, newOffsets, srcRow, rowsBound? })
 //   tokenScatter({ rows, K, src, index, mask?, table, rowsDevice? })
 //   upsample({ K, gh, gw, patch, logits, validH, validW, outH, outW, labels, probs? })
@@ -527,26 +528,44 @@ Launch prepare_superpatch_select(Call& call) {
   return [p](void* stream) { cuda::superpatch_select(p, stream); };
 }
 
-Launch prepare_unshare(Call& call) {
-  step::UnshareParams p;
-  p.K = call.integer("K", 1), p.tokens = call.integer("tokens");
+// Checks that `tokens` rects fit their images' grids (gridOffset, gridW and, when `rows`, gridH);
+// returns the cells of the grids they reach (all of them with gridH).
+int64_t check_rects(Call& call, int64_t tokens, bool rows) {
   const int64_t images = call.length<int32_t>("gridOffset");
   const int32_t* grid_offset = call.host<int32_t>("gridOffset", 0);
   const int32_t* grid_w = call.host<int32_t>("gridW", images);
-  const int32_t* rects = call.host<int32_t>("rects", 4 * int64_t(p.tokens));
-  int64_t cells = 0;  // cells of grid the rects reach
-  for (int t = 0; t < p.tokens; ++t) {
+  const int32_t* grid_h = rows ? call.host<int32_t>("gridH", images) : nullptr;
+  const int32_t* rects = call.host<int32_t>("rects", 4 * tokens);
+  int64_t cells = 0;
+  for (int64_t b = 0; grid_h && b < images; ++b) cells = std::max(cells, grid_offset[b] + int64_t(grid_h[b]) * grid_w[b]);
+  for (int64_t t = 0; t < tokens; ++t) {
     const int32_t image = rects[4 * t], row = rects[4 * t + 1], col = rects[4 * t + 2], size = rects[4 * t + 3];
     if (image < 0 || image >= images || row < 0 || col < 0 || size < 1 || grid_offset[image] < 0 ||
-        int64_t(col) + size > grid_w[image])
+        int64_t(col) + size > grid_w[image] || (grid_h && int64_t(row) + size > grid_h[image]))
       call.fail_range("rect " + std::to_string(t) + " does not fit its image's grid");
     cells = std::max(cells, grid_offset[image] + (int64_t(row) + size - 1) * grid_w[image] + col + size);
   }
+  return cells;
+}
+
+Launch prepare_unshare(Call& call) {
+  step::UnshareParams p;
+  p.K = call.integer("K", 1), p.tokens = call.integer("tokens");
+  const std::string mode = call.string_or("mode", "");
+  if (mode != "copy" && mode != "blend") call.fail_type("'copy' or 'blend'", "mode");
+  p.mode = mode == "blend" ? step::UnshareMode::kBlend : step::UnshareMode::kCopy;
+  const bool blend = p.mode == step::UnshareMode::kBlend;
+  const int64_t images = call.length<int32_t>("gridOffset");
+  const int64_t cells = check_rects(call, p.tokens, blend);  // cells of grid the rects reach
   p.rects = reinterpret_cast<const step::TokenRect*>(call.array<int32_t>("rects", 4 * int64_t(p.tokens), Use::kIn));
   p.logits = call.array<float>("logits", int64_t(p.tokens) * p.K, Use::kIn);
   p.grid_offset = call.array<int32_t>("gridOffset", images, Use::kIn);
   p.grid_w = call.array<int32_t>("gridW", images, Use::kIn);
   p.grid = call.array<float>("grid", cells * p.K, Use::kOut);
+  if (blend) {
+    p.grid_h = call.array<int32_t>("gridH", images, Use::kIn);
+    p.flat = call.array<float>("flat", cells * p.K, Use::kOut);
+  }
   cuda::UnshareDeviceExtras x;
   x.tokens_device = call.device_count("tokensDevice");
   return [p, x](void* stream) { cuda::unshare(p, x, stream); };
@@ -566,6 +585,18 @@ Launch prepare_token_halt(Call& call) {
   p.offsets = call.array<int32_t>("offsets", int64_t(p.batch) + 1, Use::kIn);
   p.logits = call.array<float>("logits", A * p.K, Use::kIn);
   p.halt = call.array<uint8_t>("halt", A, Use::kOut);
+  if (call.has("cellLabel")) {  // agreement: rectOfRow, rects, gridOffset, gridH, gridW, cellLabel
+    const int64_t images = call.length<int32_t>("gridOffset"), tokens = call.length<int32_t>("rects") / 4;
+    const int64_t cells = check_rects(call, tokens, true);
+    const int32_t* rect_of_row = call.host<int32_t>("rectOfRow", A);
+    for (int64_t r = 0; r < A; ++r)
+      if (rect_of_row[r] < -1 || rect_of_row[r] >= tokens) call.fail_range("rectOfRow[" + std::to_string(r) + "] is not a rect");
+    p.rect_of_row = call.array<int32_t>("rectOfRow", A, Use::kIn);
+    p.rects = reinterpret_cast<const step::TokenRect*>(call.array<int32_t>("rects", 4 * tokens, Use::kIn));
+    p.grid_offset = call.array<int32_t>("gridOffset", images, Use::kIn);
+    p.grid_h = call.array<int32_t>("gridH", images, Use::kIn), p.grid_w = call.array<int32_t>("gridW", images, Use::kIn);
+    p.cell_label = call.array<int32_t>("cellLabel", cells, Use::kOut);
+  }
   return [p, x](void* stream) { cuda::token_halt(p, x, stream); };
 }
 

@@ -29,6 +29,7 @@ struct MergeSettings {
   std::vector<float> thresholds;    // one per level; a window merges when its score >= threshold
   float color_tau = 0.f, texture_tau = 0.f;  // similarity scorer scales (ops.h, WindowScoreParams); no
                                              // default here: lib/config.ts (kDefaultMerge)
+  UnshareMode unshare = UnshareMode::kUnset;  // UnshareParams; lib/config.ts, or kCopy with merging off
 };
 
 struct MergeImage {

@@ -194,12 +194,12 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
 
   // Token rects: the caller's superpatches, or the dense case, one rect per patch, row-major.
   std::vector<TokenRect> rects = in.rects;
-  std::vector<int32_t> grid_w(B);
+  std::vector<int32_t> grid_w(B), grid_h(B);
   out.grid_offset.resize(B);
   int64_t cells = 0;
   for (int b = 0; b < B; ++b) {
     auto [gh, gw] = in.grids[b];
-    out.grid_offset[b] = int32_t(cells), grid_w[b] = gw;
+    out.grid_offset[b] = int32_t(cells), grid_w[b] = gw, grid_h[b] = gh;
     cells += int64_t(gh) * gw;
     if (in.rects.empty())
       for (int r = 0; r < gh; ++r)
@@ -289,6 +289,8 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   Tensor rect_logits({Tp, K});                   // (Tp, K) logits of each rect, from its exit or the head
   out.rect_exit.assign(Tp, c.depth);             // blocks each token went through
   std::vector<int> exits = in.prune.enabled ? in.prune.layers : std::vector<int>{};
+  STEP_CHECK(exits.empty() || in.prune.agree == 0 || in.prune.agree == 1, "forward: prune.agree not set");
+  std::vector<int32_t> cell_label(in.prune.agree == 1 ? cells : 0);  // (cells) labels for agreement
 
   // Encoder blocks: x += ls1 * proj(attn(norm1(x))); x += ls2 * fc2(gelu(fc1(norm2(x)))), with an
   // early exit after every block listed in exits: halted tokens file their logits and leave the list.
@@ -340,6 +342,10 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     TokenHaltParams th;
     th.batch = B, th.K = K, th.prefix = pre, th.offsets = out.offsets.data(), th.logits = exit_logits.data();
     th.threshold = in.prune.threshold, th.top_k = in.prune.top_k, th.halt = halt.data();
+    if (in.prune.agree == 1) {
+      th.rect_of_row = rect_of_row.data(), th.rects = rects.data(), th.grid_offset = out.grid_offset.data();
+      th.grid_h = grid_h.data(), th.grid_w = grid_w.data(), th.cell_label = cell_label.data();
+    }
     backend.token_halt(th);
     TokenScatterParams sc;
     sc.rows = A, sc.K = K, sc.src = exit_logits.data(), sc.index = rect_of_row.data(), sc.mask = halt.data();
@@ -391,6 +397,9 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     UnshareParams u;
     u.K = K, u.tokens = Tp, u.rects = rects.data(), u.logits = rect_logits.data();
     u.grid_offset = out.grid_offset.data(), u.grid_w = grid_w.data(), u.grid = out.grid_logits.data();
+    u.mode = in.unshare, u.grid_h = grid_h.data();
+    Tensor flat(in.unshare == UnshareMode::kBlend ? std::vector<int64_t>{cells, K} : std::vector<int64_t>{0});
+    u.flat = flat.data();
     backend.unshare(u);
     st.ms.emplace_back("unshare", since_ms(t0));
   }

@@ -56,6 +56,7 @@ struct PruneSettings {
   std::vector<int> layers;
   float threshold = std::numeric_limits<float>::quiet_NaN();  // set when enabled (lib/config.ts: the defaults)
   int top_k = -1;
+  int agree = -1;  // 1: halting needs agreement with neighbours (TokenHaltParams), 0: not; set when enabled
 };
 
 struct EncoderInput {
@@ -67,6 +68,8 @@ struct EncoderInput {
   bool capture = false;                   // keep patch_embed, tokens_0, block_N, final_norm copies
   bool want_tokens = true;                // fill EncoderOutput::tokens (a GPU forward skips the copy if not)
   PruneSettings prune;
+  UnshareMode unshare = UnshareMode::kUnset;  // how superpatches go back to the grid (lib/config.ts
+                                              // merge.unshare; kCopy where nothing merges)
 };
 
 struct EncoderOutput {

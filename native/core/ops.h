@@ -175,8 +175,20 @@ struct TokenPosEmbedParams {
 };
 
 // ---- unshare ------------------------------------------------------------------------------------
-// After the heads: each token's logits are copied to every patch its rect covers, giving dense
-// patch-grid logits per image (grids laid out as in TokenPosEmbedParams).
+// After the heads: each token's logits go to every patch its rect covers, giving dense patch-grid
+// logits per image (grids laid out as in TokenPosEmbedParams). Two modes:
+//   kCopy   every cell of a rect gets its token's logits (CTS's unsharing): flat inside a superpatch,
+//           so after the bilinear upsample its border is a straight edge of S * P pixels.
+//   kBlend  the copy first (into `flat`), then each cell of a rect of side S > 1 gets the mean of the
+//           copy over an S x S box centred on the cell (offsets o = -S/2 .. S/2 per axis, weight
+//           min(1, S/2 + 1/2 - |o|) / S, the product of the two axes; cells past the grid edge
+//           clamped to it). Across the edge between two tokens of side S this goes linearly from one
+//           token centre to the other, which is bilinear interpolation between token centres; where a
+//           superpatch meets single patches its border cells lean toward them. 1 x 1 rects keep their
+//           own logits, so a grid without superpatches is the copy exactly.
+// The weights are 1, 1/2 or 1/4 times 1/S^2: each product is exact, so any order of fused or unfused
+// multiply-adds over the box in the same order gives the same float.
+enum class UnshareMode { kUnset, kCopy, kBlend };
 struct UnshareParams {
   int K = 0;
   int tokens = 0;
@@ -185,6 +197,10 @@ struct UnshareParams {
   const int32_t* grid_offset = nullptr;  // (B) first cell of each image's grid
   const int32_t* grid_w = nullptr;       // (B) grid columns of each image
   float* grid = nullptr;                 // (sum over b of gh_b * gw_b, K)
+  // No default (lib/config.ts, merge.unshare): unset, the op refuses to run.
+  UnshareMode mode = UnshareMode::kUnset;
+  const int32_t* grid_h = nullptr;       // (B) grid rows of each image (kBlend)
+  float* flat = nullptr;                 // (sum over b of gh_b * gw_b, K) workspace (kBlend); not grid
 };
 
 // ---- token_halt ---------------------------------------------------------------------------------
@@ -200,6 +216,16 @@ struct TokenHaltParams {
   float threshold = std::numeric_limits<float>::quiet_NaN();
   int top_k = -1;
   uint8_t* halt = nullptr;           // (A) 1 = halts here, 0 = stays active
+  // Agreement with neighbours (cell_label null: off). First every row's argmax is written on every cell
+  // of its rect in cell_label (cells of rects halted at earlier exits keep the label they halted with);
+  // then a row is a candidate only when, besides its confidence, every cell just outside its rect's four
+  // edges (inside the grid) has its label: a token on a class boundary keeps going to the final head.
+  const int32_t* rect_of_row = nullptr;  // (A) rect of each row, -1 for prefix rows
+  const TokenRect* rects = nullptr;      // (rects of all images)
+  const int32_t* grid_offset = nullptr;  // (B) first cell of each image's grid
+  const int32_t* grid_h = nullptr;       // (B) grid rows of each image
+  const int32_t* grid_w = nullptr;       // (B) grid columns of each image
+  int32_t* cell_label = nullptr;         // (sum over b of gh_b * gw_b) in/out, or null
 };
 
 // ---- token_compact ------------------------------------------------------------------------------

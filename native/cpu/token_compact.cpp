@@ -2,7 +2,9 @@
 // packed list (token_compact), and filing logits under each token's rect (token_scatter).
 // token_halt works per image: confidence = max softmax probability = 1 / sum_k exp(l_k - l_max);
 // candidates pass the threshold; per class the top_k most confident candidates (argmax = class) are
-// kept as context, found by one sort of the candidates by (class, confidence desc, row).
+// kept as context, found by one sort of the candidates by (class, confidence desc, row). With
+// agreement (ops.h) every row's label is painted on its rect's cells first, and only rows whose
+// bordering cells carry their label are candidates.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,8 +16,47 @@
 
 namespace step::cpu {
 
+namespace {
+
+int argmax(const float* l, int K) {
+  int best = 0;
+  for (int k = 1; k < K; ++k)
+    if (l[k] > l[best]) best = k;
+  return best;
+}
+
+// Agreement (ops.h): every cell just outside rect r's edges, inside the grid, has the label `label`.
+bool agrees(const TokenHaltParams& p, const TokenRect& r, int label) {
+  const int gh = p.grid_h[r.image], gw = p.grid_w[r.image], S = r.size;
+  const int32_t* labels = p.cell_label + p.grid_offset[r.image];  // (gh, gw)
+  for (int i = 0; i < S; ++i) {
+    const int y = r.row + i, x = r.col + i;
+    if (r.row > 0 && labels[(r.row - 1) * gw + x] != label) return false;
+    if (r.row + S < gh && labels[(r.row + S) * gw + x] != label) return false;
+    if (r.col > 0 && labels[y * gw + r.col - 1] != label) return false;
+    if (r.col + S < gw && labels[y * gw + r.col + S] != label) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 void token_halt(const TokenHaltParams& p) {
   STEP_CHECK(!std::isnan(p.threshold) && p.top_k >= 0, "token_halt: threshold or top_k not set");
+  STEP_CHECK(!p.cell_label || (p.rect_of_row && p.rects && p.grid_offset && p.grid_h && p.grid_w), "token_halt: agreement needs the grids");
+  if (p.cell_label) {  // every row's label onto the cells of its rect, before any row is judged
+    const int64_t rows = p.offsets[p.batch];
+    parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        if (p.rect_of_row[r] < 0) continue;
+        const TokenRect& t = p.rects[p.rect_of_row[r]];
+        const int label = argmax(p.logits + r * p.K, p.K), gw = p.grid_w[t.image];
+        int32_t* labels = p.cell_label + p.grid_offset[t.image];
+        for (int dy = 0; dy < t.size; ++dy)
+          for (int dx = 0; dx < t.size; ++dx) labels[(t.row + dy) * gw + t.col + dx] = label;
+      }
+    });
+  }
   parallel_for(p.batch, 1, [&](int64_t begin, int64_t end) {
     struct Candidate {
       int cls;
@@ -30,13 +71,11 @@ void token_halt(const TokenHaltParams& p) {
         p.halt[r] = 0;
         if (r - r0 < p.prefix) continue;
         const float* l = p.logits + int64_t(r) * p.K;
-        int best = 0;
-        for (int k = 1; k < p.K; ++k)
-          if (l[k] > l[best]) best = k;
+        const int best = argmax(l, p.K);
         double sum = 0;
         for (int k = 0; k < p.K; ++k) sum += std::exp(double(l[k]) - l[best]);
         const float conf = float(1.0 / sum);
-        if (conf >= p.threshold) cands.push_back({best, conf, r});
+        if (conf >= p.threshold && (!p.cell_label || agrees(p, p.rects[p.rect_of_row[r]], best))) cands.push_back({best, conf, r});
       }
       std::sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) {
         if (a.cls != b.cls) return a.cls < b.cls;

@@ -8,7 +8,8 @@
 // conv weight (channel, ky, kx), so the patch embedding is one GEMM over all rows.
 // token_pos_embed assembles the packed list: per image its prefix tokens, then each rect's embedding
 // plus the mean of the position embeddings of the patches it covers.
-// unshare is the way back after the head: a token's logits go to every patch of its rect.
+// unshare is the way back after the head: a token's logits go to every patch of its rect, then (blend)
+// each patch of a superpatch averages them over a box of the superpatch's side (ops.h).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -83,7 +84,10 @@ void token_pos_embed(const TokenPosEmbedParams& p) {
 }
 
 void unshare(const UnshareParams& p) {
+  STEP_CHECK(p.mode == UnshareMode::kCopy || p.mode == UnshareMode::kBlend, "unshare: mode not set");
+  STEP_CHECK(p.mode == UnshareMode::kCopy || (p.grid_h && p.flat && p.flat != p.grid), "unshare: blend needs grid_h and a flat workspace");
   const int K = p.K;
+  float* copy = p.mode == UnshareMode::kCopy ? p.grid : p.flat;  // (cells, K)
   parallel_for(p.tokens, 64, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const TokenRect& r = p.rects[t];
@@ -91,8 +95,40 @@ void unshare(const UnshareParams& p) {
       for (int dy = 0; dy < r.size; ++dy)
         for (int dx = 0; dx < r.size; ++dx) {
           const int64_t cell = p.grid_offset[r.image] + int64_t(r.row + dy) * p.grid_w[r.image] + r.col + dx;
-          float* dst = p.grid + cell * K;
+          float* dst = copy + cell * K;
           std::copy(src, src + K, dst);
+        }
+    }
+  });
+  if (p.mode == UnshareMode::kCopy) return;
+  // Blend: each cell of a superpatch is the mean of the copy over the S x S box centred on it (ops.h).
+  parallel_for(p.tokens, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(K);
+    for (int64_t t = begin; t < end; ++t) {
+      const TokenRect& r = p.rects[t];
+      const int S = r.size, half = S / 2, gh = p.grid_h[r.image], gw = p.grid_w[r.image];
+      const float* img = copy + int64_t(p.grid_offset[r.image]) * K;  // (gh, gw, K)
+      float* out = p.grid + int64_t(p.grid_offset[r.image]) * K;
+      const float area = float(S * S);
+      auto weight = [&](int o) { return std::min(1.f, 0.5f * float(S + 1) - float(std::abs(o))); };
+      for (int dy = 0; dy < S; ++dy)
+        for (int dx = 0; dx < S; ++dx) {
+          const int64_t cell = int64_t(r.row + dy) * gw + r.col + dx;
+          if (S == 1) {
+            std::copy(img + cell * K, img + cell * K + K, out + cell * K);
+            continue;
+          }
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int oy = -half; oy <= half; ++oy) {
+            const int y = std::clamp(r.row + dy + oy, 0, gh - 1);
+            for (int ox = -half; ox <= half; ++ox) {
+              const int x = std::clamp(r.col + dx + ox, 0, gw - 1);
+              const float wgt = weight(oy) * weight(ox);
+              const float* v = img + (int64_t(y) * gw + x) * K;
+              for (int k = 0; k < K; ++k) acc[k] += wgt * v[k];
+            }
+          }
+          for (int k = 0; k < K; ++k) out[cell * K + k] = acc[k] / area;
         }
     }
   });

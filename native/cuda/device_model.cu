@@ -435,9 +435,12 @@ class CudaVitModel final : public DeviceModel {
     float* rect_logits;    // (tp_bound, K)
     int32_t* rect_exit;    // (tp_bound)
     float* grid_logits;    // (cells, K)
+    float* grid_flat;      // (cells, K) unshare's copy before blending
+    int32_t* cell_label;   // (cells) labels for halting with agreement
     int32_t* offsets[2];   // (B + 1)
     int32_t* grid_offset;  // (B)
     int32_t* grid_w;       // (B)
+    int32_t* grid_h;       // (B)
     int32_t* block_offsets;  // (depth + 1, B + 1) offsets entering each block, then after the last
     int32_t* labels;       // (out_pixels)
     float* probs;          // (K, out_pixels) when asked
@@ -480,8 +483,10 @@ class CudaVitModel final : public DeviceModel {
     b.rect_logits = v.take<float>(Tp * K);
     b.rect_exit = v.take<int32_t>(Tp);
     b.grid_logits = v.take<float>(s.cells * K);
+    b.grid_flat = v.take<float>(s.cells * K);
+    b.cell_label = v.take<int32_t>(s.cells);
     b.offsets[0] = v.take<int32_t>(s.B + 1), b.offsets[1] = v.take<int32_t>(s.B + 1);
-    b.grid_offset = v.take<int32_t>(s.B), b.grid_w = v.take<int32_t>(s.B);
+    b.grid_offset = v.take<int32_t>(s.B), b.grid_w = v.take<int32_t>(s.B), b.grid_h = v.take<int32_t>(s.B);
     b.block_offsets = v.take<int32_t>(int64_t(c.depth + 1) * (s.B + 1));
     b.labels = v.take<int32_t>(s.out_pixels);
     b.probs = s.probs ? v.take<float>(K * s.out_pixels) : nullptr;
@@ -542,7 +547,7 @@ class CudaVitModel final : public DeviceModel {
   // The encoder and head over the packed list already on the device (rects, offsets[0], rect_count,
   // grid_offset, grid_w, pos): every count read on the device, every grid sized by the bounds.
   // Records group events unless `graph` (events are not captured). No host synchronisation.
-  void encode(const CallShape& s, Buffers& w, const std::vector<int>& exit_layers, const PruneSettings& prune,
+  void encode(const CallShape& s, Buffers& w, const std::vector<int>& exit_layers, const PruneSettings& prune, UnshareMode unshare_mode,
               bool graph, std::vector<cudaEvent_t>* group_events, std::vector<std::string>* group_names);
 
   // Runs `body` (kernels only, on stream_) as a CUDA graph cached under `key`, or directly.
@@ -681,7 +686,7 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
 }
 
 void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int>& exit_layers,
-                          const PruneSettings& prune, bool graph, std::vector<cudaEvent_t>* group_events,
+                          const PruneSettings& prune, UnshareMode unshare_mode, bool graph, std::vector<cudaEvent_t>* group_events,
                           std::vector<std::string>* group_names) {
   const VitConfig& c = model_.config();
   const int B = sh.B, C = c.embed_dim, P = c.patch, pre = c.prefix(), K = c.num_classes;
@@ -777,6 +782,10 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
       TokenHaltParams p;
       p.batch = B, p.K = K, p.prefix = pre, p.offsets = w.offsets[cur], p.logits = w.logits;
       p.threshold = prune.threshold, p.top_k = prune.top_k, p.halt = w.halt;
+      if (prune.agree == 1) {
+        p.rect_of_row = w.rect_of_row[cur], p.rects = w.rects, p.grid_offset = w.grid_offset;
+        p.grid_h = w.grid_h, p.grid_w = w.grid_w, p.cell_label = w.cell_label;
+      }
       TokenHaltDeviceExtras e;
       e.max_seqlen = max_t;
       token_halt(p, e, s);
@@ -827,6 +836,7 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
     UnshareParams u;
     u.K = K, u.tokens = Tp, u.rects = w.rects, u.logits = w.rect_logits;
     u.grid_offset = w.grid_offset, u.grid_w = w.grid_w, u.grid = w.grid_logits;
+    u.mode = unshare_mode, u.grid_h = w.grid_h, u.flat = w.grid_flat;
     UnshareDeviceExtras ue;
     ue.tokens_device = w.rect_count;
     unshare(u, ue, s);
@@ -938,10 +948,13 @@ EncoderOutput CudaVitModel::forward(const EncoderInput& in) {
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.offsets[0], offsets.data(), size_t(B + 1) * 4, cudaMemcpyHostToDevice, s));
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
+  std::vector<int32_t> grid_h(B);
+  for (int b = 0; b < B; ++b) grid_h[b] = in.grids[b].first;
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_h, grid_h.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
   copy_pos(w, in.grids, out.grid_offset);
   std::vector<cudaEvent_t> events;
   std::vector<std::string> names;
-  encode(sh, w, exit_layers, in.prune, false, &events, &names);
+  encode(sh, w, exit_layers, in.prune, in.unshare, false, &events, &names);
   STEP_CUDA_CHECK(cudaEventRecord(stop_, s));
 
   std::vector<int32_t> block_offsets(size_t(c.depth + 1) * (B + 1));
@@ -1033,8 +1046,9 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   std::string key = sh.key() + "|L" + std::to_string(levels) + (learned ? "learned" : "");
   for (int l = 0; l < levels; ++l) key += "," + std::to_string(r.merge.sizes[l]);
   if (levels) key += "|tau" + std::to_string(r.merge.color_tau) + "," + std::to_string(r.merge.texture_tau);
+  if (levels && r.merge.unshare == UnshareMode::kBlend) key += "|blend";
   for (int e : exit_layers) key += "|x" + std::to_string(e);
-  if (!exit_layers.empty()) key += "|t" + std::to_string(r.prune.threshold) + ",k" + std::to_string(r.prune.top_k);
+  if (!exit_layers.empty()) key += "|t" + std::to_string(r.prune.threshold) + ",k" + std::to_string(r.prune.top_k) + ",a" + std::to_string(r.prune.agree);
   for (int q = 0; q < 3; ++q) key += "|n" + std::to_string(r.mean[q]) + "," + std::to_string(r.std[q]);
 
   Buffers w = workspace_for(sh);
@@ -1050,6 +1064,9 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.sizes, r.merge.sizes.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
     STEP_CUDA_CHECK(cudaMemcpyAsync(w.thresholds, r.merge.thresholds.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
   }
+  std::vector<int32_t> grid_h(B);
+  for (int b = 0; b < B; ++b) grid_h[b] = grids[b].first;
+  STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_h, grid_h.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
   copy_pos(w, grids, out.grid_offset);
 
   std::vector<cudaEvent_t> events;
@@ -1087,7 +1104,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
                                                           w.offsets[0], w.rect_count);
       STEP_CUDA_CHECK_LAUNCH();
     }
-    encode(sh, w, exit_layers, r.prune, graph, &events, &names);
+    encode(sh, w, exit_layers, r.prune, levels ? r.merge.unshare : UnshareMode::kCopy, graph, &events, &names);
     for (int b = 0; b < B; ++b) {
       const Image& im = r.images[b];
       UpsampleParams u;

@@ -10,6 +10,10 @@
 //                          Only the exponential may differ from glibc's (CUDA's double exp is within
 //                          1 ulp), and the confidence is then rounded to float, so the halt flags agree
 //                          unless a double lands within 1e-16 of a float rounding boundary.
+//                          With agreement (cell_label set), a pass 0 first writes each row's argmax on
+//                          the cells of its rect (an image's cells belong to its block alone, so a
+//                          block barrier orders it before pass 1), and pass 1 makes a row a candidate
+//                          only when the cells around its rect carry its label, as the CPU does.
 //   token_compact_kernel_offsets  ONE block over the whole list: images in order, rows in chunks of
 //                          the block with an order-preserving block scan of the kept flags, writing
 //                          src_row and new_offsets on the device (A is tens of thousands at most: a few
@@ -41,7 +45,34 @@ struct HaltArgs {
   float threshold;
   int top_k;
   uint8_t* halt;           // (A)
+  // agreement (cell_label null: off); TokenHaltParams
+  const int32_t* rect_of_row;  // (A)
+  const TokenRect* rects;
+  const int32_t *grid_offset, *grid_h, *grid_w;  // (B)
+  int32_t* cell_label;         // (cells)
 };
+
+__device__ int halt_argmax(const float* l, int K) {
+  int best = 0;
+  float top = l[0];
+  for (int k = 1; k < K; ++k)
+    if (l[k] > top) best = k, top = l[k];
+  return best;
+}
+
+// The CPU's agrees(): every cell just outside rect r's edges, inside the grid, has `label`.
+__device__ bool halt_agrees(const HaltArgs& a, const TokenRect& r, int label) {
+  const int gh = a.grid_h[r.image], gw = a.grid_w[r.image], S = r.size;
+  const int32_t* labels = a.cell_label + a.grid_offset[r.image];
+  for (int i = 0; i < S; ++i) {
+    const int y = r.row + i, x = r.col + i;
+    if (r.row > 0 && labels[(r.row - 1) * gw + x] != label) return false;
+    if (r.row + S < gh && labels[(r.row + S) * gw + x] != label) return false;
+    if (r.col > 0 && labels[y * gw + r.col - 1] != label) return false;
+    if (r.col + S < gw && labels[y * gw + r.col + S] != label) return false;
+  }
+  return true;
+}
 
 __global__ void __launch_bounds__(kHaltThreads) token_halt_kernel(HaltArgs a) {
   STEP_DYNAMIC_SMEM(float, halt_smem);
@@ -52,19 +83,29 @@ __global__ void __launch_bounds__(kHaltThreads) token_halt_kernel(HaltArgs a) {
     for (int i = threadIdx.x; i < T; i += blockDim.x) a.halt[r0 + i] = 0;
     return;
   }
+  if (a.cell_label) {
+    for (int i = threadIdx.x; i < T; i += blockDim.x) {
+      const int rect = a.rect_of_row[r0 + i];
+      if (rect < 0) continue;
+      const TokenRect t = a.rects[rect];
+      const int label = halt_argmax(a.logits + int64_t(r0 + i) * a.K, a.K), gw = a.grid_w[t.image];
+      int32_t* labels = a.cell_label + a.grid_offset[t.image];
+      for (int dy = 0; dy < t.size; ++dy)
+        for (int dx = 0; dx < t.size; ++dx) labels[(t.row + dy) * gw + t.col + dx] = label;
+    }
+    __syncthreads();
+  }
   for (int i = threadIdx.x; i < T; i += blockDim.x) {
     cls[i] = -1;
     if (i < a.prefix) continue;
     const float* l = a.logits + int64_t(r0 + i) * a.K;  // (K)
-    int best = 0;
-    float top = l[0];
-    for (int k = 1; k < a.K; ++k)
-      if (l[k] > top) best = k, top = l[k];
+    const int best = halt_argmax(l, a.K);
+    const float top = l[best];
     double sum = 0;
     for (int k = 0; k < a.K; ++k) sum = __dadd_rn(sum, exp(__dsub_rn(double(l[k]), double(top))));
     const float c = float(__drcp_rn(sum));
     conf[i] = c;
-    if (c >= a.threshold) cls[i] = best;
+    if (c >= a.threshold && (!a.cell_label || halt_agrees(a, a.rects[a.rect_of_row[r0 + i]], best))) cls[i] = best;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < T; i += blockDim.x) {
@@ -182,7 +223,10 @@ void token_halt(const TokenHaltParams& p, const TokenHaltDeviceExtras& x, void* 
              "cuda::token_halt: max_seqlen must be in 0 .. token_halt_max_rows()");
   if (p.batch == 0) return;
   STEP_CHECK(p.offsets && p.logits && p.halt, "cuda::token_halt: missing offsets, logits or halt");
-  const HaltArgs a{p.K, p.prefix, x.max_seqlen, p.offsets, p.logits, p.threshold, p.top_k, p.halt};
+  STEP_CHECK(!p.cell_label || (p.rect_of_row && p.rects && p.grid_offset && p.grid_h && p.grid_w),
+             "cuda::token_halt: agreement needs the grids");
+  const HaltArgs a{p.K, p.prefix, x.max_seqlen, p.offsets, p.logits, p.threshold, p.top_k, p.halt,
+                   p.rect_of_row, p.rects, p.grid_offset, p.grid_h, p.grid_w, p.cell_label};
   token_halt_launch(a, p.batch, as_stream(stream));
 }
 

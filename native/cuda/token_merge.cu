@@ -13,7 +13,12 @@
 //                               cells, then every cell finds its token by binary search over the rects
 //                               (sorted by top-left cell). Integer outputs are exactly the CPU's.
 //   unshare_kernel              one block per token, threads over its S * S * K outputs; blocks past the
-//                               real count (tokens_device, when set) exit at once.
+//                               real count (tokens_device, when set) exit at once. Copies into the grid
+//                               (copy mode) or into the flat workspace (blend mode).
+//   unshare_kernel_blend        blend mode, after the copy: the same blocks and threads; each output is
+//                               the box mean of ops.h over the flat copy in the CPU's loop order. The
+//                               weights times the logits are exact, so fma contraction changes nothing
+//                               and the grid is bit-identical to the CPU's.
 // Layouts as in ops.h. window_score needs a workspace of window_score_workspace_floats() floats.
 #include <algorithm>
 
@@ -194,6 +199,9 @@ struct UnshareArgs {
   const int32_t* grid_w;       // (B)
   float* grid;                 // (cells, K)
   const int32_t* tokens_device;  // (1) or null
+  bool blend;
+  const int32_t* grid_h;       // (B) (blend)
+  float* flat;                 // (cells, K) the copy (blend)
 };
 
 __global__ void __launch_bounds__(kThreads) unshare_kernel(UnshareArgs a) {
@@ -203,9 +211,38 @@ __global__ void __launch_bounds__(kThreads) unshare_kernel(UnshareArgs a) {
   const int K = a.K, S = r.size, n = S * S * K, gw = a.grid_w[r.image];
   const int64_t first = a.grid_offset[r.image];
   const float* src = a.logits + int64_t(t) * K;  // (K)
+  float* copy = a.blend ? a.flat : a.grid;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int k = i % K, cell = i / K, dy = cell / S, dx = cell % S;
-    a.grid[(first + int64_t(r.row + dy) * gw + r.col + dx) * K + k] = src[k];
+    copy[(first + int64_t(r.row + dy) * gw + r.col + dx) * K + k] = src[k];
+  }
+}
+
+__device__ float blend_weight(int S, int o) { return fminf(1.f, 0.5f * float(S + 1) - float(abs(o))); }
+
+__global__ void __launch_bounds__(kThreads) unshare_kernel_blend(UnshareArgs a) {
+  const int t = blockIdx.x;
+  if (a.tokens_device && t >= *a.tokens_device) return;
+  const TokenRect r = a.rects[t];
+  const int K = a.K, S = r.size, half = S / 2, n = S * S * K, gw = a.grid_w[r.image], gh = a.grid_h[r.image];
+  const float* img = a.flat + int64_t(a.grid_offset[r.image]) * K;  // (gh, gw, K)
+  float* out = a.grid + int64_t(a.grid_offset[r.image]) * K;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int k = i % K, c = i / K, dy = c / S, dx = c % S;
+    const int64_t cell = int64_t(r.row + dy) * gw + r.col + dx;
+    if (S == 1) {
+      out[cell * K + k] = img[cell * K + k];
+      continue;
+    }
+    float acc = 0.f;
+    for (int oy = -half; oy <= half; ++oy) {
+      const int y = min(max(r.row + dy + oy, 0), gh - 1);
+      for (int ox = -half; ox <= half; ++ox) {
+        const int x = min(max(r.col + dx + ox, 0), gw - 1);
+        acc += blend_weight(S, oy) * blend_weight(S, ox) * img[(int64_t(y) * gw + x) * K + k];
+      }
+    }
+    out[cell * K + k] = acc / float(S * S);
   }
 }
 
@@ -230,6 +267,9 @@ void superpatch_select_launch(const SelectArgs& a, cudaStream_t stream) {
 void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
   NvtxRange range("unshare");
   launch<unshare_kernel>(a.tokens, 128, 0, stream, a);
+  STEP_CUDA_CHECK_LAUNCH();
+  if (!a.blend) return;
+  launch<unshare_kernel_blend>(a.tokens, 128, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
@@ -267,9 +307,12 @@ void superpatch_select(const SuperpatchSelectParams& p, void* stream) {
 
 void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream) {
   STEP_CHECK(p.K > 0 && p.tokens >= 0, "cuda::unshare: bad K or tokens");
+  STEP_CHECK(p.mode == UnshareMode::kCopy || p.mode == UnshareMode::kBlend, "cuda::unshare: mode not set");
   if (p.tokens == 0) return;
   STEP_CHECK(p.rects && p.logits && p.grid_offset && p.grid_w && p.grid, "cuda::unshare: missing buffer");
-  const UnshareArgs a{p.K, p.tokens, p.rects, p.logits, p.grid_offset, p.grid_w, p.grid, x.tokens_device};
+  const bool blend = p.mode == UnshareMode::kBlend;
+  STEP_CHECK(!blend || (p.grid_h && p.flat && p.flat != p.grid), "cuda::unshare: blend needs grid_h and a flat workspace");
+  const UnshareArgs a{p.K, p.tokens, p.rects, p.logits, p.grid_offset, p.grid_w, p.grid, x.tokens_device, blend, p.grid_h, p.flat};
   unshare_launch(a, as_stream(stream));
 }
 

@@ -2,8 +2,11 @@
 // native/addon/cuda_binding.cpp when the CUDA backend is compiled in; not part of the package API, so
 // it is declared here rather than in lib/binding.ts), finding it or the reason it cannot run, and
 // bfloat16 conversions (round to nearest even, as __float2bfloat16_rn).
+import type { test } from 'uvu';
+
 import { loadBinding } from '../../lib/binding';
 import { cudaStatus } from '../../lib/index';
+import { skip } from './skip';
 
 export type Epilogue = 'none' | 'gelu' | 'residual' | 'relu6' | 'sigmoid';
 export type GemmKernelName = 'auto' | 'simple' | 'mma128x128' | 'mma128x64' | 'mma64x64';
@@ -128,6 +131,9 @@ export interface CudaUnshareParams {
   gridOffset: Int32Array; // (B)
   gridW: Int32Array; // (B)
   grid: Float32Array; // (cells, K)
+  mode: 'copy' | 'blend';
+  gridH?: Int32Array; // (B), blend
+  flat?: Float32Array; // (cells, K) workspace, blend
   tokensDevice?: number; // the real token count, read on the device
 }
 export interface CudaTokenHaltParams {
@@ -140,6 +146,13 @@ export interface CudaTokenHaltParams {
   topK: number;
   halt: Uint8Array; // (A)
   maxSeqlen?: number; // default: the largest T of offsets
+  // agreement with neighbours (all or none): ops.h TokenHaltParams
+  rectOfRow?: Int32Array; // (A)
+  rects?: Int32Array; // (rects, 4)
+  gridOffset?: Int32Array; // (B)
+  gridH?: Int32Array;
+  gridW?: Int32Array;
+  cellLabel?: Int32Array; // (cells) in and out
 }
 export interface CudaTokenCompactParams {
   batch: number;
@@ -263,6 +276,25 @@ export function onEmulator(): boolean {
 
 /** STEP_SEG_REQUIRE_CUDA=1 (set by scripts/gpu-check.sh): a missing GPU is a failure, not a skip. */
 export const cudaRequired = !!process.env.STEP_SEG_REQUIRE_CUDA && process.env.STEP_SEG_REQUIRE_CUDA !== '0';
+
+/**
+ * `gpuTest(name, body)` for a test file of CUDA ops: body runs with the CUDA ops where a GPU (or the
+ * emulator) is usable; otherwise a recorded skip with the reason, or a failure under STEP_SEG_REQUIRE_CUDA.
+ */
+export function gpuTests(suite: typeof test): (name: string, body: (ops: CudaOps) => void) => void {
+  let gpu: CudaOps | undefined, reason = '';
+  suite.before(async () => {
+    const found = await findCudaOps();
+    if ('ops' in found) gpu = found.ops;
+    else reason = found.reason;
+  });
+  return (name, body) =>
+    suite(`cuda ${name}`, (ctx) => {
+      if (gpu) body(gpu);
+      else if (cudaRequired) throw new Error(`STEP_SEG_REQUIRE_CUDA is set but CUDA cannot run: ${reason}`);
+      else skip(ctx, reason);
+    });
+}
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);

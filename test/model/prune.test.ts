@@ -28,7 +28,7 @@ test('a threshold above 1 equals no pruning', async () => {
 });
 
 test('threshold 0 halts everything at the first exit but the top-k context tokens per class', async () => {
-  const r = await model.segment(img, { merge: false, prune: { threshold: 0, keepTopK: 2, exitLayers: [1] } });
+  const r = await model.segment(img, { merge: false, prune: { threshold: 0, keepTopK: 2, exitLayers: [1], agree: false } });
   const { perBlock, halted } = r.stats.tokens;
   const patches = 6 * 5;
   assert.is(perBlock[0], patches + 1);
@@ -39,14 +39,14 @@ test('threshold 0 halts everything at the first exit but the top-k context token
   assert.equal(perBlock.slice(1), [perBlock[1], perBlock[1], perBlock[1]]);
   const stayed = r.tokenMap.exitLayer.filter((l) => l === 4).length;
   assert.is(stayed, perBlock[1] - 1);
-  const none = await model.segment(img, { merge: false, prune: { threshold: 0, keepTopK: 0, exitLayers: [1] } });
+  const none = await model.segment(img, { merge: false, prune: { threshold: 0, keepTopK: 0, exitLayers: [1], agree: false } });
   assert.equal(none.stats.tokens.perBlock, [patches + 1, 1, 1, 1]); // only the class token goes on
   assert.ok(none.tokenMap.exitLayer.every((l) => l === 1));
 });
 
 test('halted tokens keep the logits of the exit head where they halted', async () => {
   // every patch halts at exit 1: the patch-grid logits are exit_heads.1 applied after block 1
-  const r = await model.segment(img, { size: 96, merge: false, logits: true, prune: { threshold: 0, keepTopK: 0, exitLayers: [1] } });
+  const r = await model.segment(img, { size: 96, merge: false, logits: true, prune: { threshold: 0, keepTopK: 0, exitLayers: [1], agree: false } });
   const { pixelMean, pixelStd } = model.config;
   const H = 80, W = 96, pixels = new Float32Array(3 * H * W);
   for (let c = 0; c < 3; c++)
@@ -68,7 +68,8 @@ test('halted tokens keep the logits of the exit head where they halted', async (
 
 test('a batch with uneven halting (and merging) equals its images one by one', async () => {
   const images = [img, image(40, 100), { data: new Uint8Array(96 * 96 * 3).fill(120), width: 96, height: 96, channels: 3 as const }];
-  for (const prune of [{ threshold: 0.6, keepTopK: 1 }, { threshold: 0, keepTopK: 3 }]) {
+  // agreement off for the mechanics; on, the flat grey image agrees everywhere and the others do not
+  for (const prune of [{ threshold: 0.6, keepTopK: 1, agree: false }, { threshold: 0, keepTopK: 3, agree: false }, { threshold: 0, keepTopK: 0, agree: true }]) {
     const batch = await model.segmentBatch(images, { prune, logits: true });
     for (let i = 0; i < images.length; i++) {
       const alone = await model.segment(images[i], { prune, logits: true });

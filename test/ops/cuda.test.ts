@@ -577,8 +577,8 @@ gpuTest('unshare: bit-identical to the CPU (three grids, superpatches, K = 1 and
     for (const tokensDevice of [undefined, 0, Math.floor(tokens / 2), tokens + 4]) {
       const real = tokensDevice === undefined ? tokens : Math.min(tokensDevice, tokens);
       const want = poisonF32(52 * K), got = poisonF32(52 * K);
-      cpu.unshare({ K, tokens: real, rects, logits, gridOffset, gridW, grid: want });
-      ops.unshare({ K, tokens, rects, logits, gridOffset, gridW, grid: got, tokensDevice });
+      cpu.unshare({ K, tokens: real, rects, logits, gridOffset, gridW, grid: want, mode: 'copy' });
+      ops.unshare({ K, tokens, rects, logits, gridOffset, gridW, grid: got, tokensDevice, mode: 'copy' });
       assertBitIdentical(got, want, `K = ${K}, ${tokens} tokens, tokensDevice ${tokensDevice}`); // cells of later tokens: poison
     }
   }

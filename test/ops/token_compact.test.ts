@@ -7,10 +7,11 @@ import * as assert from 'uvu/assert';
 import { loadBinding } from '../../lib/binding';
 import { relL2 } from '../helpers/compare';
 import { randn, rng } from '../helpers/random';
+import { activeRows, agreeRef, gridCase, kStepGridCases } from '../helpers/step-cases';
 
 const { ops } = loadBinding().binding;
 
-function haltRef(logits: Float32Array, offsets: number[], K: number, prefix: number, threshold: number, topK: number): Uint8Array {
+function haltRef(logits: Float32Array, offsets: number[], K: number, prefix: number, threshold: number, topK: number, eligible?: boolean[]): Uint8Array {
   const halt = new Uint8Array(offsets[offsets.length - 1]);
   for (let b = 0; b + 1 < offsets.length; b++) {
     const cands: { cls: number; conf: number; row: number }[] = [];
@@ -18,7 +19,7 @@ function haltRef(logits: Float32Array, offsets: number[], K: number, prefix: num
       const l = Array.from(logits.subarray(r * K, r * K + K));
       const best = l.indexOf(Math.max(...l));
       const conf = 1 / l.reduce((a, v) => a + Math.exp(v - l[best]), 0);
-      if (conf >= threshold) cands.push({ cls: best, conf, row: r });
+      if (conf >= threshold && (!eligible || eligible[r])) cands.push({ cls: best, conf, row: r });
     }
     for (let c = 0; c < K; c++) {
       const mine = cands.filter((x) => x.cls === c).sort((x, y) => y.conf - x.conf || x.row - y.row);
@@ -54,6 +55,34 @@ test('token_halt: threshold, top-k context per class and image, prefix never hal
     for (let b = 0; b < lengths.length; b++) for (let r = 0; r < prefix; r++) assert.is(halt[offsets[b] + r], 0);
     if (threshold > 1) assert.ok(halt.every((h) => h === 0));
   }
+});
+
+test('token_halt with agreement: only rows whose bordering cells carry their label halt; cell labels painted', () => {
+  const rand = rng(21);
+  for (const [grids, sides] of kStepGridCases)
+    for (const [prefix, threshold, topK] of [[1, 0.6, 1], [0, 0, 0], [1, 1.01, 2]]) {
+      const c = gridCase(grids, sides, rand), K = 3, { offsets, rectOfRow } = activeRows(c, prefix, rand);
+      const A = rectOfRow.length, logits = randn(A * K, rand, 1);
+      // class 0 on the left half of each grid, class 1 on the right, with noise: boundaries to find
+      const side = (b: number, col: number) => (col < c.gridW[b] / 2 ? 0 : 1);
+      for (let r = 0; r < A; r++) if (rectOfRow[r] >= 0) logits[r * K + side(c.rects[4 * rectOfRow[r]], c.rects[4 * rectOfRow[r] + 2])] += 3;
+      const cellLabel = new Int32Array(c.cells);
+      c.grids.forEach(([gh, gw], b) => {
+        for (let i = 0; i < gh * gw; i++) cellLabel[c.gridOffset[b] + i] = rand() < 0.1 ? 2 : side(b, i % gw);
+      });
+      const want = agreeRef(c, K, logits, rectOfRow, cellLabel);
+      const halt = new Uint8Array(A).fill(9);
+      ops.tokenHalt({
+        batch: grids.length, K, prefix, offsets, logits, threshold, topK, halt,
+        rectOfRow, rects: c.rects, gridOffset: c.gridOffset, gridH: c.gridH, gridW: c.gridW, cellLabel,
+      });
+      const what = `grids ${JSON.stringify(grids)}, threshold ${threshold}`;
+      assert.equal([...cellLabel], [...want.labels], `${what}: cell labels`);
+      assert.equal([...halt], [...haltRef(logits, [...offsets], K, prefix, threshold, topK, want.agrees)], `${what}: halt`);
+      if (threshold === 0 && topK === 0) {  // the agreement decides alone: some rows halt, some do not
+        assert.ok(halt.some((h) => h === 1) && want.agrees.some((a, r) => !a && rectOfRow[r] >= 0), `${what}: both kinds`);
+      }
+    }
 });
 
 test('token_compact: order kept, offsets rewritten; none halted, all halted, one token left', () => {

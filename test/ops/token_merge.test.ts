@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert';
 import { loadBinding } from '../../lib/binding';
 import { relL2 } from '../helpers/compare';
 import { randn, rng } from '../helpers/random';
+import { gridCase, kStepGridCases, unshareBlendRef } from '../helpers/step-cases';
 
 const { ops } = loadBinding().binding;
 
@@ -141,12 +142,38 @@ test("unshare paints each token's logits on every patch it covers", () => {
   const rectList = [[0, 0, 0, 2], [0, 0, 2, 1], [0, 0, 3, 1], [0, 1, 2, 1], [0, 1, 3, 1], [0, 2, 0, 2], [0, 2, 2, 2]];
   const logits = Float32Array.from({ length: rectList.length * K }, (_, i) => i);
   const grid = new Float32Array(gh * gw * K).fill(NaN);
-  ops.unshare({ K, tokens: rectList.length, rects: Int32Array.from(rectList.flat()), logits, gridOffset: Int32Array.from([0]), gridW: Int32Array.from([gw]), grid });
+  ops.unshare({ K, tokens: rectList.length, rects: Int32Array.from(rectList.flat()), logits, gridOffset: Int32Array.from([0]), gridW: Int32Array.from([gw]), grid, mode: 'copy' });
   rectList.forEach(([, r, c, s], t) => {
     for (let dy = 0; dy < s; dy++)
       for (let dx = 0; dx < s; dx++)
         for (let k = 0; k < K; k++) assert.is(grid[((r + dy) * gw + c + dx) * K + k], t * K + k);
   });
+});
+
+const poison = (n: number) => new Float32Array(n).fill(NaN);
+
+test('unshare blend: every cell exactly the float32 reference (random tilings, odd side, no superpatches)', () => {
+  const rand = rng(17);
+  for (const [grids, sides] of kStepGridCases)
+    for (const K of [1, 11]) {
+      const c = gridCase(grids, sides, rand), logits = randn(c.tokens * K, rand, 3);
+      const grid = poison(c.cells * K), flat = poison(c.cells * K);
+      ops.unshare({ K, tokens: c.tokens, rects: c.rects, logits, gridOffset: c.gridOffset, gridW: c.gridW, gridH: c.gridH, grid, flat, mode: 'blend' });
+      const want = unshareBlendRef(c, K, logits);
+      for (let i = 0; i < want.length; i++)
+        if (!Object.is(grid[i], want[i])) assert.unreachable(`grids ${JSON.stringify(grids)}, K = ${K}: element ${i}: ${grid[i]}, want ${want[i]}`);
+      if (!sides.length) {  // nothing merged: blend is the copy
+        const copy = poison(c.cells * K);
+        ops.unshare({ K, tokens: c.tokens, rects: c.rects, logits, gridOffset: c.gridOffset, gridW: c.gridW, grid: copy, mode: 'copy' });
+        assert.equal([...grid], [...copy]);
+      }
+    }
+});
+
+test('unshare blend: two 4 x 4 tokens side by side ramp linearly from one centre to the other', () => {
+  const rects = Int32Array.from([0, 0, 0, 4, 0, 0, 4, 4]), grid = poison(32), flat = poison(32);
+  ops.unshare({ K: 1, tokens: 2, rects, logits: Float32Array.from([0, 1]), gridOffset: Int32Array.from([0]), gridW: Int32Array.from([8]), gridH: Int32Array.from([4]), grid, flat, mode: 'blend' });
+  for (let y = 0; y < 4; y++) assert.equal([...grid.subarray(8 * y, 8 * y + 8)], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1]);
 });
 
 test.run();
