@@ -8,18 +8,28 @@
                                   resized with PIL; one size off the patch grid, so padding is exercised);
                                   for every image and case <i>.<case>.{logits (K, gh, gw), index, size,
                                   exit_layer (gh * gw)} from StepSeg.infer in float64 (stored float32);
+                                  for the cases with agreement also <i>.<case>.blocked (gh * gw): the first
+                                  exit at which the patch's token was confident but its neighbours
+                                  disagreed (0: none);
                                   policy.heads.<S>.{weight, bias} of the learned-policy case;
                                   __metadata__.cases: JSON {case: {merge, prune}} in segment()'s option names
 
 Cases: dense (no merging, no pruning), merge (similarity), prune (exits only), step (similarity + exits),
-learned (the learned policy + exits). The learned policy's EfficientNet-Lite0 trunk is not stored (3.4M
+learned (the learned policy + exits), all unsharing by copy and halting without agreement (unshare
+'copy', agree false: the engine before issue 17); then the engine's defaults, unshare 'blend' and
+agree true (their options leave those out): merge_blend, prune_agree, step_blend_agree,
+learned_blend_agree. The copy cases come first and choose the thresholds as they always did, so their
+outputs stay what they were; the default cases take the same thresholds where those keep their margins.
+The learned policy's EfficientNet-Lite0 trunk is not stored (3.4M
 parameters would be 7 MB even as float16): it is test/helpers/random.ts randomEffnet('policy.trunk.', 4),
 which this script reproduces bit for bit (mulberry32 and the sum-of-uniforms normal, all in IEEE double,
 rounded to float32 as a Float32Array does), and the test rebuilds that model in memory.
 
 Every decision the engine makes in float32 is kept away from its threshold here (window scores,
-confidences, and the order of the top-k context tokens), so float rounding cannot flip one; the script
-picks thresholds that satisfy this and fails if it cannot.
+confidences, the order of the top-k context tokens and, with agreement, every exit label's lead over
+the runner-up), so float rounding cannot flip one; the script picks thresholds that satisfy this and
+fails if it cannot. It also fails unless blending changes some superpatch's logits and agreement stops
+some confident token that would halt without it.
 
   /usr/bin/python3 scripts/make_step_fixture.py [--out test/fixtures/step-small]
 """
@@ -40,6 +50,7 @@ from step_model import StepSeg, make_config  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORE_MARGIN = 1e-4   # |window score - threshold|, engine float32 error is ~1e-6
 CONF_MARGIN = 1e-4    # |confidence - threshold| and gaps in the top-k order
+LABEL_MARGIN = 1e-3   # top-1 minus top-2 exit logit of every row (agreement compares labels)
 TRUNK_SEED = 4
 
 
@@ -147,15 +158,18 @@ def check_scores(scores, thresholds):
     return all(np.min(np.abs(s.astype(np.float64) - t)) > SCORE_MARGIN for s, t in zip(scores, thresholds) if s.size)
 
 
-def check_halting(confidences, threshold, top_k):
+def check_halting(confidences, threshold, top_k, agree=False):
     """Every confidence away from the threshold, and within each class the candidates' order around the
-    top-k cut unambiguous."""
+    top-k cut unambiguous; with agreement every row's label clear of the runner-up (its neighbours'
+    halting reads it)."""
     for info in confidences.values():
-        conf = np.array([c for c, _, _ in info], np.float64)
+        conf = np.array([c for c, _, _, _, _ in info], np.float64)
         if conf.size and np.min(np.abs(conf - threshold)) <= CONF_MARGIN:
             return False
-        for cls in {k for _, _, k in info}:
-            c = sorted((x for x, _, k in info if k == cls and x >= threshold), reverse=True)
+        if agree and info and min(g for _, _, _, _, g in info) <= LABEL_MARGIN:
+            return False
+        for cls in {k for _, _, k, _, _ in info}:
+            c = sorted((x for x, _, k, ok, _ in info if k == cls and x >= threshold and ok), reverse=True)
             if len(c) > top_k and c[top_k - 1] - c[top_k] <= CONF_MARGIN * 0.1:
                 return False
     return True
@@ -197,26 +211,37 @@ def main():
         heads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
     learned.load_engine_weights(heads, strict=False)
 
-    def run_all(sim_thr, learned_thr, prune_thr):
-        merge_sim = {"policy": "similarity", "levels": [4, 2], "thresholds": sim_thr, "color_tau": 16.0, "texture_tau": 32.0}
-        merge_learned = {"policy": "learned", "levels": [4, 2], "thresholds": learned_thr}
-        prune = {"exit_layers": [1, 2], "threshold": prune_thr, "keep_top_k": keep_top_k}
-        cases = {"dense": (model, None, None), "merge": (model, merge_sim, None), "prune": (model, None, prune),
-                 "step": (model, merge_sim, prune), "learned": (learned, merge_learned, prune)}
+    def case_table(sim_thr, learned_thr, prune_thr, defaults):
+        """The copy / no-agreement cases (unshare and agree given), or the engine's defaults (left out:
+        StepSeg.infer's defaults are the engine's, blend and agree)."""
+        old = {} if defaults else {"unshare": "copy"}
+        merge_sim = {"policy": "similarity", "levels": [4, 2], "thresholds": sim_thr, "color_tau": 16.0, "texture_tau": 32.0, **old}
+        merge_learned = {"policy": "learned", "levels": [4, 2], "thresholds": learned_thr, **old}
+        prune = {"exit_layers": [1, 2], "threshold": prune_thr, "keep_top_k": keep_top_k, **({} if defaults else {"agree": False})}
+        if not defaults:
+            return {"dense": (model, None, None), "merge": (model, merge_sim, None), "prune": (model, None, prune),
+                    "step": (model, merge_sim, prune), "learned": (learned, merge_learned, prune)}
+        return {"merge_blend": (model, merge_sim, None), "prune_agree": (model, None, prune),
+                "step_blend_agree": (model, merge_sim, prune), "learned_blend_agree": (learned, merge_learned, prune)}
+
+    def run_all(sim_thr, learned_thr, prune_thr, defaults=False):
+        cases = case_table(sim_thr, learned_thr, prune_thr, defaults)
         results = {}
         for i, im in enumerate(images):
             for name, (m, mg, pr) in cases.items():
                 r = m.infer(im, mg, pr, return_scores=True)
                 if mg and not check_scores(r["scores"], mg["thresholds"]):
                     return None, f"{name}: a window score sits on a threshold"
-                if pr and not check_halting(r["confidences"], pr["threshold"], keep_top_k):
-                    return None, f"{name}: a confidence sits on the threshold or the top-k order is tight"
+                if pr and not check_halting(r["confidences"], pr["threshold"], keep_top_k, pr.get("agree", True)):
+                    return None, f"{name}: a confidence sits on the threshold, the top-k order is tight or a label is"
                 results[(i, name)] = r
         return (cases, results), None
 
     found = None
+    tried = []
     for prune_thr in (0.6, 0.65, 0.7, 0.55, 0.75, 0.5, 0.8):
         for sim_thr, learned_thr in (([0.55, 0.45], [0.52, 0.48]), ([0.6, 0.5], [0.55, 0.5]), ([0.5, 0.4], [0.5, 0.45])):
+            tried.append((sim_thr, learned_thr, prune_thr))
             found, why = run_all(sim_thr, learned_thr, prune_thr)
             if found:
                 break
@@ -226,20 +251,52 @@ def main():
     if not found:
         raise SystemExit("no thresholds with safe margins")
     cases, results = found
+    # The default cases: the same thresholds first, else the search's order.
+    step_thr = (cases["step"][1]["thresholds"], cases["learned"][1]["thresholds"], cases["step"][2]["threshold"])
+    found = None
+    for thr in [step_thr] + [t for t in tried if t != step_thr]:
+        found, why = run_all(*thr, defaults=True)
+        if found:
+            break
+        print("retry (defaults):", *thr, why)
+    if not found:
+        raise SystemExit("no thresholds with safe margins for the default cases")
+    cases.update(found[0])
+    results.update(found[1])
 
     # Something must happen in every case, or the parity test checks nothing.
     for (i, name), r in results.items():
         merged = int((r["size"] > 1).sum())
         halted = {l: int((r["exit_layer"] == l).sum()) for l in (1, 2)}
-        print(f"image {i} {images[i].shape[:2]} {name:8s} tokens {len(r['rects']):3d}  merged patches {merged:3d}  "
-              f"halted at 1: {halted[1]:3d} at 2: {halted[2]:3d}")
-    for name in ("merge", "step", "learned"):
+        print(f"image {i} {images[i].shape[:2]} {name:19s} tokens {len(r['rects']):3d}  merged patches {merged:3d}  "
+              f"halted at 1: {halted[1]:3d} at 2: {halted[2]:3d}  blocked {int((r['blocked'] > 0).sum()):3d}")
+    for name in ("merge", "step", "learned", "merge_blend", "step_blend_agree", "learned_blend_agree"):
         assert any((results[(i, name)]["size"] > 1).any() for i in range(len(images))), f"{name}: nothing merged"
         assert any((results[(i, name)]["size"] == 1).any() for i in range(len(images))), f"{name}: everything merged"
-    for name in ("prune", "step", "learned"):
+    for name in ("prune", "step", "learned", "prune_agree", "step_blend_agree", "learned_blend_agree"):
         for l in (1, 2):
             assert any((results[(i, name)]["exit_layer"] == l).any() for i in range(len(images))), f"{name}: none halt at {l}"
         assert any((results[(i, name)]["exit_layer"] == 4).any() for i in range(len(images))), f"{name}: all halt"
+    # Blending and agreement make a difference: against each case run by copy / without agreement.
+    for name, (m, mg, pr) in cases.items():
+        blend, agree = bool(mg) and mg.get("unshare", "blend") == "blend", bool(pr) and pr.get("agree", True)
+        if not (blend or agree):
+            continue
+        changed = stopped = 0
+        for i, im in enumerate(images):
+            r = results[(i, name)]
+            if blend:
+                c = m.infer(im, {**mg, "unshare": "copy"}, pr)
+                assert (c["index"] == r["index"]).all() and (c["exit_layer"] == r["exit_layer"]).all()
+                d = (r["logits"] - c["logits"]).abs().amax(0).cpu().numpy().ravel()  # (gh * gw)
+                assert (d[r["size"] == 1] == 0).all(), f"{name}: blending changed a single patch"
+                changed += int((d > 1e-2).sum())
+            if agree:
+                n = m.infer(im, mg, {**pr, "agree": False})
+                stopped += int(((r["blocked"] == 1) & (n["exit_layer"] == 1) & (r["exit_layer"] != 1)).sum())
+        print(f"{name:19s} patches changed by blending {changed:3d}  patches whose token halts at exit 1 only without agreement, stopped by it {stopped:3d}")
+        assert not blend or changed, f"{name}: blending changes nothing"
+        assert not agree or stopped, f"{name}: agreement stops no token that would halt at exit 1"
 
     # Write: the model (similarity + prune defaults of the step case), the reference.
     cfg["merge"]["thresholds"] = cases["step"][1]["thresholds"]
@@ -251,7 +308,8 @@ def main():
         ref[f"image_{i}"] = ("U8", torch.from_numpy(im))
     for (i, name), r in results.items():
         ref[f"{i}.{name}.logits"] = ("F32", r["logits"])
-        for key in ("index", "size", "exit_layer"):
+        pr = cases[name][2]
+        for key in ("index", "size", "exit_layer") + (("blocked",) if pr and pr.get("agree", True) else ()):
             ref[f"{i}.{name}.{key}"] = ("F32", torch.from_numpy(r[key].astype(np.float32)))
     for k, v in heads.items():
         ref[k] = ("F32", v)
@@ -262,10 +320,17 @@ def main():
         out = {"policy": m["policy"], "levels": m["levels"], "thresholds": m["thresholds"]}
         if m["policy"] == "similarity":
             out.update(colorTau=m["color_tau"], textureTau=m["texture_tau"])
+        if "unshare" in m:
+            out["unshare"] = m["unshare"]
         return out
 
     def js_prune(p):
-        return {"exitLayers": p["exit_layers"], "threshold": p["threshold"], "keepTopK": p["keep_top_k"]} if p else False
+        if not p:
+            return False
+        out = {"exitLayers": p["exit_layers"], "threshold": p["threshold"], "keepTopK": p["keep_top_k"]}
+        if "agree" in p:
+            out["agree"] = p["agree"]
+        return out
 
     meta = {
         "cases": json.dumps({n: {"merge": js_merge(mg), "prune": js_prune(pr)} for n, (_, mg, pr) in cases.items()}),

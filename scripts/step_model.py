@@ -22,7 +22,9 @@ Two forwards:
   infer(rgb, merge, prune)  one image as the engine runs it: window scores (similarity scorer or the
       learned policy), superpatch selection, area-downsampled superpatch embedding plus the mean of the
       covered position embeddings, exits that halt confident tokens (top-k context per class, ties to
-      the lower row) and remove them from attention, final head, unsharing.
+      the lower row; with prune.agree only tokens whose bordering patches carry their label) and remove
+      them from attention, final head, unsharing (merge.unshare: 'copy' or 'blend'). The defaults are
+      the engine's (lib/config.ts): unshare 'blend', agree true.
 
 Runs on Debian's torch 1.13 (CPU) and on PyTorch 2.x; numpy 1.x or 2.x; no timm.
 """
@@ -364,10 +366,13 @@ class StepSeg(VisionTransformer):
     def infer(self, rgb, merge=None, prune=None, return_scores=False):
         """One image as the engine segments it (no resize: rgb is already at the inference size).
         rgb: (h, w, 3) uint8 numpy. merge: None (dense) or {policy: 'similarity' | 'learned', levels,
-        thresholds, color_tau, texture_tau}. prune: None or {exit_layers, threshold, keep_top_k}.
+        thresholds, color_tau, texture_tau, unshare: 'copy' | 'blend' (default 'blend')}. prune: None or
+        {exit_layers, threshold, keep_top_k, agree (default True)}.
         -> {"logits": (K, gh, gw), "index": (gh * gw) int32 token of each patch, "size": (gh * gw) token
-        side, "exit_layer": (gh * gw) blocks run by the patch's token, "rects": [(row, col, S)],
-        "confidences": {layer: [(conf, halted, class)]} (for margin checks), "scores": per level}."""
+        side, "exit_layer": (gh * gw) blocks run by the patch's token, "blocked": (gh * gw) the first exit
+        at which the patch's token was confident (conf >= threshold) but its neighbours disagreed (0:
+        none; always 0 without agreement), "rects": [(row, col, S)], "confidences": {layer: [(conf,
+        halted, class, agrees, label gap)]} per rect row (for margin checks), "scores": per level}."""
         dev, dt = self.pos_embed.device, self.pos_embed.dtype
         h, w = rgb.shape[:2]
         P, C, K = self.P, self.C, self.K
@@ -412,15 +417,26 @@ class StepSeg(VisionTransformer):
         rect_of_row = torch.arange(-1, Tp, device=dev)  # (A) rect of each active row, -1: class token
         rect_logits = torch.zeros(Tp, K, dtype=dt, device=dev)  # (Tp, K)
         rect_exit = torch.full((Tp,), self.depth, dtype=torch.long, device=dev)
+        rect_blocked = np.zeros(Tp, np.int64)
         exits = [int(l) for l in prune["exit_layers"]] if prune else []
+        # Agreement (engine: token_halt with cell_label): the label of every patch, painted at each exit
+        # by the rows still active; a halted token's patches keep the label it halted with.
+        cell_label = np.zeros((gh, gw), np.int64) if prune and prune.get("agree", True) else None
         confidences = {}
         for i, blk in enumerate(self.blocks):
             xs = blk(xs[None])[0]
             if (i + 1) not in exits:
                 continue
             lg = self.exit_heads[str(i + 1)](xs)  # (A, K)
-            halt, conf = token_halt(lg, prefix=1, threshold=prune["threshold"], top_k=prune["keep_top_k"])
+            agree = None if cell_label is None else {"rects": rects, "rect_of_row": rect_of_row.cpu().numpy(),
+                                                     "cell_label": cell_label}
+            halt, conf = token_halt(lg, prefix=1, threshold=prune["threshold"], top_k=prune["keep_top_k"],
+                                    agree=agree)
             confidences[i + 1] = conf
+            for j, (c, _, _, ok, _) in enumerate(conf):  # rows 1.. are rects (prefix 1)
+                t = int(rect_of_row[1 + j])
+                if c >= np.float32(prune["threshold"]) and not ok and rect_blocked[t] == 0:
+                    rect_blocked[t] = i + 1
             halt = torch.tensor(halt, dtype=torch.bool, device=dev)
             filed = halt & (rect_of_row >= 0)
             rect_logits[rect_of_row[filed]] = lg[filed].to(dt)
@@ -431,12 +447,13 @@ class StepSeg(VisionTransformer):
         rect_logits[rect_of_row[sel]] = lg[sel].to(dt)
 
         idx = torch.tensor(index, dtype=torch.long, device=dev)
-        grid = rect_logits[idx].reshape(gh, gw, K).permute(2, 0, 1)  # unshare: (K, gh, gw)
+        grid = unshare(rect_logits, rects, index, gh, gw, merge.get("unshare", "blend") if merge else "copy")
         out = {
             "logits": grid,
             "index": np.asarray(index, np.int32),
             "size": rt[idx, 2].cpu().numpy().astype(np.uint8),
             "exit_layer": rect_exit[idx].cpu().numpy().astype(np.uint8),
+            "blocked": rect_blocked[np.asarray(index)].astype(np.uint8),
             "rects": rects, "confidences": confidences,
         }
         if return_scores:
@@ -502,15 +519,32 @@ def select_superpatches(gh, gw, levels, thresholds, scores):
     return rects, index
 
 
-def token_halt(logits, prefix, threshold, top_k):
+def token_halt(logits, prefix, threshold, top_k, agree=None):
     """ops.h token_halt for one image: conf = max softmax (float32, as the engine); candidates have
     conf >= threshold; per class (argmax, lowest index on ties) the top_k most confident candidates stay
-    (sorted by class, conf descending, row ascending). -> (halt flags per row, [(conf, halted, class)])."""
+    (sorted by class, conf descending, row ascending).
+    agree: None (no agreement) or {"rects": [(row, col, S)], "rect_of_row": (A) rect of each row (-1:
+    the class token), "cell_label": (gh, gw) int array, updated in place}: first every row with a rect
+    paints its label on its rect's patches (patches of tokens halted earlier keep theirs), then a row is
+    a candidate only if every patch just outside its rect's four edges (not the corners; inside the
+    grid) carries its label (native/cpu/token_compact.cpp, agrees).
+    -> (halt flags per row, [(conf, halted, class, agrees, top-1 minus top-2 logit)] for rows prefix..)."""
     lg = logits.double().cpu().numpy()
     A = lg.shape[0]
     best = lg.argmax(1)
+    top2 = np.sort(lg, 1)[:, -2:] if lg.shape[1] > 1 else np.concatenate([lg, np.full_like(lg, -np.inf)], 1)
+    gap = top2[:, 1] - top2[:, 0]
     conf = (1.0 / np.exp(lg - lg.max(1, keepdims=True)).sum(1)).astype(np.float32)
-    cands = [(int(best[r]), float(conf[r]), r) for r in range(prefix, A) if conf[r] >= np.float32(threshold)]
+    ok = [True] * A
+    if agree is not None:
+        rects, rect_of_row, labels = agree["rects"], agree["rect_of_row"], agree["cell_label"]
+        for r in range(A):
+            if rect_of_row[r] >= 0:
+                y, x, s = rects[rect_of_row[r]]
+                labels[y:y + s, x:x + s] = best[r]
+        for r in range(prefix, A):
+            ok[r] = agrees(labels, rects[rect_of_row[r]], int(best[r]))
+    cands = [(int(best[r]), float(conf[r]), r) for r in range(prefix, A) if conf[r] >= np.float32(threshold) and ok[r]]
     cands.sort(key=lambda c: (c[0], -c[1], c[2]))
     halt = [False] * A
     rank, prev = 0, None
@@ -519,8 +553,46 @@ def token_halt(logits, prefix, threshold, top_k):
         prev = cls
         if rank >= top_k:
             halt[r] = True
-    info = [(float(conf[r]), halt[r], int(best[r])) for r in range(prefix, A)]
+    info = [(float(conf[r]), halt[r], int(best[r]), ok[r], float(gap[r])) for r in range(prefix, A)]
     return halt, info
+
+
+def agrees(labels, rect, label):
+    """Every patch just outside the rect's four edges, inside the grid, has `label` (the corners
+    diagonal to the rect are not neighbours)."""
+    gh, gw = labels.shape
+    y, x, s = rect
+    sides = [labels[y - 1, x:x + s]] if y > 0 else []
+    sides += [labels[y + s, x:x + s]] if y + s < gh else []
+    sides += [labels[y:y + s, x - 1]] if x > 0 else []
+    sides += [labels[y:y + s, x + s]] if x + s < gw else []
+    return all(bool((v == label).all()) for v in sides)
+
+
+def unshare(rect_logits, rects, index, gh, gw, mode="blend"):
+    """ops.h unshare: rect logits (T, K) -> the patch grid (K, gh, gw). 'copy': every patch of a rect
+    gets its token's logits. 'blend': the copy, then every patch of a rect of side S > 1 is the mean of
+    the copy over the S x S box centred on it: offsets o = -(S // 2) .. S // 2 per axis with weight
+    min(1, (S + 1) / 2 - |o|) (so 1/2 at both ends for even S), the product over the two axes, divided
+    by S^2; offsets past the grid's edge read the edge patch (clamped). 1 x 1 rects keep their copy."""
+    if mode not in ("copy", "blend"):
+        raise ValueError(f"unshare: mode {mode!r}, not 'copy' or 'blend'")
+    K = rect_logits.shape[1]
+    idx = torch.as_tensor(np.asarray(index), dtype=torch.long, device=rect_logits.device)
+    copy = rect_logits[idx].reshape(gh, gw, K)
+    out = copy.clone()
+    if mode == "blend":
+        for y, x, s in rects:
+            if s == 1:
+                continue
+            o = torch.arange(-(s // 2), s // 2 + 1, device=copy.device)
+            wgt = torch.clamp(0.5 * (s + 1) - o.abs().to(copy.dtype), max=1.0)  # (s + 1 or s)
+            d = torch.arange(s, device=copy.device)[:, None]
+            ys = (y + d + o).clamp(0, gh - 1)  # (s, n): rows read by each row of the rect
+            xs = (x + d + o).clamp(0, gw - 1)
+            box = copy[ys][:, :, xs]  # (s, n, s, n, K)
+            out[y:y + s, x:x + s] = torch.einsum("a,b,iajbk->ijk", wgt, wgt, box) / (s * s)
+    return out.permute(2, 0, 1)
 
 
 def upsample_logits(logits, valid_h, valid_w, out_h, out_w, patch):

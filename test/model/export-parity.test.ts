@@ -1,6 +1,8 @@
 // The engine against PyTorch on a model that export.py wrote: StepSeg.infer (scripts/step_model.py,
 // float64) is the reference for segment() with merging and pruning off and on, the learned policy
-// included. Fixture: test/fixtures/step-small (scripts/make_step_fixture.py). Its learned-policy case
+// included, both with the engine's defaults (unshare 'blend', prune.agree: merge_blend, prune_agree,
+// step_blend_agree, learned_blend_agree, whose options leave those out) and the old way (unshare
+// 'copy', agree false: dense, merge, prune, step, learned). Fixture: test/fixtures/step-small (scripts/make_step_fixture.py). Its learned-policy case
 // uses the trunk of randomEffnet('policy.trunk.', 4), which the fixture script reproduces bit for bit,
 // so the 3M-parameter trunk need not be stored.
 import * as fs from 'node:fs';
@@ -60,24 +62,23 @@ test('the exported model loads with its merge and prune defaults', () => {
   assert.equal(model.config.prune && model.config.prune.exitLayers, [1, 2]);
   assert.is(model.config.merge && model.config.merge.policy, 'similarity');
   assert.equal(learned.config.policy, { levels: [4, 2], outputs: 1 });
+  // the default cases leave unshare and agree out: these are what they test
+  for (const m of [model, learned]) {
+    assert.is(m.config.merge && m.config.merge.unshare, 'blend');
+    assert.is(m.config.prune && m.config.prune.agree, true);
+  }
 });
 
-// The PyTorch reference (scripts/step_model.py) unshares by copy and halts without neighbour
-// agreement: the engine's `unshare: 'blend'` and `agree` (issue 17) have no PyTorch twin yet, so
-// parity is checked with those off.
-function asReference(o: Pick<SegmentOptions, 'merge' | 'prune'>): Pick<SegmentOptions, 'merge' | 'prune'> {
-  return {
-    merge: o.merge === false ? false : { ...o.merge, unshare: 'copy' },
-    prune: o.prune === false ? false : { ...o.prune, agree: false },
-  };
-}
+const segmentCase = (name: string, i: number, override: Pick<SegmentOptions, 'merge' | 'prune'> = {}) => {
+  const img = images[i];
+  const m = name.startsWith('learned') ? learned : model;
+  return m.segment(img, { size: Math.max(img.width, img.height), logits: true, ...cases[name], ...override });
+};
 
-for (const [name, options] of Object.entries(cases)) {
+for (const name of Object.keys(cases)) {
   test(`${name}: logits, token map and exit layers equal PyTorch's`, async () => {
     for (let i = 0; i < images.length; i++) {
-      const img = images[i];
-      const m = name === 'learned' ? learned : model;
-      const r = await m.segment(img, { size: Math.max(img.width, img.height), logits: true, ...asReference(options) });
+      const r = await segmentCase(name, i);
       const logits = ref[`${i}.${name}.logits`];
       assert.equal(r.logits!.dims, logits.dims, `image ${i}: logits dims`);
       const err = relL2(r.logits!.data, logits.data);
@@ -91,12 +92,61 @@ for (const [name, options] of Object.entries(cases)) {
   });
 }
 
+const blendCases = ['merge_blend', 'step_blend_agree', 'learned_blend_agree'];
+const agreeCases = ['prune_agree', 'step_blend_agree', 'learned_blend_agree'];
+
 test('merging and pruning do happen in the fixture (the parity above is not vacuous)', async () => {
-  for (const name of ['merge', 'step', 'learned'])
+  for (const name of ['merge', 'step', 'learned', ...blendCases])
     assert.ok(images.some((_, i) => Array.from(ref[`${i}.${name}.size`].data).some((s) => s > 1)), `${name} merges`);
-  for (const name of ['prune', 'step', 'learned'])
+  for (const name of ['prune', 'step', 'learned', ...agreeCases])
     for (const layer of [1, 2])
       assert.ok(images.some((_, i) => Array.from(ref[`${i}.${name}.exit_layer`].data).includes(layer)), `${name} halts at ${layer}`);
+});
+
+// Blending moves superpatches' logits and only theirs: the engine run by copy on the same case keeps
+// every single patch's logits bit for bit and differs far beyond the parity tolerance on superpatches
+// next to other tokens, so the blend parity above checks blending.
+test('blend cases: blending changes superpatch logits (copy is far from the reference), single patches as copied', async () => {
+  for (const name of blendCases) {
+    let changed = 0;
+    for (let i = 0; i < images.length; i++) {
+      const blend = await segmentCase(name, i);
+      const copy = await segmentCase(name, i, { merge: { ...(cases[name].merge as object), unshare: 'copy' } });
+      const { gh, gw, size } = blend.tokenMap, K = blend.logits!.dims[0], cells = gh * gw;
+      assert.equal(Array.from(copy.tokenMap.exitLayer), Array.from(blend.tokenMap.exitLayer), `${name} image ${i}: same halting`);
+      for (let cell = 0; cell < cells; cell++) {
+        let d = 0;
+        for (let k = 0; k < K; k++) d = Math.max(d, Math.abs(blend.logits!.data[k * cells + cell] - copy.logits!.data[k * cells + cell]));
+        if (size[cell] === 1) assert.is(d, 0, `${name} image ${i}: blending changed single patch ${cell}`);
+        else if (d > 1e-2) changed++;
+      }
+      if (Array.from(size).some((s) => s > 1))
+        assert.ok(relL2(copy.logits!.data, ref[`${i}.${name}.logits`].data) > 1e-3, `${name} image ${i}: copy is as close to the blend reference as blend`);
+    }
+    assert.ok(changed > 0, `${name}: blending changed no superpatch patch`);
+  }
+});
+
+// Agreement stops tokens: at the first exit both runs have the same tokens, so a patch whose token
+// halts there without agreement but not with it (the reference marks its token confident and in
+// disagreement there: blocked = 1) was stopped by its neighbours' labels.
+test('agree cases: some confident tokens that halt at exit 1 without agreement do not with it', async () => {
+  for (const name of agreeCases) {
+    let stopped = 0;
+    for (let i = 0; i < images.length; i++) {
+      const withAgree = await segmentCase(name, i);
+      const without = await segmentCase(name, i, { prune: { ...(cases[name].prune as object), agree: false } });
+      const blocked = ref[`${i}.${name}.blocked`].data;
+      const refExit = ref[`${i}.${name}.exit_layer`].data;
+      for (let cell = 0; cell < blocked.length; cell++) {
+        if (blocked[cell] !== 1) continue;
+        assert.is.not(withAgree.tokenMap.exitLayer[cell], 1, `${name} image ${i}: blocked patch ${cell} halted at exit 1`);
+        assert.is.not(refExit[cell], 1);
+        if (without.tokenMap.exitLayer[cell] === 1) stopped++;
+      }
+    }
+    assert.ok(stopped > 0, `${name}: agreement stopped no token`);
+  }
 });
 
 test.run();
