@@ -23,6 +23,7 @@ namespace step::cpu {
 void patch_gather(const PatchGatherParams& p) {
   const int P = p.patch, plane = p.height * p.width, row = 3 * P * P;
   parallel_for(p.tokens, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(P);  // one output row of P pixels
     for (int64_t t = begin; t < end; ++t) {
       const TokenRect& r = p.rects[t];
       const int S = r.size;
@@ -32,14 +33,18 @@ void patch_gather(const PatchGatherParams& p) {
       const int y0 = r.row * P, x0 = r.col * P;
       for (int c = 0; c < 3; ++c) {
         for (int ky = 0; ky < P; ++ky) {
-          for (int kx = 0; kx < P; ++kx) {
-            float sum = 0.f;
-            for (int dy = 0; dy < S; ++dy) {
-              const float* src = img + int64_t(c) * plane + int64_t(y0 + ky * S + dy) * p.width + x0 + kx * S;
-              for (int dx = 0; dx < S; ++dx) sum += src[dx];
-            }
-            out[(c * P + ky) * P + kx] = S == 1 ? sum : sum * inv_area;
+          const float* src = img + int64_t(c) * plane + int64_t(y0 + ky * S) * p.width + x0;
+          float* o = out + (c * P + ky) * P;
+          if (S == 1) {  // an ordinary patch: a copy of its row
+            std::copy(src, src + P, o);
+            continue;
           }
+          // Each output pixel sums its S x S block row by row, left to right (the CUDA twin's order).
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int dy = 0; dy < S; ++dy, src += p.width)
+            for (int kx = 0; kx < P; ++kx)
+              for (int dx = 0; dx < S; ++dx) acc[kx] += src[kx * S + dx];
+          for (int kx = 0; kx < P; ++kx) o[kx] = acc[kx] * inv_area;
         }
       }
     }
