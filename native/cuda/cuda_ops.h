@@ -100,21 +100,6 @@ void convert_to_bf16(const float* x, uint16_t* y, int64_t n, void* stream);
 // As the CPU op, bit for bit (no fused multiply-add): src (h, w, channels) uint8, out (3, out_h, out_w).
 void image_normalize(const ImageNormalizeParams& p, void* stream);
 
-struct PatchGatherDeviceExtras {
-  const int32_t* tokens_device = nullptr;  // (1) int32 real token count, or null; then PatchGatherParams::tokens bounds it
-  uint16_t* out_bf16 = nullptr;            // (tokens, 3 * P * P) bf16, beside or instead of PatchGatherParams::out
-};
-// p: device pointers (pixels, rects, out); at least one of p.out and x.out_bf16. Same sums in the
-// same order as the CPU: float32 results are bit-identical.
-void patch_gather(const PatchGatherParams& p, const PatchGatherDeviceExtras& x, void* stream);
-
-struct TokenPosEmbedDeviceExtras {
-  int rows_bound = 0;  // host upper bound of A = offsets[batch] (sizes the grid; rows past it are not written). Required.
-};
-// p: device pointers, offsets included (A is read from offsets[batch] on the device). Bit-identical
-// to the CPU.
-void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream);
-
 // ---- token merging (token_merge.cu) -------------------------------------------------------------
 // Per-patch statistics of window_score live in a workspace of this many floats ((gh * gw, 3) mean
 // colours, then (gh * gw) textures).
@@ -137,6 +122,21 @@ struct UnshareDeviceExtras {
 };
 // p: device pointers. Copies only: bit-identical.
 void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream);
+
+struct PatchGatherDeviceExtras {
+  const int32_t* tokens_device = nullptr;  // (1) int32 real token count, or null; then PatchGatherParams::tokens bounds it
+  uint16_t* out_bf16 = nullptr;            // (tokens, 3 * P * P) bf16, beside or instead of PatchGatherParams::out
+};
+// p: device pointers (pixels, rects, out); at least one of p.out and x.out_bf16. Same sums in the
+// same order as the CPU: float32 results are bit-identical.
+void patch_gather(const PatchGatherParams& p, const PatchGatherDeviceExtras& x, void* stream);
+
+struct TokenPosEmbedDeviceExtras {
+  int rows_bound = 0;  // host upper bound of A = offsets[batch] (sizes the grid; rows past it are not written). Required.
+};
+// p: device pointers, offsets included (A is read from offsets[batch] on the device). Bit-identical
+// to the CPU.
+void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream);
 
 // ---- early exits (token_compact.cu) -------------------------------------------------------------
 struct TokenHaltDeviceExtras {

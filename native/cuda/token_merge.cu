@@ -1,5 +1,5 @@
-// token_merge.cu: superpatch merging on the GPU; the CUDA side of window_score, superpatch_select and
-// unshare in native/cpu/token_merge.cpp (patch_gather and token_pos_embed are in elementwise.cu).
+// token_merge.cu: superpatch merging on the GPU; the CUDA side of native/cpu/token_merge.cpp
+// (window_score, superpatch_select, patch_gather, token_pos_embed, unshare).
 //   window_score_patch_kernel   one block per patch: integer sums and sums of squares of its valid
 //                               pixels (exact, so the per-patch mean and texture are computed from the
 //                               same numbers in the same double-precision steps as the CPU: identical).
@@ -19,6 +19,12 @@
 //                               the box mean of ops.h over the flat copy in the CPU's loop order. The
 //                               weights times the logits are exact, so fma contraction changes nothing
 //                               and the grid is bit-identical to the CPU's.
+//   patch_gather_kernel         one block per token rect, threads over its 3 * P * P outputs (channel,
+//                               ky, kx); consecutive threads read consecutive pixels. Same sums in the
+//                               same order as the CPU.
+//   token_pos_embed_kernel      one warp per row of the packed list: items 0 .. B * prefix - 1 are the
+//                               prefix rows (image i / prefix), the rest are the rects in order; the
+//                               total, offsets[B], is read on the device.
 // Layouts as in ops.h. window_score needs a workspace of window_score_workspace_floats() floats.
 #include <algorithm>
 
@@ -246,6 +252,71 @@ __global__ void __launch_bounds__(kThreads) unshare_kernel_blend(UnshareArgs a) 
   }
 }
 
+// ---- patch_gather -------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kThreads)
+    patch_gather_kernel(PatchGatherParams p,                 // pixels (B, 3, H, W), rects (tokens)
+                        const int32_t* __restrict__ tokens_device,
+                        __nv_bfloat16* __restrict__ out_bf16) {  // (tokens, 3 * P * P), as p.out
+  const int tokens = tokens_device ? min(*tokens_device, p.tokens) : p.tokens;
+  const int t = blockIdx.x;
+  if (t >= tokens) return;
+  const TokenRect r = p.rects[t];
+  const int P = p.patch, S = r.size, row = 3 * P * P;
+  const int64_t plane = int64_t(p.height) * p.width;
+  const float inv_area = 1.f / float(S * S);
+  const float* img = p.pixels + int64_t(r.image) * 3 * plane;  // (3, H, W)
+  const int y0 = r.row * P, x0 = r.col * P;
+  for (int e = threadIdx.x; e < row; e += blockDim.x) {
+    const int c = e / (P * P), ky = (e / P) % P, kx = e % P;
+    float sum = 0.f;
+    for (int dy = 0; dy < S; ++dy) {
+      const float* src = img + c * plane + int64_t(y0 + ky * S + dy) * p.width + x0 + kx * S;
+      for (int dx = 0; dx < S; ++dx) sum += src[dx];
+    }
+    const float v = S == 1 ? sum : __fmul_rn(sum, inv_area);
+    if (p.out) p.out[int64_t(t) * row + e] = v;
+    if (out_bf16) out_bf16[int64_t(t) * row + e] = __float2bfloat16_rn(v);
+  }
+}
+
+// ---- token_pos_embed ----------------------------------------------------------------------------
+
+constexpr int kRowsPerBlock = kThreads / 32;
+
+__global__ void __launch_bounds__(kThreads) token_pos_embed_kernel(TokenPosEmbedParams p, int rows_bound) {
+  const int total = min(p.offsets[p.batch], rows_bound);
+  const int item = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (item >= total) return;  // warp-uniform; no block barrier in this kernel
+  const int C = p.C, prefix_rows = p.batch * p.prefix;
+  if (item < prefix_rows) {
+    const int b = item / p.prefix, i = item % p.prefix;
+    float* out = p.out + int64_t(p.offsets[b] + i) * C;
+    const float* tok = p.prefix_tokens + int64_t(i) * C;
+    const float* pos = p.pos_prefix ? p.pos_prefix + int64_t(i) * C : nullptr;
+    for (int c = lane; c < C; c += 32) out[c] = tok[c] + (pos ? pos[c] : 0.f);
+    return;
+  }
+  const int j = item - prefix_rows;  // rect index
+  const TokenRect r = p.rects[j];
+  float* out = p.out + (int64_t(j) + int64_t(r.image + 1) * p.prefix) * C;
+  const float* emb = p.embedded + int64_t(j) * C;
+  const float* grid = p.pos_grid + int64_t(p.grid_offset[r.image]) * C;  // (gh_b, gw_b, C)
+  const int gw = p.grid_w[r.image], S = r.size;
+  if (S == 1) {
+    const float* pos = grid + (int64_t(r.row) * gw + r.col) * C;
+    for (int c = lane; c < C; c += 32) out[c] = emb[c] + pos[c];
+    return;
+  }
+  const float inv_area = 1.f / float(S * S);
+  for (int c = lane; c < C; c += 32) {
+    float sum = 0.f;
+    for (int dy = 0; dy < S; ++dy)
+      for (int dx = 0; dx < S; ++dx) sum += grid[(int64_t(r.row + dy) * gw + r.col + dx) * C + c];
+    out[c] = __fadd_rn(emb[c], __fmul_rn(sum, inv_area));
+  }
+}
+
 // ---- launchers ----------------------------------------------------------------------------------
 
 void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
@@ -270,6 +341,19 @@ void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
   STEP_CUDA_CHECK_LAUNCH();
   if (!a.blend) return;
   launch<unshare_kernel_blend>(a.tokens, 128, 0, stream, a);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void patch_gather_launch(const PatchGatherParams& p, const int32_t* tokens_device, __nv_bfloat16* out_bf16,
+                         cudaStream_t stream) {
+  NvtxRange range("patch_gather");
+  launch<patch_gather_kernel>(p.tokens, kThreads, 0, stream, p, tokens_device, out_bf16);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_pos_embed_launch(const TokenPosEmbedParams& p, int rows_bound, cudaStream_t stream) {
+  NvtxRange range("token_pos_embed");
+  launch<token_pos_embed_kernel>(ceil_div(rows_bound, kRowsPerBlock), kThreads, 0, stream, p, rows_bound);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
@@ -314,6 +398,25 @@ void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream)
   STEP_CHECK(!blend || (p.grid_h && p.flat && p.flat != p.grid), "cuda::unshare: blend needs grid_h and a flat workspace");
   const UnshareArgs a{p.K, p.tokens, p.rects, p.logits, p.grid_offset, p.grid_w, p.grid, x.tokens_device, blend, p.grid_h, p.flat};
   unshare_launch(a, as_stream(stream));
+}
+
+void patch_gather(const PatchGatherParams& p, const PatchGatherDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.tokens >= 0 && p.patch > 0, "cuda::patch_gather: bad tokens or patch");
+  if (p.tokens == 0) return;
+  STEP_CHECK(p.pixels && p.rects, "cuda::patch_gather: null buffer");
+  STEP_CHECK(p.out || x.out_bf16, "cuda::patch_gather: no output (out or out_bf16)");
+  patch_gather_launch(p, x.tokens_device, as_bf16(x.out_bf16), as_stream(stream));
+}
+
+void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.batch >= 0 && p.C > 0 && p.prefix >= 0, "cuda::token_pos_embed: bad batch, C or prefix");
+  STEP_CHECK(x.rows_bound >= 0, "cuda::token_pos_embed: negative rows_bound");
+  if (p.batch == 0 || x.rows_bound == 0) return;
+  STEP_CHECK(p.offsets && p.out && p.grid_offset && p.grid_w, "cuda::token_pos_embed: null buffer");
+  STEP_CHECK(p.prefix == 0 || p.prefix_tokens, "cuda::token_pos_embed: missing prefix_tokens");
+  STEP_CHECK(x.rows_bound <= p.batch * p.prefix || (p.rects && p.embedded && p.pos_grid),
+             "cuda::token_pos_embed: missing rects, embedded or pos_grid");
+  token_pos_embed_launch(p, x.rows_bound, as_stream(stream));
 }
 
 }  // namespace step::cuda
