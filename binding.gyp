@@ -7,6 +7,7 @@
         "native/core/file_map.cpp",
         "native/core/merge.cpp",
         "native/core/effnet.cpp",
+        "native/core/cost.cpp",
         "native/core/weights.cpp",
         "native/core/device_none.cpp",
         "native/cpu/parallel.cpp",
