@@ -20,7 +20,9 @@
         "native/cpu/token_compact.cpp",
         "native/cpu/elementwise.cpp",
         "native/cpu/upsample.cpp",
-        "native/addon/addon.cpp"
+        "native/addon/addon.cpp",
+        "native/addon/op_params.cpp",
+        "native/addon/ops_binding.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "STEP_SEG_BUILD_GYP", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
