@@ -27,7 +27,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { cudaRequired, type CudaOps, findCudaOps, type GemmKernelName } from '../test/helpers/gpu';
+import { cudaRequired, type CudaOps, findCudaOps, type GemmKernelName } from '../lib/cuda-ops';
 
 interface Args {
   iterations: number;
