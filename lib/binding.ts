@@ -154,7 +154,7 @@ export interface Binding {
   memoryRelease(bytes: number): void;
   memoryReserved(): number;
   ops: Record<string, (params: Record<string, unknown>) => void>;
-  /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
+  /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in lib/cuda-ops.ts). */
   cudaOps?: Record<string, (...args: unknown[]) => unknown>;
 }
 

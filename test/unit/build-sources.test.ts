@@ -66,4 +66,20 @@ test("binding.gyp's sources are what CMake compiles for the CPU build (-DSTEP_SE
   }
 });
 
+test('scripts/ and lib/ import nothing from test/ (the case tables and GPU types they share live in scripts/cases and lib/cuda-ops.ts)', () => {
+  const files = (dir: string): string[] =>
+    fs.readdirSync(path.join(repoRoot, dir), { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? files(`${dir}/${e.name}`) : /\.(ts|mts|cts|mjs|cjs|js)$/.test(e.name) ? [`${dir}/${e.name}`] : []);
+  const sources = [...files('scripts'), ...files('lib')];
+  assert.ok(sources.includes('scripts/bench-cuda.ts') && sources.includes('scripts/cases/random.ts'), 'scripts/ read');
+  for (const f of sources) {
+    const text = fs.readFileSync(path.join(repoRoot, f), 'utf8');
+    for (const m of text.matchAll(/(?:from\s+|import\s*\(\s*|require\s*\(\s*)['"]([^'"]+)['"]/g)) {
+      if (!m[1].startsWith('.')) continue;
+      const target = path.posix.normalize(path.posix.join(path.posix.dirname(f), m[1]));
+      assert.not.ok(target === 'test' || target.startsWith('test/'), `${f} imports ${m[1]} (from test/)`);
+    }
+  }
+});
+
 test.run();
