@@ -9,6 +9,7 @@
         "native/core/effnet.cpp",
         "native/core/cost.cpp",
         "native/core/weights.cpp",
+        "native/core/segment.cpp",
         "native/core/device_none.cpp",
         "native/cpu/parallel.cpp",
         "native/cpu/gemm.cpp",
@@ -21,8 +22,11 @@
         "native/cpu/elementwise.cpp",
         "native/cpu/upsample.cpp",
         "native/addon/addon.cpp",
+        "native/addon/js_values.cpp",
+        "native/addon/model_binding.cpp",
         "native/addon/op_params.cpp",
-        "native/addon/ops_binding.cpp"
+        "native/addon/ops_binding.cpp",
+        "native/addon/process_binding.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "STEP_SEG_BUILD_GYP", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
