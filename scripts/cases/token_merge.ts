@@ -85,7 +85,7 @@ export const kWindowScoreCases: [number, number, number, number, number[], numbe
   [512, 384, 3, 16, [8, 4, 2], 48, 6],
 ];
 
-/** superpatch_select: [gh, gw, sizes, thresholds or random ones]. */
+/** superpatch_select: [gh, gw, sizes, thresholds or random ones]; the CPU test takes the first six (its own thresholds). */
 export const kSuperpatchSelectCases: [number, number, number[], number[] | 'random'][] = [
   [1, 1, [8, 4, 2], 'random'], [7, 13, [8, 4, 2], 'random'], [33, 17, [8, 4, 2], 'random'], [16, 16, [4, 2], 'random'],
   [9, 30, [6, 3], 'random'], [20, 21, [8, 3, 2], 'random'], [64, 96, [8, 4, 2], 'random'], [130, 70, [8, 4, 2], 'random'],

@@ -1,5 +1,14 @@
-// upsample's case table for the CUDA kernel against the CPU op: up to the original size, down, one
-// class, one patch, many classes at a large odd size.
+// upsample's case table: the CPU op against a double-precision reference and its labels-only path
+// against the per-pixel one (patch 16), and the CUDA kernel against the CPU op: up to the original
+// size, down, one class, one patch, many classes at a large odd size.
+
+/** CPU: [gh, gw, K, validH, validW, outH, outW], patch 16; the reference test takes the first three. */
+export const kUpsampleCpuCases = [
+  [3, 4, 5, 40, 60, 97, 133], // grid covers 48 x 64 padded pixels, 40 x 60 of them image
+  [1, 1, 2, 16, 16, 5, 7],
+  [2, 5, 300, 32, 70, 16, 35], // downsampling, over 256 classes
+  [12, 20, 11, 180, 310, 900, 1550],
+];
 
 export type UpsampleCase = [K: number, gh: number, gw: number, patch: number, validH: number, validW: number, outH: number,
   outW: number, withProbs: boolean];

@@ -37,9 +37,7 @@ function scoreCount(gh: number, gw: number, sizes: number[]) {
 
 test('superpatch_select: exact coverage, order, and largest-first on random score maps', () => {
   const rand = rng(11);
-  for (const [gh, gw, sizes] of [
-    [1, 1, [8, 4, 2]], [7, 13, [8, 4, 2]], [33, 17, [8, 4, 2]], [16, 16, [4, 2]], [9, 30, [6, 3]], [20, 21, [8, 3, 2]],
-  ] as [number, number, number[]][]) {
+  for (const [gh, gw, sizes] of kSuperpatchSelectCases.slice(0, 6)) { // odd grids, one patch, levels that fit or not
     const scores = Float32Array.from({ length: scoreCount(gh, gw, sizes) }, () => rand());
     const thresholds = sizes.map(() => 0.3 + 0.5 * rand());
     const { rects, n, tokenOfPatch } = select(gh, gw, sizes, thresholds, scores);

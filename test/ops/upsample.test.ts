@@ -15,7 +15,7 @@ import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
 import { randn, rng } from '../../scripts/cases/random';
-import { kUpsampleCudaCases } from '../../scripts/cases/upsample';
+import { kUpsampleCpuCases, kUpsampleCudaCases } from '../../scripts/cases/upsample';
 import { assertClose, assertSameBits, fixturesDir, poisonF32, readSafetensors, relL2 } from '../helpers/compare';
 import { gpuTests } from '../helpers/gpu';
 
@@ -23,11 +23,7 @@ const { ops } = loadBinding().binding;
 
 test('upsample: bilinear from the grid through the resized image, then argmax and softmax', () => {
   const rand = rng(9);
-  for (const [gh, gw, K, validH, validW, outH, outW] of [
-    [3, 4, 5, 40, 60, 97, 133], // grid covers 48 x 64 padded pixels, 40 x 60 of them image
-    [1, 1, 2, 16, 16, 5, 7],
-    [2, 5, 300, 32, 70, 16, 35], // downsampling, over 256 classes
-  ]) {
+  for (const [gh, gw, K, validH, validW, outH, outW] of kUpsampleCpuCases.slice(0, 3)) {
     const logits = randn(gh * gw * K, rand, 2);
     const labels = new Int32Array(outH * outW).fill(-1), probs = new Float32Array(K * outH * outW).fill(NaN);
     ops.upsample({ K, gh, gw, patch: 16, logits, validH, validW, outH, outW, labels, probs });
@@ -69,12 +65,7 @@ function both(K: number, gh: number, gw: number, logits: Float32Array, validH: n
 
 test('labels-only upsampling equals the per-pixel path', () => {
   const rand = rng(21);
-  for (const [gh, gw, K, validH, validW, outH, outW] of [
-    [3, 4, 5, 40, 60, 97, 133],
-    [1, 1, 2, 16, 16, 5, 7],
-    [2, 5, 300, 32, 70, 16, 35],
-    [12, 20, 11, 180, 310, 900, 1550],
-  ]) {
+  for (const [gh, gw, K, validH, validW, outH, outW] of kUpsampleCpuCases) {
     // random logits
     const { fast, slow } = both(K, gh, gw, randn(gh * gw * K, rand, 2), validH, validW, outH, outW);
     assert.equal(fast, slow, `random ${gh}x${gw}x${K}`);
