@@ -1,5 +1,5 @@
 // cuda_binding.cpp: `cudaOps`, the public entries of native/cuda/cuda_ops.h as synchronous JS functions
-// for the CUDA op tests (test/ops/cuda.test.ts) and the benchmark (scripts/bench-cuda.ts). Not part of
+// for the CUDA op tests (test/ops/<stem>.test.ts) and the benchmark (scripts/bench-cuda.ts). Not part of
 // the package's API: lib/ never calls it. Compiled only with the CUDA backend (CMakeLists.txt; addon.cpp
 // calls register_cuda_ops under STEP_SEG_HAVE_CUDA). No CUDA header here: device memory and timing come
 // from native/cuda/test_support.h. The entries are the op table's (op_table.h): each op's params are
