@@ -10,6 +10,7 @@
         "native/core/cost.cpp",
         "native/core/weights.cpp",
         "native/core/segment.cpp",
+        "native/core/features.cpp",
         "native/core/device_none.cpp",
         "native/cpu/parallel.cpp",
         "native/cpu/gemm.cpp",

@@ -1,16 +1,15 @@
 // model_binding.cpp: models from JS: createModel, and the NativeModel's forwardFeatures, segment,
 // dispose and cacheInfo. Each call reads its JS values here and queues a Job whose run() calls the
-// engine (core/model.h, core/segment.h, core/effnet.h) under the model's run mutex.
-#include <algorithm>
-#include <array>
-#include <chrono>
+// engine (core/features.h, core/segment.h) under the model's run mutex.
 #include <cmath>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/effnet.h"
+#include "../core/features.h"
 #include "../core/file_map.h"
 #include "../core/merge.h"
 #include "../core/model.h"
@@ -52,11 +51,6 @@ struct ModelState {
 #else
     return nullptr;
 #endif
-  }
-  // The encoder forward on the model's device.
-  step::EncoderOutput forward(const step::EncoderInput& in) {
-    if (step::DeviceSegmenter* d = device()) return d->forward(in);
-    return model->forward(*cpu, in);
   }
 };
 
@@ -234,94 +228,52 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
 
 namespace {
 
-// forwardFeatures(pixels: Float32Array (N,3,H,W), dims, capture) -> { tokens, offsets, captured, stats }
+// forwardFeatures(pixels: Float32Array (N,3,H,W), dims, capture) -> { tokens, captured, stats } (ViTs)
+// or { stages: [{ data, dims }], stats } (bare EfficientNet trunks): core/features.h.
 class ForwardJob : public Job {
  public:
   ForwardJob(Napi::Env env, std::shared_ptr<ModelState> state, std::vector<float> pixels, int n, int h, int w,
              bool capture)
-      : Job(env), state_(std::move(state)), pixels_(std::move(pixels)), n_(n), h_(h), w_(w), capture_(capture) {}
+      : Job(env), state_(std::move(state)), pixels_(std::move(pixels)) {
+    request_.pixels = pixels_.data(), request_.images = n, request_.height = h, request_.width = w, request_.capture = capture;
+  }
 
  protected:
   void run() override {
-    try {
-      run_model();
-    } catch (const step::NonFiniteError& e) {
-      // the inputs are finite (lib/ checks): either they are far outside the normalised range or the
-      // weights are too large for float32
-      float peak = 0.f;
-      for (float v : pixels_) peak = std::max(peak, std::fabs(v));
-      if (peak > 1e4f)
-        throw Error(ErrorCode::kBadInput, std::string(e.what()) + ": pixels.data holds values as large as " + std::to_string(peak) +
-                                              " (normalised pixels lie within about +-10)");
-      throw Error(ErrorCode::kBadModel, std::string(e.what()) + " for pixels within +-" + std::to_string(peak) +
-                                            ": the model's weights are too large for float32 (a huge weight, bias or scale)");
-    }
-  }
-  void run_model() {
     std::lock_guard<std::mutex> lock(state_->run_mutex);
-    if (state_->trunk) return run_trunk();
-    const int P = state_->model->config().patch;
-    step::EncoderInput in;
-    in.images = n_, in.height = h_, in.width = w_, in.pixels = pixels_.data(), in.capture = capture_;
-    in.grids.assign(n_, {h_ / P, w_ / P});
-    in.unshare = step::UnshareMode::kCopy;  // dense: one rect per patch
-    out_ = state_->forward(in);
-  }
-  // EfficientNet trunk: NCHW in, NHWC inside, the five stage maps back as NCHW (timm's layout).
-  void run_trunk() {
-    using clock = std::chrono::steady_clock;
-    auto t0 = clock::now();
-    const int64_t plane = int64_t(h_) * w_;
-    step::Tensor x({n_, h_, w_, 3});
-    for (int b = 0; b < n_; ++b)
-      for (int64_t i = 0; i < plane; ++i)
-        for (int c = 0; c < 3; ++c) x.data()[(b * plane + i) * 3 + c] = pixels_[(int64_t(b) * 3 + c) * plane + i];
-    std::vector<step::Tensor> maps = state_->trunk->forward(*state_->cpu, x.data(), n_, h_, w_, &out_.stats.gflops);
-    for (step::Tensor& m : maps) {
-      const int64_t hh = m.dim(1), ww = m.dim(2), C = m.dim(3);
-      step::Tensor nchw({n_, C, hh, ww});
-      for (int b = 0; b < n_; ++b)
-        for (int64_t i = 0; i < hh * ww; ++i)
-          for (int64_t c = 0; c < C; ++c) nchw.data()[(b * C + c) * hh * ww + i] = m.data()[(b * hh * ww + i) * C + c];
-      if (!step::all_finite(nchw.data(), nchw.numel())) throw step::NonFiniteError("stage maps of the EfficientNet trunk");
-      stage_dims_.push_back({C, hh, ww});
-      stages_.push_back(std::move(nchw));
-    }
-    out_.stats.ms.emplace_back("trunk", std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+    out_ = state_->trunk ? step::forward_features(*state_->trunk, *state_->cpu, request_)
+                         : step::forward_features(*state_->model, *state_->cpu, state_->device(), request_);
   }
   Napi::Value result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
-    if (!stages_.empty()) {
-      Napi::Array stages = Napi::Array::New(env, stages_.size());
-      for (size_t i = 0; i < stages_.size(); ++i) {
+    if (!out_.stages.empty()) {
+      Napi::Array stages = Napi::Array::New(env, out_.stages.size());
+      for (size_t i = 0; i < out_.stages.size(); ++i) {
+        const step::Tensor& t = out_.stages[i];
         Napi::Object st = Napi::Object::New(env);
-        st.Set("data", to_js(env, stages_[i].data(), stages_[i].numel()));
+        st.Set("data", to_js(env, t.data(), t.numel()));
         Napi::Array dims = Napi::Array::New(env, 4);
-        dims.Set(0u, n_), dims.Set(1u, double(stage_dims_[i][0])), dims.Set(2u, double(stage_dims_[i][1]));
-        dims.Set(3u, double(stage_dims_[i][2]));
+        for (uint32_t d = 0; d < 4; ++d) dims.Set(d, double(t.dim(d)));
         st.Set("dims", dims);
         stages.Set(uint32_t(i), st);
       }
       o.Set("stages", stages);
-      o.Set("stats", stats_to_js(env, out_.stats));
+      o.Set("stats", stats_to_js(env, out_.enc.stats));
       return o;
     }
-    o.Set("tokens", to_js(env, out_.tokens.data(), out_.tokens.numel()));
+    o.Set("tokens", to_js(env, out_.enc.tokens.data(), out_.enc.tokens.numel()));
     Napi::Object captured = Napi::Object::New(env);
-    for (auto& [name, t] : out_.captured) captured.Set(name, to_js(env, t.data(), t.numel()));
+    for (auto& [name, t] : out_.enc.captured) captured.Set(name, to_js(env, t.data(), t.numel()));
     o.Set("captured", captured);
-    o.Set("stats", stats_to_js(env, out_.stats));
+    o.Set("stats", stats_to_js(env, out_.enc.stats));
     return o;
   }
 
  private:
   std::shared_ptr<ModelState> state_;
   std::vector<float> pixels_;
-  int n_, h_, w_;
-  bool capture_;
-  step::EncoderOutput out_;
-  std::vector<step::Tensor> stages_;
-  std::vector<std::array<int64_t, 3>> stage_dims_;
+  step::FeaturesRequest request_;  // over pixels_
+  step::FeaturesResult out_;
 };
 
 Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
