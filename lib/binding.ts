@@ -44,6 +44,8 @@ export interface NativeStats {
   perBlock: number[];
   halted: number[];
   gflops: number;
+  /** the dense forward over the same images (native/core/cost.h) */
+  gflopsDense: number;
   ms: Record<string, number>;
 }
 

@@ -79,6 +79,7 @@ Napi::Object stats_to_js(Napi::Env env, const ForwardStats& s) {
   for (size_t i = 0; i < s.halted.size(); ++i) halted.Set(uint32_t(i), double(s.halted[i]));
   o.Set("halted", halted);
   o.Set("gflops", s.gflops);
+  o.Set("gflopsDense", s.dense_gflops);
   Napi::Object ms = Napi::Object::New(env);
   for (const auto& [name, v] : s.ms) ms.Set(name, v);
   o.Set("ms", ms);

@@ -164,6 +164,7 @@ class Segmenter {
       return;
     }
     stats.dense_tokens += s.dense_tokens, stats.input_tokens += s.input_tokens, stats.gflops += s.gflops;
+    stats.dense_gflops += s.dense_gflops;
     for (size_t i = 0; i < s.per_block.size(); ++i) {
       if (i < stats.per_block.size()) stats.per_block[i] += s.per_block[i];
       else stats.per_block.push_back(s.per_block[i]);
