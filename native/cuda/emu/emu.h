@@ -8,7 +8,7 @@
 // fibers switched only inside the calls below (__syncthreads, warp collectives, PTX wrappers), so
 // every such call is a real rendezvous. threadIdx and friends read the running fiber's coordinates.
 // `__shared__` variables are function statics; the core poisons them (NaN bytes) for each block on
-// first touch and checks every access to them for races (simt.cpp's access hooks).
+// first touch and checks every access to them for races (memcheck.cpp's access hooks).
 // What this is not: a model of timing, of the GPU's memory model beyond barrier ordering, of register
 // pressure or of what ptxas does.
 #pragma once

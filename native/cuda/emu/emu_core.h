@@ -1,9 +1,10 @@
 // emu_core.h: the seam between the emulator's two halves (the emulator build only; see emu.h).
 //   simt.cpp     the SIMT core: runs a kernel launch block by block, the threads of a block as fibers,
-//                barriers and warp collectives as rendezvous, every memory access of the kernel code
-//                checked (device allocations, shared memory bounds and races, alignment).
+//                barriers and warp collectives as rendezvous; memcheck.cpp checks every memory access
+//                of the kernel code (device allocations, shared memory bounds and races, alignment).
 //   runtime.cpp  the emulated CUDA runtime API (cudaMalloc ... cudaGraphLaunch): allocations, copies,
-//                streams, events, graphs, errors. It executes launches through execute_launch().
+//                streams, device queries, errors; graphs.cpp its stream capture, events and graphs
+//                (runtime_state.h between them). It executes launches through execute_launch().
 // Locking: one process-wide mutex (exec_mutex) is held by the runtime around every API call that
 // touches emulated state; the core assumes it is held and takes no lock of its own.
 #pragma once
@@ -26,7 +27,7 @@ struct KernelLaunch {
   std::function<void()> run_thread;  // runs the kernel body once, for the current emulated thread
 };
 
-// ---- implemented by the core (simt.cpp) ----
+// ---- implemented by the core (simt.cpp, memcheck.cpp) ----
 
 // What a GPU (sm_90) says at launch time about this configuration: cudaSuccess, or
 // cudaErrorInvalidConfiguration (block over 1024 threads or its dimension limits, an empty grid or

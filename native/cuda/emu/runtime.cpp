@@ -21,62 +21,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <set>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
-#include "emu_core.h"
-
-using emu_clock = std::chrono::steady_clock;
-enum class EmuEventState { never, recorded, captured };
-
-struct CUevent_st {
-  unsigned flags = 0;
-  EmuEventState state = EmuEventState::never;
-  emu_clock::time_point time;
-  uint64_t capture_id = 0;  // the capture it was last recorded in, when state == captured
-  bool destroyed = false;   // graph nodes keep a destroyed event alive, and skip it
-};
-
-namespace step_emu::runtime_detail {
-
-enum class NodeKind { kernel, copy, fill, event };
-
-// One operation of a capture or graph: a kernel, a copy, a memset, an event record.
-struct Node {
-  NodeKind kind = NodeKind::kernel;
-  std::shared_ptr<KernelLaunch> launch;
-  void* dst = nullptr;
-  const void* src = nullptr;
-  size_t bytes = 0;
-  int value = 0;
-  bool dst_device = false, src_device = false;
-  std::shared_ptr<CUevent_st> event;
-};
-
-struct Capture {
-  uint64_t id = 0;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
-  std::thread::id thread;  // the thread that began it
-  bool invalidated = false;
-  std::vector<Node> nodes;
-};
-
-}  // namespace step_emu::runtime_detail
-
-struct CUstream_st {
-  unsigned flags = 0;
-  std::unique_ptr<step_emu::runtime_detail::Capture> capture;
-};
-struct CUgraph_st {
-  std::vector<step_emu::runtime_detail::Node> nodes;
-};
-struct CUgraphExec_st {
-  std::vector<step_emu::runtime_detail::Node> nodes;
-};
+#include "runtime_state.h"
 
 namespace step_emu {
 namespace runtime_detail {
@@ -85,39 +34,6 @@ namespace {
 constexpr size_t kAlign = 256, kRedzone = 256;  // allocation alignment; the unregistered gap after each
 constexpr size_t kDefaultDynamicSmem = 48 * 1024, kMaxDynamicSmem = 232448;  // sm_90: 227 KiB opt-in
 
-struct Alloc {
-  size_t bytes = 0, total = 0;  // requested; allocated (rounded up, plus the redzone)
-};
-
-// All emulated state. Under exec_mutex() except the three parts with their own mutex, which are read
-// by calls that do not take it. Never destroyed: worker threads may still call in at exit.
-struct State {
-  size_t capacity = 0, in_use = 0;
-  bool capacity_known = false;
-  std::map<uintptr_t, Alloc> allocs;   // device allocations by base address
-  std::map<uintptr_t, size_t> pinned;  // cudaMallocHost blocks by base address
-  std::unordered_map<CUstream_st*, std::unique_ptr<CUstream_st>> streams;
-  std::unordered_map<CUevent_st*, std::shared_ptr<CUevent_st>> events;
-  std::unordered_map<CUgraph_st*, std::unique_ptr<CUgraph_st>> graphs;
-  std::unordered_map<CUgraphExec_st*, std::unique_ptr<CUgraphExec_st>> execs;
-  uint64_t next_capture_id = 1;
-  std::mutex fault_mutex;  // the sticky fault
-  cudaError_t fault = cudaSuccess;
-  std::string fault_detail;
-  std::mutex smem_mutex;  // cudaFuncSetAttribute's limits (func_max_dynamic_smem: with or without exec_mutex)
-  std::unordered_map<const void*, size_t> smem;
-  std::mutex text_mutex;  // cudaGetErrorString's texts with a detail, never shrunk: their pointers stay valid
-  std::set<std::string> texts;
-};
-State& st() {
-  static State* s = new State;
-  return *s;
-}
-
-cudaError_t sticky() {
-  std::lock_guard<std::mutex> lock(st().fault_mutex);
-  return st().fault;
-}
 void set_fault(cudaError_t code, const std::string& detail) {
   std::lock_guard<std::mutex> lock(st().fault_mutex);
   if (st().fault == cudaSuccess) st().fault = code, st().fault_detail = detail;
@@ -130,11 +46,6 @@ struct LastError {
   std::string detail;
 };
 thread_local LastError t_last;
-
-cudaError_t fail(cudaError_t code, std::string detail) {
-  t_last.code = code, t_last.detail_code = code, t_last.detail = std::move(detail);
-  return code;
-}
 
 std::string hex(const void* p) {
   char s[24];
@@ -174,6 +85,32 @@ bool is_pinned(const void* p, size_t n) {
   return inside(st().pinned, p, n, [](size_t bytes) { return bytes; });
 }
 
+// Use of the legacy stream while a blocking stream (not cudaStreamNonBlocking) captures: the legacy
+// stream would depend on the capture (programming guide, "Prohibited and Unhandled Operations";
+// cudaStreamIsCapturing's doc names cudaErrorStreamCaptureImplicit). Those captures are invalidated.
+cudaError_t legacy_use(const char* api) {
+  if (!blocking_capture_active()) return cudaSuccess;
+  for (auto& [p, s] : st().streams)
+    if (s->capture && !(s->flags & cudaStreamNonBlocking)) invalidate(*s->capture);
+  return fail(cudaErrorStreamCaptureImplicit, std::string(api) + " on the legacy stream while a blocking stream captures");
+}
+
+}  // namespace
+
+State& st() {
+  static State* s = new State;
+  return *s;
+}
+
+cudaError_t sticky() {
+  std::lock_guard<std::mutex> lock(st().fault_mutex);
+  return st().fault;
+}
+cudaError_t fail(cudaError_t code, std::string detail) {
+  t_last.code = code, t_last.detail_code = code, t_last.detail = std::move(detail);
+  return code;
+}
+
 // ---- streams and capture ------------------------------------------------------------------------
 
 bool is_legacy(cudaStream_t s) { return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread; }
@@ -186,26 +123,10 @@ bool resolve(cudaStream_t s, CUstream_st** out) {
 
 void invalidate(Capture& c) { c.invalidated = true, c.nodes.clear(); }
 
-Capture* find_capture(uint64_t id) {
-  for (auto& [p, s] : st().streams)
-    if (s->capture && s->capture->id == id) return s->capture.get();
-  return nullptr;
-}
-
 bool blocking_capture_active() {
   for (auto& [p, s] : st().streams)
     if (s->capture && !(s->flags & cudaStreamNonBlocking)) return true;
   return false;
-}
-
-// Use of the legacy stream while a blocking stream (not cudaStreamNonBlocking) captures: the legacy
-// stream would depend on the capture (programming guide, "Prohibited and Unhandled Operations";
-// cudaStreamIsCapturing's doc names cudaErrorStreamCaptureImplicit). Those captures are invalidated.
-cudaError_t legacy_use(const char* api) {
-  if (!blocking_capture_active()) return cudaSuccess;
-  for (auto& [p, s] : st().streams)
-    if (s->capture && !(s->flags & cudaStreamNonBlocking)) invalidate(*s->capture);
-  return fail(cudaErrorStreamCaptureImplicit, std::string(api) + " on the legacy stream while a blocking stream captures");
 }
 
 // A "potentially unsafe" call (cudaMalloc, cudaFree, synchronous copies ...) during a capture, by the rules
@@ -239,28 +160,6 @@ cudaError_t fail_on(CUstream_st* s, cudaError_t code, std::string detail) {
   return fail(code, std::move(detail));
 }
 
-// ---- operations ---------------------------------------------------------------------------------
-
-// Which sides of a copy are device memory, and whether those ranges lie in live allocations.
-cudaError_t plan_copy(Node& n, cudaMemcpyKind kind, const std::string& api) {
-  switch (kind) {
-    case cudaMemcpyHostToHost: n.dst_device = false, n.src_device = false; break;
-    case cudaMemcpyHostToDevice: n.dst_device = true, n.src_device = false; break;
-    case cudaMemcpyDeviceToHost: n.dst_device = false, n.src_device = true; break;
-    case cudaMemcpyDeviceToDevice: n.dst_device = true, n.src_device = true; break;
-    case cudaMemcpyDefault: n.dst_device = in_device_block(n.dst), n.src_device = in_device_block(n.src); break;
-    default: return fail(cudaErrorInvalidMemcpyDirection, api + ": invalid cudaMemcpyKind");
-  }
-  std::string why;
-  if (n.bytes == 0) return cudaSuccess;
-  if (n.dst_device && !check_device_range(n.dst, n.bytes, &why))
-    return fail(cudaErrorInvalidValue, api + ": destination " + range(n.dst, n.bytes) + ": " + why);
-  if (n.src_device && !check_device_range(n.src, n.bytes, &why))
-    return fail(cudaErrorInvalidValue, api + ": source " + range(n.src, n.bytes) + ": " + why);
-  if ((!n.dst_device && !n.dst) || (!n.src_device && !n.src)) return fail(cudaErrorInvalidValue, api + ": null pointer");
-  return cudaSuccess;
-}
-
 // Runs one operation now; a fault is recorded as sticky. Device ranges are checked again (a graph may
 // outlive its buffers): one no longer allocated is a fault, as the copy engine would fault.
 cudaError_t run_node(const Node& n) {
@@ -291,6 +190,30 @@ cudaError_t run_node(const Node& n) {
 cudaError_t submit(CUstream_st* s, Node n) {
   if (!s || !s->capture) return run_node(n);
   s->capture->nodes.push_back(std::move(n));
+  return cudaSuccess;
+}
+
+namespace {
+
+// ---- operations ---------------------------------------------------------------------------------
+
+// Which sides of a copy are device memory, and whether those ranges lie in live allocations.
+cudaError_t plan_copy(Node& n, cudaMemcpyKind kind, const std::string& api) {
+  switch (kind) {
+    case cudaMemcpyHostToHost: n.dst_device = false, n.src_device = false; break;
+    case cudaMemcpyHostToDevice: n.dst_device = true, n.src_device = false; break;
+    case cudaMemcpyDeviceToHost: n.dst_device = false, n.src_device = true; break;
+    case cudaMemcpyDeviceToDevice: n.dst_device = true, n.src_device = true; break;
+    case cudaMemcpyDefault: n.dst_device = in_device_block(n.dst), n.src_device = in_device_block(n.src); break;
+    default: return fail(cudaErrorInvalidMemcpyDirection, api + ": invalid cudaMemcpyKind");
+  }
+  std::string why;
+  if (n.bytes == 0) return cudaSuccess;
+  if (n.dst_device && !check_device_range(n.dst, n.bytes, &why))
+    return fail(cudaErrorInvalidValue, api + ": destination " + range(n.dst, n.bytes) + ": " + why);
+  if (n.src_device && !check_device_range(n.src, n.bytes, &why))
+    return fail(cudaErrorInvalidValue, api + ": source " + range(n.src, n.bytes) + ": " + why);
+  if ((!n.dst_device && !n.dst) || (!n.src_device && !n.src)) return fail(cudaErrorInvalidValue, api + ": null pointer");
   return cudaSuccess;
 }
 
@@ -329,26 +252,6 @@ cudaError_t fill(void* dst, int value, size_t count, cudaStream_t stream, bool s
   n.kind = NodeKind::fill, n.dst = dst, n.bytes = count, n.value = int(static_cast<unsigned char>(value));
   n.dst_device = true;
   return submit(s, std::move(n));
-}
-
-cudaError_t event_of(cudaEvent_t e, const char* api) {
-  if (e && st().events.count(e)) return cudaSuccess;
-  return fail(cudaErrorInvalidResourceHandle, std::string(api) + ": unknown event");
-}
-
-// Querying or waiting on an event last recorded in a capture: cudaErrorCapturedEvent (driver_types.h: "not
-// permitted on an event which was last recorded in a capturing stream"), in every capture mode (the doc of
-// cudaThreadExchangeStreamCaptureMode); invalidates that capture if still open.
-cudaError_t captured_event(CUevent_st* e, const char* api) {
-  if (e->state != EmuEventState::captured) return cudaSuccess;
-  if (Capture* c = find_capture(e->capture_id)) invalidate(*c);
-  return fail(cudaErrorCapturedEvent, std::string(api) + ": the event was last recorded in a stream capture");
-}
-
-cudaError_t wait_event(cudaEvent_t event, const char* api) {  // cudaEventQuery, cudaEventSynchronize
-  if (cudaError_t e = sticky()) return e;
-  if (cudaError_t e = event_of(event, api)) return e;
-  return captured_event(event, api);  // otherwise complete: work runs synchronously
 }
 
 // ---- error names and texts ----------------------------------------------------------------------
@@ -458,12 +361,6 @@ std::string last_fault() {
 
 using namespace step_emu;
 using namespace step_emu::runtime_detail;
-
-#define STEP_EMU_LOCK std::lock_guard<std::mutex> step_emu_lock_(exec_mutex())
-#define STEP_EMU_STICKY if (const cudaError_t e_ = sticky()) return e_
-#define STEP_EMU_ENTER \
-  STEP_EMU_LOCK;       \
-  STEP_EMU_STICKY  // opens a context call: the lock, then the sticky fault if there is one
 
 namespace {
 template <typename T>
@@ -603,155 +500,6 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   STEP_EMU_LOCK;
   if (is_legacy(stream) || !st().streams.erase(stream))
     return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: unknown stream");
-  return sticky();
-}
-
-cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
-  STEP_EMU_ENTER;
-  CUstream_st* s = nullptr;
-  if (!resolve(stream, &s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamBeginCapture: unknown stream");
-  if (!s) return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture: the legacy stream cannot capture");
-  if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
-      mode != cudaStreamCaptureModeRelaxed)
-    return fail(cudaErrorInvalidValue, "cudaStreamBeginCapture: unknown mode");
-  if (s->capture) return fail(cudaErrorIllegalState, "cudaStreamBeginCapture: the stream is already capturing");
-  s->capture = std::make_unique<Capture>();
-  s->capture->id = st().next_capture_id++, s->capture->mode = mode, s->capture->thread = std::this_thread::get_id();
-  return cudaSuccess;
-}
-
-// After a fault the capture ends too (no graph), so that the stream is usable after reset_after_fault().
-cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* pGraph) {
-  STEP_EMU_LOCK;
-  CUstream_st* s = nullptr;
-  if (!pGraph) return fail(cudaErrorInvalidValue, "cudaStreamEndCapture: pGraph is null");
-  *pGraph = nullptr;
-  if (!resolve(stream, &s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamEndCapture: unknown stream");
-  if (!s || !s->capture) return fail(cudaErrorIllegalState, "cudaStreamEndCapture: the stream is not capturing");
-  if (s->capture->mode != cudaStreamCaptureModeRelaxed && s->capture->thread != std::this_thread::get_id())
-    return fail(cudaErrorStreamCaptureWrongThread, "cudaStreamEndCapture from another thread than the capture's");
-  std::unique_ptr<Capture> c = std::move(s->capture);
-  STEP_EMU_STICKY;
-  if (c->invalidated)
-    return fail(cudaErrorStreamCaptureInvalidated, "cudaStreamEndCapture: an error invalidated the capture");
-  auto g = std::make_unique<CUgraph_st>();
-  g->nodes = std::move(c->nodes);
-  *pGraph = g.get();
-  st().graphs.emplace(g.get(), std::move(g));
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* pCaptureStatus) {
-  STEP_EMU_ENTER;
-  CUstream_st* s = nullptr;
-  if (!pCaptureStatus) return fail(cudaErrorInvalidValue, "cudaStreamIsCapturing: null pointer");
-  if (!resolve(stream, &s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamIsCapturing: unknown stream");
-  *pCaptureStatus = cudaStreamCaptureStatusNone;
-  if (!s && blocking_capture_active())  // as its doc says; that capture is not invalidated
-    return fail(cudaErrorStreamCaptureImplicit, "cudaStreamIsCapturing on the legacy stream");
-  if (s && s->capture)
-    *pCaptureStatus = s->capture->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
-  return cudaSuccess;
-}
-
-// -- events --
-
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
-  STEP_EMU_ENTER;
-  const unsigned known = cudaEventBlockingSync | cudaEventDisableTiming | cudaEventInterprocess;
-  if (!event || (flags & ~known) || ((flags & cudaEventInterprocess) && !(flags & cudaEventDisableTiming)))
-    return fail(cudaErrorInvalidValue, "cudaEventCreateWithFlags: null pointer or invalid flags");
-  auto e = std::make_shared<CUevent_st>();
-  e->flags = flags;
-  *event = e.get();
-  st().events.emplace(e.get(), std::move(e));
-  return cudaSuccess;
-}
-cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
-
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  STEP_EMU_LOCK;
-  auto it = event ? st().events.find(event) : st().events.end();
-  if (it == st().events.end()) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
-  it->second->destroyed = true;
-  st().events.erase(it);
-  return sticky();
-}
-
-// In a capture the record becomes a node that sets the event's time when the graph runs. (On a GPU a plain
-// cudaEventRecord in a capture only marks a point for cross-stream joins; cudaEventRecordExternal makes a node.)
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  STEP_EMU_ENTER;
-  CUstream_st* s = nullptr;
-  if (cudaError_t e = event_of(event, "cudaEventRecord")) return e;
-  if (cudaError_t e = stream_op(stream, "cudaEventRecord", &s)) return e;
-  Node n;
-  n.kind = NodeKind::event, n.event = st().events.at(event);
-  if (s && s->capture) event->state = EmuEventState::captured, event->capture_id = s->capture->id;
-  return submit(s, std::move(n));
-}
-
-cudaError_t cudaEventQuery(cudaEvent_t event) { STEP_EMU_LOCK; return wait_event(event, "cudaEventQuery"); }
-cudaError_t cudaEventSynchronize(cudaEvent_t event) { STEP_EMU_LOCK; return wait_event(event, "cudaEventSynchronize"); }
-
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  STEP_EMU_ENTER;
-  const char* api = "cudaEventElapsedTime";
-  if (!ms) return fail(cudaErrorInvalidValue, "cudaEventElapsedTime: ms is null");
-  for (cudaEvent_t e : {start, end}) {
-    if (cudaError_t err = event_of(e, api)) return err;
-    if (cudaError_t err = captured_event(e, api)) return err;
-  }
-  if (start->state == EmuEventState::never || end->state == EmuEventState::never)  // as its doc says
-    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event was never recorded");
-  if ((start->flags | end->flags) & cudaEventDisableTiming)
-    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event has cudaEventDisableTiming");
-  *ms = std::chrono::duration<float, std::milli>(end->time - start->time).count();
-  return cudaSuccess;
-}
-
-// -- graphs --
-
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t* pGraphExec, cudaGraph_t graph, unsigned long long flags) {
-  STEP_EMU_ENTER;
-  (void)flags;  // auto-free on launch, upload, device launch, priority: nothing to do here
-  if (!pGraphExec || !graph) return fail(cudaErrorInvalidValue, "cudaGraphInstantiate: null graph or pointer");
-  auto it = st().graphs.find(graph);
-  if (it == st().graphs.end()) return fail(cudaErrorInvalidResourceHandle, "cudaGraphInstantiate: unknown graph");
-  auto x = std::make_unique<CUgraphExec_st>();
-  x->nodes = it->second->nodes;
-  *pGraphExec = x.get();
-  st().execs.emplace(x.get(), std::move(x));
-  return cudaSuccess;
-}
-
-// A graph launched into a capturing stream is rejected with cudaErrorStreamCaptureUnsupported (so measured
-// on an H200, CUDA 12.6: microsoft/onnxruntime PR #32081), invalidating the capture.
-cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
-  STEP_EMU_ENTER;
-  CUstream_st* s = nullptr;
-  if (cudaError_t e = stream_op(stream, "cudaGraphLaunch", &s)) return e;
-  auto it = graphExec ? st().execs.find(graphExec) : st().execs.end();
-  if (it == st().execs.end()) return fail_on(s, cudaErrorInvalidValue, "cudaGraphLaunch: unknown graph exec");
-  if (s && s->capture) return fail_on(s, cudaErrorStreamCaptureUnsupported, "cudaGraphLaunch into a capturing stream");
-  for (const Node& n : it->second->nodes)
-    if (cudaError_t e = run_node(n)) return e;
-  return cudaSuccess;
-}
-
-cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
-  STEP_EMU_LOCK;
-  if (!graph || !st().graphs.erase(graph))
-    return fail(cudaErrorInvalidResourceHandle, "cudaGraphDestroy: unknown graph");
-  return sticky();
-}
-
-// An unsafe call during a capture, as measured in the same onnxruntime PR (cudaErrorStreamCaptureUnsupported).
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {
-  STEP_EMU_LOCK;
-  if (cudaError_t e = unsafe_call("cudaGraphExecDestroy")) return e;
-  if (!graphExec || !st().execs.erase(graphExec))
-    return fail(cudaErrorInvalidResourceHandle, "cudaGraphExecDestroy: unknown graph exec");
   return sticky();
 }
 

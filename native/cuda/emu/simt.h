@@ -1,12 +1,22 @@
-// simt.h: the SIMT core's internals shared by simt.cpp (fibers, barriers, memory checks) and ptx.cpp
-// (the PTX instruction twins, which are warp collectives and shared-memory accesses of their own).
+// simt.h: the SIMT core's internals shared by simt.cpp (fibers, barriers, collectives), memcheck.cpp
+// (the memory checks and the race detector) and ptx.cpp (the PTX instruction twins, which are warp
+// collectives and shared-memory accesses of their own).
 #pragma once
 #include <cuda_runtime.h>
+#include <pthread.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "emu_core.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
 
 namespace step_emu {
 
@@ -58,5 +68,60 @@ void warp_collective(CollectiveKind kind, unsigned mask, const LaneInput& in, co
 
 // Poison for shared memory and fresh allocations: 0xFF bytes (a NaN in float32 and bf16).
 constexpr uint8_t kPoison = 0xFF;
+
+// ---- the block being run (one at a time: the runtime serialises launches; simt.cpp) ---------------
+
+constexpr size_t kMaxDynamicSmem = 232448;  // sm_90: 227 KiB per block with the opt-in
+constexpr size_t kArenaBytes = kMaxDynamicSmem + 4096;  // the dynamic shared memory of every block
+
+struct Pending {  // an open collective; `in` is written lane by lane, never zeroed
+  CollectiveKind kind;
+  unsigned mask, arrived;
+  const char* site;
+  CollectiveComplete complete;
+  LaneInput in[32];
+};
+constexpr int kMaxOpen = 8;  // open collectives of one warp (disjoint masks) at a time
+struct WarpSlots {
+  int open;
+  Pending slot[kMaxOpen];
+};
+
+struct Block {
+  const KernelLaunch* launch = nullptr;
+  uint3 idx{};
+  int threads = 0;
+  std::vector<Fiber> fibers;
+  Fiber* cur = nullptr;
+  void* sched_sp = nullptr;
+#if !defined(__x86_64__)
+  ucontext_t sched_ctx;
+  std::vector<ucontext_t> ctx;
+#endif
+  int at_barrier = 0;
+  int exited = 0;                 // threads that have finished
+  uint32_t gen = 0;               // barriers passed by the block
+  std::vector<uint32_t> wgen;     // __syncwarp rendezvous passed, per warp
+  std::unique_ptr<WarpSlots[]> warps;  // open collectives, per warp (default-initialised: no zeroing)
+  int warp_count = 0;
+  std::vector<int> ready;          // ring of runnable fibers (each at most once)
+  size_t ready_head = 0, ready_size = 0;
+  uint8_t* dyn = nullptr;
+  size_t dyn_bytes = 0;
+  uint32_t stamp = 0;             // the block's number, for lazy shadow resets
+  bool faulted = false;
+  cudaError_t fault_code = cudaSuccess;
+  std::string fault_what;
+};
+
+extern Block g_block;
+extern std::atomic<bool> g_active;   // a launch is running (read by the hooks of every host thread)
+extern pthread_t g_exec_thread;      // the host thread running it (written before g_active is set)
+
+std::string hex(uintptr_t v);
+std::string dim(uint3 v);  // "(x,y,z)"
+
+// Finds the addon's writable static data (the kernels' __shared__ variables), once (memcheck.cpp).
+void find_static_range();
 
 }  // namespace step_emu
