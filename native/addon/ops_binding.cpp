@@ -24,7 +24,7 @@ namespace {
 
 using step::addon::Call;
 
-// One CPU backend per precision, as addon.cpp's models get them.
+// One CPU backend per precision, as model_binding.cpp's models get them.
 step::Backend& backend_for(const Call& call) {
   static step::cpu::CpuBackend fp32(step::Precision::kFp32), bf16(step::Precision::kBf16);
   const std::string precision = call.string_or("precision", "fp32");
