@@ -22,7 +22,7 @@
 // cudaOps:
 //   gemm({ M, N, K, a: bf16, lda?, w: bf16, bias?, epilogue?, residual?, colScale?, c? | cBf16?, ldc?, mDevice?, kernel? })
 //   attention({ batch, offsets, heads, headDim, scale, qkv? | qkvBf16?, out? | outBf16?, maxSeqlen?, kernel? })
-//   layernorm({ rows, C, eps?, x, rowsIndex?, gamma, beta, y?, yBf16?, rowsDevice?, kernel? })
+//   layernorm({ rows, C, eps?, x, gamma, beta, y?, yBf16?, rowsDevice?, kernel? })
 //   convertToBf16({ x, y })
 //   imageNormalize({ src, h, w, channels, mean: [3], std: [3], outH?, outW?, out })     planar out only
 //   patchGather({ images, height, width, patch, pixels, tokens, rects, out?, outBf16?, tokensDevice? })

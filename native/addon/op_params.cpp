@@ -240,16 +240,7 @@ step::AvgPoolParams read_avg_pool(Call& call) {
 step::LayerNormParams read_layernorm(Call& call) {
   step::LayerNormParams p;
   p.rows = call.integer("rows"), p.C = call.integer("C", 1), p.eps = call.number_or("eps", kDefaultLayerNormEps);
-  const int64_t x_rows = call.length<float>("x") / p.C;  // rows the gather may read
-  if (call.has("rowsIndex")) {
-    const int32_t* index = call.host<int32_t>("rowsIndex", p.rows);
-    for (int r = 0; r < p.rows; ++r)
-      if (index[r] < 0 || index[r] >= x_rows)
-        call.fail_range("rowsIndex[" + std::to_string(r) + "] = " + std::to_string(index[r]) + " is not a row of x (" +
-                        std::to_string(x_rows) + " rows)");
-  }
-  p.rows_index = call.array<int32_t>("rowsIndex", p.rows, Use::kOptionalIn);
-  p.x = call.array<float>("x", p.rows_index ? 0 : int64_t(p.rows) * p.C, Use::kIn);
+  p.x = call.array<float>("x", int64_t(p.rows) * p.C, Use::kIn);
   p.gamma = call.array<float>("gamma", p.C, Use::kIn);
   p.beta = call.array<float>("beta", p.C, Use::kIn);
   p.y = call.array<float>("y", int64_t(p.rows) * p.C, Use::kOutOrBf16);

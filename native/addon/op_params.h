@@ -8,7 +8,7 @@
 // too few elements, both naming the option), and then resolved where the op reads it:
 //   host mode (Call itself): the JS typed array's own memory, for the CPU ops;
 //   device mode (DeviceCall, cuda_call.h, CUDA builds only): a device copy of it.
-// Indices the op follows (offsets, rects, rowsIndex, ...) are checked on the host before any array is
+// Indices the op follows (offsets, rects, ...) are checked on the host before any array is
 // resolved, so a reader throws before anything reaches the device. Errors name the export and the op:
 // "ops.gemm: expected ... for a but received Float32Array of length 6".
 // dtypes, as in ops.h: float32 Float32Array, bf16 Uint16Array (raw bits), int32 Int32Array, uint8
