@@ -44,6 +44,8 @@ export interface NativeStats {
   perBlock: number[];
   halted: number[];
   gflops: number;
+  /** the dense forward over the same images (native/core/cost.h) */
+  gflopsDense: number;
   ms: Record<string, number>;
 }
 
@@ -154,7 +156,7 @@ export interface Binding {
   memoryRelease(bytes: number): void;
   memoryReserved(): number;
   ops: Record<string, (params: Record<string, unknown>) => void>;
-  /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in test/helpers/gpu.ts). */
+  /** Present when the CUDA backend is compiled in: single CUDA ops for the tests and the benchmark (typed in lib/cuda-ops.ts). */
   cudaOps?: Record<string, (...args: unknown[]) => unknown>;
 }
 

@@ -295,7 +295,7 @@ async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions
   return new Model(native, src.config, device, reason, opts.precision);
 }
 
-/** The tiles of one image (patch-grid units), as the addon runs them (native/addon/addon.cpp, run_tiles). */
+/** The tiles of one image (patch-grid units), as the engine runs them (native/core/segment.cpp, run_tiles). */
 export interface TilePlan {
   /** cells of the image's patch grid */
   cells: number;
@@ -583,7 +583,6 @@ export class Model {
         throw fromNative(err);
       }
       const total = copyMs + decodeMs + performance.now() - t1;
-      const gflopsDense = this.#denseGflops(plans.flatMap((plan) => plan.tiles.map((t) => t.cells)));
       return out.map((r, i) => {
         const p = prepared[i], o = outputs[i];
         const result: SegmentResult = {
@@ -591,7 +590,7 @@ export class Model {
           height: p.outHeight,
           labels: o.labels,
           classes: this.config.classNames,
-          stats: this.#stats(r.stats, { copy: copyMs, decode: decodeMs, ...r.stats.ms, total }, images.length, gflopsDense),
+          stats: this.#stats(r.stats, { copy: copyMs, decode: decodeMs, ...r.stats.ms, total }, images.length),
           tokenMap: {
             gh: o.gh, gw: o.gw, index: o.index, size: o.size, exitLayer: o.exitLayer,
             patchSize: this.config.patchSize, depth: this.config.depth,
@@ -610,26 +609,13 @@ export class Model {
     return run.finally(() => ledger.release());
   }
 
-  // GFLOPs of a dense forward over images of `patches` patches each (counted as the engine counts).
-  #denseGflops(patchCounts: number[]): number {
-    const c = this.config, C = c.embedDim, hidden = C * c.mlpRatio, pre = c.regTokens + (c.classToken ? 1 : 0);
-    let flops = 0;
-    for (const n of patchCounts) {
-      const T = n + pre;
-      flops += 2 * n * C * 3 * c.patchSize * c.patchSize;
-      flops += c.depth * (2 * T * (4 * C * C + 2 * C * hidden) + 4 * T * T * C);
-      flops += 2 * T * C * c.numClasses;
-    }
-    return flops * 1e-9;
-  }
-
-  #stats(s: NativeSegmentResult['stats'], ms: StageTimes, batchSize: number, gflopsDense: number): SegmentStats {
+  #stats(s: NativeSegmentResult['stats'], ms: StageTimes, batchSize: number): SegmentStats {
     const stats: SegmentStats = {
       device: this.device,
       precision: this.precision,
       tokens: { dense: s.denseTokens, input: s.inputTokens, perLevel: {}, perBlock: s.perBlock, halted: s.halted },
       gflops: s.gflops,
-      gflopsDense,
+      gflopsDense: s.gflopsDense,
       gflopsPolicy: s.gflopsPolicy,
       ms,
       batchSize,

@@ -1,35 +1,40 @@
 /**
  * bench-common.ts: what scripts/bench-cpu.ts and its segment() section (scripts/bench-segment.ts)
  * share: seeded random numbers, the median of timed runs, a meter of the CPU other processes used,
- * onnxruntime-node loaded on demand, the relative L2 error and a plain text table.
+ * onnxruntime-node loaded on demand, the relative L2 error (the tests' too), ../shared's photos and a
+ * plain text table.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 
-// Seeded uniform numbers (mulberry32); weights are uniform with the std asked for ("normal-ish").
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Seeded uniform numbers: mulberry32 (cases/random.ts); weights are uniform with the std asked for ("normal-ish").
+export { rng } from './cases/random';
 export function fill(n: number, next: () => number, mean: number, std: number): Float32Array {
   const out = new Float32Array(n), half = std * Math.sqrt(3);
   for (let i = 0; i < n; i++) out[i] = mean + half * (2 * next() - 1);
   return out;
 }
 
-export function relL2(a: Float32Array, ref: Float32Array): number {
-  if (a.length !== ref.length) return NaN;
+/** ||got - ref|| / ||ref|| in double precision; Infinity when any value of got is not finite (the tests' too). */
+export function relL2(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (got.length !== ref.length) throw new Error(`length ${got.length} != ${ref.length}`);
   let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
+  for (let i = 0; i < ref.length; i++) {
+    if (!Number.isFinite(got[i])) return Infinity;
+    num += (got[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
   }
-  return Math.sqrt(num / den);
+  return Math.sqrt(num / Math.max(den, 1e-300));
+}
+
+/** ../shared beside the clone (real photos, data). */
+export const sharedDir = path.resolve(__dirname, '..', '..', 'shared');
+/** The photos in ../shared/images (none when it is absent). */
+export function sharedImages(): string[] {
+  const dir = path.join(sharedDir, 'images');
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((f) => /\.(jpe?g|png|webp)$/i.test(f)).map((f) => path.join(dir, f));
 }
 
 export const median = (xs: number[]) => {

@@ -28,9 +28,9 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 
 import { cudaStatus, loadModel, type Model } from '../lib/index';
-import { sharedImages } from '../test/helpers/compare';
-import { cudaRequired } from '../test/helpers/gpu';
-import { randomVit, rng } from '../test/helpers/random';
+import { cudaRequired } from '../lib/cuda-ops';
+import { sharedImages } from './bench-common';
+import { randomVit, rng } from './cases/random';
 
 const MODELS: Record<string, { timm: string; embedDim: number; depth: number; numHeads: number }> = {
   s: { timm: 'vit_small_patch16_224', embedDim: 384, depth: 12, numHeads: 6 },

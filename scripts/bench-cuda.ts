@@ -3,7 +3,8 @@
  * GPU in the same run, as one table: shape, the variant choose_<op>_kernel() picks, our ms, torch ms,
  * torch ms / our ms (above 1: ours is faster), and both TFLOP/s.
  *
- * Shapes (batch 1, patch 16, D = 64 heads):
+ * Shapes (batch 1, patch 16, D = 64 heads), the benchmark sizes of the case tables (scripts/cases/gemm.ts,
+ * attention.ts; the CUDA op tests run the same ops there at test sizes):
  *   gemm       M = 1025, 2305, 4097 tokens (512², 768², 1024² images plus the class token) times the four
  *              Linear layers of each width C = 384, 768, 1024 (ViT-S, -B, -L): qkv (N = 3C, K = C),
  *              proj (C, C), fc1 (4C, C), fc2 (C, 4C). bf16 a and w, float32 bias, bf16 out, no epilogue:
@@ -27,7 +28,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import { cudaRequired, type CudaOps, findCudaOps, type GemmKernelName } from '../test/helpers/gpu';
+import { cudaRequired, type CudaOps, findCudaOps, type GemmKernelName } from '../lib/cuda-ops';
+import { attentionBenchShapes } from './cases/attention';
+import { gemmBenchShapes } from './cases/gemm';
 
 interface Args {
   iterations: number;
@@ -60,30 +63,8 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-const kWidths = [
-  { name: 'S', C: 384, heads: 6 },
-  { name: 'B', C: 768, heads: 12 },
-  { name: 'L', C: 1024, heads: 16 },
-];
-const kTokens = [1025, 2305, 4097];
-const kAttentionT = [1024, 2304, 4096];
-const kHeadDim = 64;
-
-interface GemmShape { label: string; M: number; N: number; K: number }
-interface AttentionShape { label: string; T: number; H: number; D: number }
-
-function gemmShapes(): GemmShape[] {
-  const out: GemmShape[] = [];
-  for (const M of kTokens)
-    for (const { name, C } of kWidths)
-      for (const [layer, N, K] of [['qkv', 3 * C, C], ['proj', C, C], ['fc1', 4 * C, C], ['fc2', C, 4 * C]] as const)
-        out.push({ label: `${name} ${layer}`, M, N, K });
-  return out;
-}
-
-function attentionShapes(): AttentionShape[] {
-  return kAttentionT.flatMap((T) => kWidths.map(({ name, heads }) => ({ label: `${name} attn`, T, H: heads, D: kHeadDim })));
-}
+type GemmShape = ReturnType<typeof gemmBenchShapes>[number];
+type AttentionShape = ReturnType<typeof attentionBenchShapes>[number];
 
 /** n random bf16 values of magnitude 0.5 .. 2 with random signs (xorshift32: 16M values in well under a second). */
 function randomBf16(n: number, seed: number): Uint16Array {
@@ -165,7 +146,7 @@ async function main(): Promise<void> {
     process.exit(cudaRequired ? 1 : 0);
   }
   const { ops, device } = found;
-  const gemm = gemmShapes(), attention = attentionShapes();
+  const gemm = gemmBenchShapes(), attention = attentionBenchShapes();
 
   const rows: Row[] = [];
   for (const s of gemm) {

@@ -29,6 +29,8 @@ import json
 import statistics
 import sys
 
+# The standalone run's shapes: those of the case tables bench-cuda.ts reads (scripts/cases/sizes.ts,
+# gemm.ts, attention.ts), which it passes with --spec.
 WIDTHS = [(384, 6), (768, 12), (1024, 16)]  # ViT-S, -B, -L: (C, heads of D = 64)
 TOKENS = [1025, 2305, 4097]                 # 512^2, 768^2, 1024^2 images, patch 16, plus the class token
 

@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 
 import { encodeSafetensors } from '../lib/safetensors';
-import { randomVit, rng } from '../test/helpers/random';
+import { randomVit, rng } from './cases/random';
 
 const args = process.argv.slice(2);
 const arg = (name: string, def: string) => {

@@ -5,7 +5,7 @@
 # addon (cmake-js build, CUDA compiled in) and the runtime node_modules, all xz-compressed, and this
 # script unpacks them; then carry [".device"] only. (Carrying build/Release and node_modules as they
 # are works too.)
-# Steps: GPU facts (nvidia-smi), the CUDA op and model tests (uvu files matching "cuda"), the CUDA
+# Steps: GPU facts (nvidia-smi), the CUDA op and model tests (uvu files under test/ops or matching "cuda"), the CUDA
 # benchmarks (scripts/bench-cuda.ts: our GEMM and attention beside PyTorch's; scripts/bench-cuda-model.ts:
 # whole dense ViT-S/B/L forwards beside timm's), then the whole test suite (models on 'auto' run on the GPU); a table of step,
 # result and seconds at the end, then the benchmark's table. Logs go to $OUT/gpu-check/ when $OUT is set
@@ -86,17 +86,18 @@ fi
 
 if [ -n "$node_bin" ] && [ -f build/Release/step_seg.node ] && [ -d node_modules/tsx ] && [ -f node_modules/uvu/bin.js ]; then
   run probe "$node_bin" --import tsx -e "import('./lib/index.ts').then(async (s) => { console.log(s.runtimeInfo?.()); console.log('cuda:', await s.cudaStatus?.()); })"
-  if find test -path '*cuda*' -name '*.test.ts' | grep -q .; then
-    run tests "$node_bin" --import tsx node_modules/uvu/bin.js test "cuda"
+  cuda_tests='(^ops/|cuda).*\.test\.ts$' # test/ops: each op's CPU tests and its CUDA comparisons
+  if find test \( -path 'test/ops/*' -o -path '*cuda*' \) -name '*.test.ts' | grep -q .; then
+    run tests "$node_bin" --import tsx node_modules/uvu/bin.js test "$cuda_tests"
     if [ "$sanitize" -eq 1 ]; then
       if command -v compute-sanitizer >/dev/null 2>&1; then
-        run sanitize compute-sanitizer --tool memcheck --error-exitcode 1 "$node_bin" --import tsx node_modules/uvu/bin.js test "cuda"
+        run sanitize compute-sanitizer --tool memcheck --error-exitcode 1 "$node_bin" --import tsx node_modules/uvu/bin.js test "$cuda_tests"
       else
         skip sanitize "no compute-sanitizer"
       fi
     fi
   else
-    skip tests "no *.test.ts with cuda in its path under test/"
+    skip tests "no *.test.ts under test/ops or with cuda in its path under test/"
   fi
   if [ -f scripts/bench-cuda.ts ]; then
     run bench "$node_bin" --import tsx scripts/bench-cuda.ts --out "$logs/bench-cuda.txt"

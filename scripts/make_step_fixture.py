@@ -21,7 +21,7 @@ agree true (their options leave those out): merge_blend, prune_agree, step_blend
 learned_blend_agree. The copy cases come first and choose the thresholds as they always did, so their
 outputs stay what they were; the default cases take the same thresholds where those keep their margins.
 The learned policy's EfficientNet-Lite0 trunk is not stored (3.4M
-parameters would be 7 MB even as float16): it is test/helpers/random.ts randomEffnet('policy.trunk.', 4),
+parameters would be 7 MB even as float16): it is scripts/cases/random.ts randomEffnet('policy.trunk.', 4),
 which this script reproduces bit for bit (mulberry32 and the sum-of-uniforms normal, all in IEEE double,
 rounded to float32 as a Float32Array does), and the test rebuilds that model in memory.
 
@@ -55,7 +55,7 @@ TRUNK_SEED = 4
 
 
 # ---------------------------------------------------------------------------------------------------
-# test/helpers/random.ts, bit for bit
+# scripts/cases/random.ts, bit for bit
 
 
 def mulberry32(seed, n):

@@ -33,7 +33,7 @@ for (const f of info.files) {
 }
 for (const [g, { n, bytes }] of Object.entries(groups)) console.log(`  ${g.padEnd(16)} ${String(n).padStart(3)} files ${(bytes / 1024).toFixed(1).padStart(9)} KiB`);
 const must = [/^prebuilds\/[^/]+\/[^/]+\.node$/, /^bin\/step-seg\.mjs$/, /^dist\/index\.js$/, /^dist\/index\.mjs$/, /^dist\/index\.d\.ts$/, /^dist\/pictures\.js$/, /^weights\/default\/model\.safetensors$/, /^weights\/default\/config\.json$/, /^assets\/demo-rocket\.jpg$/, /^binding\.gyp$/, /^native\/addon\/addon\.cpp$/, /^LICENSE$/, /^weights\/LICENSE$/];
-const mustNot = [/^test\//, /^build\//, /^node_modules\//, /^\.ci\//, /^\.device\//, /^lib\//, /\.tgz$/, /(^|\/)fixtures\//, /\.onnx$/, /^scripts\/(?!demo\.mjs$)/, /^native\/cuda\//, /^native\/addon\/cuda_binding\.cpp$/, /^CMakeLists\.txt$/];
+const mustNot = [/^test\//, /^build\//, /^node_modules\//, /^\.ci\//, /^\.device\//, /^lib\//, /\.tgz$/, /(^|\/)fixtures\//, /\.onnx$/, /^scripts\/(?!demo\.mjs$)/, /^native\/cuda\//, /^native\/addon\/(cuda|emu)_/, /^CMakeLists\.txt$/];
 const missing = must.filter((re) => !files.some((f) => re.test(f)));
 const unwanted = files.filter((f) => mustNot.some((re) => re.test(f)));
 if (missing.length) console.error(`pack-check: the tarball lacks ${missing.map(String).join(', ')}`);

@@ -7,9 +7,11 @@
 // skipped (a test that recorded a skip and then failed stays failed), and adds uvu's own test.skip()
 // count. Exit status 1 when a test failed, uvu exited non-zero or printed no summary, or no test ran
 // to a verdict (none found, or every one skipped).
-// A whole run (no arguments) where the CUDA emulator is built (build-emu/, npm run build:emu) runs in
-// two passes, summed in the closing line: every other file on the default binary, then the CUDA test
-// files on the emulator with STEP_SEG_REQUIRE_CUDA=1, where a skip is a failure.
+// Where the CUDA emulator is built (build-emu/, npm run build:emu), a run under test/ goes in two passes,
+// summed in the closing line: the files with CUDA tests (kEmuFiles: every op test of test/ops, which
+// holds each op's CPU tests and its CUDA comparisons, and the CUDA model tests) on the emulator, whose
+// binary carries the CPU backend too, with STEP_SEG_REQUIRE_CUDA=1, where a CUDA skip is a failure;
+// every other file on the default binary. Each file runs once; a pass with no file is left out.
 //
 //   node scripts/run-tests.mjs [dir] [pattern] [uvu options]   (default: test "\.test\.ts$")
 import { spawn } from 'node:child_process';
@@ -23,7 +25,8 @@ const kSkipFileEnv = 'STEP_SEG_TEST_SKIPS'; // as test/helpers/skip.ts
 const require = createRequire(import.meta.url);
 const uvuBin = path.join(path.dirname(require.resolve('uvu')), '..', 'bin.js'); // uvu exports no ./bin.js
 const args = process.argv.slice(2);
-if (!args.length) args.push('test', '\\.test\\.ts$');
+if (!args.length) args.push('test');
+if (args.length === 1 || args[1].startsWith('-')) args.splice(1, 0, '\\.test\\.ts$'); // uvu's own default takes every .ts
 
 // One uvu run (a child process) with `env` added; its counts, skips moved out of passed.
 async function runUvu(uvuArgs, env) {
@@ -82,23 +85,53 @@ async function runUvu(uvuArgs, env) {
   return { passed, failed, skipped, skips, uvuSkipped, problems };
 }
 
-// The CUDA tests: on the CUDA emulator when its build exists (npm run build:emu) and this is a whole
-// run, with STEP_SEG_REQUIRE_CUDA=1 so that nothing there may skip; the other files on the default
-// binary. STEP_SEG_TEST_EMU=0 (or STEP_SEG_BINARY set) runs everything on the default binary.
-const kCudaFiles = '(ops/cuda|ops/step\\.cuda|model/cuda-model|model/cuda-photos|model/cuda-selfcheck|emu/emulator)\\.test\\.ts$';
-const emuBinary = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', 'build-emu', 'Release', 'step_seg.node');
-const wholeRun = args.length === 2 && args[0] === 'test' && args[1] === '\\.test\\.ts$';
-const useEmu = wholeRun && fs.existsSync(emuBinary) && !process.env.STEP_SEG_BINARY && process.env.STEP_SEG_TEST_EMU !== '0';
-const runs = useEmu
-  ? [
-      { args: [...args, '--ignore', kCudaFiles], env: {} },
-      { args: ['test', kCudaFiles], env: { STEP_SEG_BINARY: emuBinary, STEP_SEG_REQUIRE_CUDA: '1' }, label: 'the CUDA tests on the CUDA emulator' },
-    ]
-  : [{ args, env: {} }];
+// The files with CUDA tests, relative to test/ (a folder ends in /): on the CUDA emulator when its build
+// exists, with STEP_SEG_REQUIRE_CUDA=1 so that no CUDA test may skip there; the other files on the
+// default binary. STEP_SEG_TEST_EMU=0 (or STEP_SEG_BINARY set) runs everything on the default binary.
+const kEmuFiles = ['ops/', 'model/cuda-model.test.ts', 'model/cuda-photos.test.ts', 'model/cuda-selfcheck.test.ts', 'emu/emulator.test.ts'];
+const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const emuBinary = path.join(repoRoot, 'build-emu', 'Release', 'step_seg.node');
+const [dir, pattern, ...uvuOptions] = args;
+
+// The files uvu would load for `dir` and `pattern` (as uvu/parse: names relative to dir, case-insensitive).
+function testFiles(root, re) {
+  const out = [];
+  const walk = (d, prefix) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const name = prefix ? `${prefix}/${e.name}` : e.name;
+      if (/^\.git|node_modules/i.test(name)) continue;
+      if (e.isDirectory()) walk(path.join(d, e.name), name);
+      else if (re.test(name)) out.push(name);
+    }
+  };
+  if (fs.existsSync(root) && fs.statSync(root).isDirectory()) walk(root, '');
+  return out;
+}
+const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+// kEmuFiles relative to dir ('' when dir lies inside one of its folders), as one regex on uvu's names.
+const under = path.relative(path.join(repoRoot, 'test'), path.resolve(dir)).split(path.sep).join('/');
+const emuEntries = under.startsWith('..') || path.isAbsolute(under) ? [] : kEmuFiles.flatMap((e) =>
+  !under ? [e] : e.startsWith(`${under}/`) ? [e.slice(under.length + 1)] : e.endsWith('/') && `${under}/`.startsWith(e) ? [''] : []);
+const emuRe = emuEntries.includes('') ? '' : `^(?:${emuEntries.map((e) => escape(e) + (e.endsWith('/') ? '' : '$')).join('|')})`;
+const wanted = new RegExp(pattern, 'i');
+const emuWanted = emuEntries.length ? new RegExp(emuRe, 'i') : undefined;
+const files = testFiles(path.resolve(dir), wanted);
+const emuFiles = emuWanted ? files.filter((f) => emuWanted.test(f)) : [];
+const useEmu = emuFiles.length > 0 && fs.existsSync(emuBinary) && !process.env.STEP_SEG_BINARY && process.env.STEP_SEG_TEST_EMU !== '0';
+const emuRun = {
+  args: [dir, emuRe ? `^(?=.*(?:${pattern}))(?:${emuRe.slice(1)})` : pattern, ...uvuOptions],
+  env: { STEP_SEG_BINARY: emuBinary, STEP_SEG_REQUIRE_CUDA: '1' },
+  label: `${emuFiles.length} file(s) with CUDA tests on the CUDA emulator`,
+};
+const runs = !useEmu
+  ? [{ args, env: {} }]
+  : emuFiles.length === files.length
+    ? [emuRun]
+    : [{ args: [dir, pattern, ...uvuOptions, '--ignore', emuRe], env: {}, label: `${files.length - emuFiles.length} file(s) on the default binary` }, emuRun];
 let passed = 0, failed = 0, skipped = 0, uvuSkipped = 0;
 const skips = [], problems = [];
 for (const run of runs) {
-  if (run.label) console.log(`\n== ${run.label} (STEP_SEG_BINARY=${path.relative(process.cwd(), emuBinary)}, STEP_SEG_REQUIRE_CUDA=1) ==`);
+  if (run.label) console.log(`\n== ${run.label}${run.env.STEP_SEG_BINARY ? ` (STEP_SEG_BINARY=${path.relative(process.cwd(), emuBinary)}, STEP_SEG_REQUIRE_CUDA=1)` : ''} ==`);
   const r = await runUvu(run.args, run.env);
   passed += r.passed, failed += r.failed, skipped += r.skipped, uvuSkipped += r.uvuSkipped;
   skips.push(...r.skips), problems.push(...r.problems);
@@ -111,8 +144,8 @@ if (skipped) {
   if (uvuSkipped) byReason.set('test.skip()', uvuSkipped);
   console.log('skipped tests, by reason:');
   for (const [reason, n] of byReason) console.log(`  ${n} x ${reason}`);
-  if (wholeRun && !useEmu && skips.some((r) => /cuda|CUDA|GPU|NVIDIA/.test(r.reason)))
-    console.log('  (without a GPU, `npm run build:emu` builds the CUDA emulator; npm test then runs the CUDA tests on it)');
+  if (!useEmu && skips.some((r) => /cuda|CUDA|GPU|NVIDIA/.test(r.reason)))
+    console.log('  (without a GPU, `npm run build:emu` builds the CUDA emulator; this runner then runs the CUDA tests on it)');
 }
 for (const p of problems) console.log(`run-tests: ${p}`);
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);

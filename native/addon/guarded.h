@@ -1,6 +1,6 @@
 // guarded.h: runs a native call body, turning engine errors into JS Errors with the engine's `code`
 // (Napi errors pass as they are; any other exception is ERR_STEP_INTERNAL). Shared by the test-only
-// bindings (cuda_binding.cpp, emu_binding.cpp).
+// bindings (ops_binding.cpp, cuda_binding.cpp, emu_binding.cpp).
 #pragma once
 #include <napi.h>
 

@@ -34,6 +34,8 @@
 #include <utility>
 #include <vector>
 
+#include "cost.h"
+
 namespace step {
 namespace {
 
@@ -203,6 +205,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     throw Error(ErrorCode::kBadInput, "Expected at most 2^31 - 1 input pixels for the policy trunk but received " +
                                           std::to_string(B) + " images of " + std::to_string(H) + " x " +
                                           std::to_string(W));
+  if (gflops) *gflops += double(B) * effnet_gflops(H, W);  // cost.h
   // k x k convolution of (B, in_h, in_w, in_c) `in` into (B, out_h, out_w, out_c) `out`, BatchNorm folded, ReLU6.
   auto conv = [&](const float* in, int in_h, int in_w, int in_c, const std::string& name, int out_c, int kernel,
                   int stride, bool depthwise, Tensor& out) {
@@ -215,7 +218,6 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     out.reset({B, c.out_h, c.out_w, out_c});
     c.y = out.data();
     backend.conv(c);
-    if (gflops) *gflops += 2e-9 * double(B) * c.out_h * c.out_w * out_c * (in_c / c.groups) * kernel * kernel;
   };
   // 1 x 1 convolution of (rows, in_c) `in` into (rows, out_c) `out`; residual (rows, out_c) or null.
   auto pointwise = [&](const float* in, int64_t rows, int in_c, const std::string& name, int out_c, Epilogue ep,
@@ -227,7 +229,6 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     g.epilogue = ep, g.residual = residual;
     g.c = out, g.ldc = out_c;
     backend.gemm(g);
-    if (gflops) *gflops += 2e-9 * double(rows) * in_c * out_c;
   };
 
   std::vector<Tensor> features;

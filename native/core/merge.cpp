@@ -3,6 +3,7 @@
 
 #include <chrono>
 
+#include "cost.h"
 #include "errors.h"
 
 namespace step {
@@ -42,7 +43,7 @@ void learned_scores(Backend& backend, const MergeImage& im, int patch, const Mer
       g.w = net.head_w.at(S).data(), g.bias = net.head_b.at(S).data(), g.epilogue = Epilogue::kSigmoid;
       g.c = scores, g.ldc = 1;
       backend.gemm(g);
-      *gflops += 2e-9 * double(wh) * ww * C;
+      *gflops += gemm_gflops(g.M, g.N, g.K);
     }
     scores += int64_t(wh) * ww;
   }

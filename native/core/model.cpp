@@ -11,6 +11,8 @@
 #include <cstring>
 #include <set>
 
+#include "cost.h"
+
 namespace step {
 namespace {
 
@@ -218,6 +220,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   int A = out.offsets[B];  // active tokens: shrinks at every early exit
   st.dense_tokens = int64_t(cells) + int64_t(B) * pre;
   st.input_tokens = A;
+  st.dense_gflops = dense_gflops(c, in.grids);
 
   // Position embeddings of each image's grid, concatenated in grid order.
   Tensor pos({cells, C});
@@ -232,7 +235,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     std::memcpy(copy.data(), t.data(), copy.numel() * sizeof(float));
     out.captured.emplace_back(name, std::move(copy));
   };
-  auto gemm_flops = [&](int64_t M, int64_t N, int64_t K) { st.gflops += 2e-9 * double(M) * N * K; };
+  auto gemm_flops = [&](int64_t M, int64_t N, int64_t K) { st.gflops += gemm_gflops(M, N, K); };
 
   // Patch embedding: im2col of every rect, then one GEMM with the conv weight.
   Tensor cols({Tp, 3 * P * P});  // (Tp, 3 * P * P)
@@ -320,7 +323,7 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     ap.batch = B, ap.offsets = out.offsets.data(), ap.heads = H, ap.head_dim = C / H;
     ap.scale = 1.f / std::sqrt(float(C / H)), ap.qkv = qkv.data(), ap.out = att.data();
     backend.attention(ap);
-    st.gflops += 4e-9 * double(sum_t2) * C;
+    st.gflops += attention_gflops(sum_t2, C);
     linear(att, C, blk + "attn.proj", C, x, Epilogue::kResidual, w_or_null(blk + "ls1.gamma"));
     layernorm(x, blk + "norm2", h);
     linear(h, C, blk + "mlp.fc1", c.mlp_hidden, mlp, Epilogue::kGelu, nullptr);

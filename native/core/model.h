@@ -46,7 +46,8 @@ struct ForwardStats {
   int64_t dense_tokens = 0, input_tokens = 0;
   std::vector<int64_t> per_block;  // active tokens entering each block
   std::vector<int64_t> halted;     // tokens halted at each exit taken
-  double gflops = 0;
+  double gflops = 0;        // work done (cost.h)
+  double dense_gflops = 0;  // the dense forward over the same images (cost.h: dense_gflops)
   std::vector<std::pair<std::string, double>> ms;  // stage name, milliseconds
 };
 

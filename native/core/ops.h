@@ -74,15 +74,14 @@ struct AvgPoolParams {
 };
 
 // ---- layernorm ----------------------------------------------------------------------------------
-// y[r] = (x[src(r)] - mean) / sqrt(var + eps) * gamma + beta, over C; src(r) = rows_index ? rows_index[r] : r.
+// y[r] = (x[r] - mean) / sqrt(var + eps) * gamma + beta, over C.
 struct LayerNormParams {
   int rows = 0, C = 0;
   float eps = 0.f;                      // > 0; no default here: VitConfig::norm_eps
   const float* x = nullptr;             // (rows or more, C) row-major
-  const int32_t* rows_index = nullptr;  // (rows) int32 source row of each output row, or null
   const float* gamma = nullptr;         // (C)
   const float* beta = nullptr;          // (C)
-  float* y = nullptr;                   // (rows, C); must not alias x when rows_index is set
+  float* y = nullptr;                   // (rows, C); may alias x
 };
 
 // ---- attention ----------------------------------------------------------------------------------

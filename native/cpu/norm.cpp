@@ -14,8 +14,8 @@ void layernorm(const LayerNormParams& p) {
   const int C = p.C;
   parallel_for(p.rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float* x = p.x + int64_t(p.rows_index ? p.rows_index[r] : r) * C;  // (C)
-      float* y = p.y + r * C;                                                   // (C)
+      const float* x = p.x + r * C;  // (C)
+      float* y = p.y + r * C;        // (C)
       float mean = 0.f;
       for (int c = 0; c < C; ++c) mean += x[c];
       mean /= float(C);

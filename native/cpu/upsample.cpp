@@ -77,7 +77,7 @@ std::vector<Filter> aa_filters(int in, int out) {
 // adds in the same order as the per-pixel path's ((w00 l00 + w01 l01) + w10 l10) + w11 l11, one class
 // per lane, fp-contract off so that no multiply-add is fused (which would round differently), and the
 // first class with the largest value, as the scalar loop's strict > picks it: the same label bit for
-// bit (upsample-labels.test.ts compares the two paths). About 3x fewer instructions for K = 11.
+// bit (test/ops/upsample.test.ts compares the two paths). About 3x fewer instructions for K = 11.
 __attribute__((target("avx512f"), optimize("fp-contract=off"))) int interpolate_label_avx512(
     int K, const float* l00, const float* l01, const float* l10, const float* l11, float w00,
     float w01, float w10, float w11) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/cost.h"
 #include "device_model_impl.cuh"
 #include "launch.cuh"
 
@@ -215,10 +216,10 @@ void CudaVitModel::fill_stats(const CallShape& sh, const std::vector<int32_t>& b
                               const std::vector<int>& exit_layers, int64_t rects, EncoderOutput& out) const {
   const VitConfig& c = model_.config();
   const int B = sh.B, C = c.embed_dim, P = c.patch, K = c.num_classes;
-  ForwardStats& st = out.stats;
-  auto gemm_gflops = [](int64_t M, int64_t N, int64_t Kd) { return 2e-9 * double(M) * N * Kd; };
+  ForwardStats& st = out.stats;  // GFLOPs as cost.h counts them, as VitModel::forward does
   st.dense_tokens = sh.cells + int64_t(B) * c.prefix();
   st.input_tokens = block_offsets[B];
+  st.dense_gflops = dense_gflops(c, sh.grids);
   st.gflops += gemm_gflops(rects, C, 3 * P * P);
   for (int i = 0; i <= c.depth; ++i) {
     const int32_t* o = block_offsets.data() + size_t(i) * (B + 1);
@@ -231,8 +232,7 @@ void CudaVitModel::fill_stats(const CallShape& sh, const std::vector<int32_t>& b
     st.per_block.push_back(a);
     int64_t sum_t2 = 0;
     for (int b = 0; b < B; ++b) sum_t2 += int64_t(o[b + 1] - o[b]) * (o[b + 1] - o[b]);
-    st.gflops += gemm_gflops(a, 3 * C, C) + 4e-9 * double(sum_t2) * C + gemm_gflops(a, C, C) +
-                 2 * gemm_gflops(a, c.mlp_hidden, C);
+    st.gflops += block_gflops(c, a, sum_t2);
     if (std::find(exit_layers.begin(), exit_layers.end(), i + 1) != exit_layers.end()) {
       st.gflops += gemm_gflops(a, K, C);
       int64_t halted = 0;

@@ -38,6 +38,7 @@
 #include "../core/backend.h"
 #include "../core/merge.h"
 #include "../core/model.h"
+#include "../core/segment.h"
 
 namespace step::cuda {
 
@@ -46,38 +47,19 @@ struct DeviceMemoryUse {
   size_t workspace = 0;  // bytes of the activation workspace (the pool)
 };
 
-class DeviceModel {
+// The GPU engine of core's segment pipeline (core/segment.h: DeviceSegmenter's forward and segment).
+class DeviceModel : public DeviceSegmenter {
  public:
-  virtual ~DeviceModel() = default;
   // Uploads `model`'s weights to GPU 0. kDeviceUnavailable when the probe found no usable GPU (its
   // reason in the message), kOutOfMemory when the weights do not fit. `model` must outlive this object
   // (its host position embeddings are resampled on demand with `host` backend's pos_resample).
   static std::unique_ptr<DeviceModel> create(VitModel& model, Backend& host);
 
-  // As VitModel::forward (dense or superpatch rects from the host; early exits when in.prune is on).
-  // in.capture keeps only "final_norm" on the GPU (the per-block copies are a CPU feature).
-  virtual EncoderOutput forward(const EncoderInput& in) = 0;
+  // core's request and result under the names device_model.cu uses
+  using Image = DeviceSegmentImage;
+  using SegmentRequest = DeviceSegmentRequest;
+  using SegmentResult = DeviceSegmentResult;
 
-  struct Image {
-    const uint8_t* rgb = nullptr;  // (h, w, channels) uint8, the resized image
-    int h = 0, w = 0, channels = 3;
-    int out_h = 0, out_w = 0;      // label map size
-  };
-  struct SegmentRequest {
-    std::vector<Image> images;
-    float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};  // 0..255 pixel units
-    MergeSettings merge;                 // planned on the device, with either scorer
-    PruneSettings prune;
-    bool want_probs = false, want_logits = false;
-  };
-  struct SegmentResult {
-    EncoderOutput enc;   // offsets, rect_exit, stats; grid_logits when want_logits
-    MergePlan plan;      // rects, token_of_patch, tokens_per_size as selected on the device
-    std::vector<std::vector<int32_t>> labels;  // per image (out_h, out_w)
-    std::vector<std::vector<float>> probs;     // per image (K, out_h, out_w) when want_probs
-    bool graph = false;  // replayed (or captured) as a CUDA graph
-  };
-  virtual SegmentResult segment(const SegmentRequest& r) = 0;
   virtual DeviceMemoryUse memory() const = 0;
 };
 

@@ -16,7 +16,6 @@ TrunkSizes trunk_sizes(int H, int W) {
   using T = EffNetTrunk;
   int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
   t.map = int64_t(ih) * iw * T::kStemChannels;
-  t.gflops += 2e-9 * double(ih) * iw * T::kStemChannels * 27;
   for (const T::Block& b : T::blocks()) {
     const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
     const int64_t in_px = int64_t(ih) * iw, out_px = int64_t(oh) * ow;
@@ -27,9 +26,7 @@ TrunkSizes trunk_sizes(int H, int W) {
     if (!b.separable) {
       t.expanded = std::max(t.expanded, in_px * b.mid);
       t.bf16 = std::max(t.bf16, in_px * b.in);
-      t.gflops += 2e-9 * double(in_px) * b.in * b.mid;
     }
-    t.gflops += 2e-9 * double(out_px) * dw_c * b.kernel * b.kernel + 2e-9 * double(out_px) * dw_c * b.out;
     ih = oh, iw = ow;
   }
   t.top_h = ih, t.top_w = iw;

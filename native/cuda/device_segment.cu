@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/cost.h"
 #include "device_model_impl.cuh"
 #include "launch.cuh"
 
@@ -103,10 +104,10 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       const TrunkSizes t = trunk_sizes(gh * P, gw * P);
       sh.trunk.map = std::max(sh.trunk.map, t.map), sh.trunk.expanded = std::max(sh.trunk.expanded, t.expanded);
       sh.trunk.mid = std::max(sh.trunk.mid, t.mid), sh.trunk.bf16 = std::max(sh.trunk.bf16, t.bf16);
-      policy_gflops += t.gflops;
+      policy_gflops += effnet_gflops(gh * P, gw * P);
       for (int32_t S : r.merge.sizes) {
         sh.pooled = std::max<int64_t>(sh.pooled, int64_t(gh / S) * (gw / S) * 320);
-        policy_gflops += 2e-9 * double(gh / S) * (gw / S) * 320;
+        policy_gflops += gemm_gflops(int64_t(gh / S) * (gw / S), 1, 320);  // the level's head
       }
     }
   }

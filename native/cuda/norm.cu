@@ -25,7 +25,6 @@ struct LayerNormArgs {
   int rows_bound, C;
   float eps;
   const float* x;                 // (rows or more, C)
-  const int32_t* rows_index;      // (rows) or null
   const float* gamma;             // (C)
   const float* beta;              // (C)
   float* y;                       // (rows, C) or null
@@ -44,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) layernorm_kernel_simple(LayerNormArg
   const int row = layernorm_row(a), lane = threadIdx.x % 32;
   if (row < 0) return;  // warp-uniform; no block barrier in this kernel
   const int C = a.C;
-  const float* x = a.x + int64_t(a.rows_index ? a.rows_index[row] : row) * C;  // (C)
+  const float* x = a.x + int64_t(row) * C;  // (C)
   float sum = 0.f;
   for (int c = lane; c < C; c += 32) sum += x[c];
   const float mean = warp_sum(sum) / float(C);
@@ -67,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) layernorm_kernel_vec(LayerNormArgs a
   const int row = layernorm_row(a), lane = threadIdx.x % 32;
   if (row < 0) return;
   constexpr int C = 128 * kChunks;
-  const float4* x = reinterpret_cast<const float4*>(a.x + int64_t(a.rows_index ? a.rows_index[row] : row) * C);
+  const float4* x = reinterpret_cast<const float4*>(a.x + int64_t(row) * C);
   float4 v[kChunks];
   float sum = 0.f;
 #pragma unroll
@@ -129,8 +128,6 @@ void layernorm(const LayerNormParams& p, const LayerNormDeviceExtras& x, void* s
   if (p.rows == 0) return;
   STEP_CHECK(p.x && p.gamma && p.beta, "cuda::layernorm: missing x, gamma or beta");
   STEP_CHECK(p.y || x.y_bf16, "cuda::layernorm: no output (y or y_bf16)");
-  STEP_CHECK(!p.rows_index || (p.y != p.x && static_cast<const void*>(x.y_bf16) != p.x),
-             "cuda::layernorm: y must not alias x when rows_index is set");
 
   const bool aligned = is_aligned(p.x, 16) && is_aligned(p.gamma, 16) && is_aligned(p.beta, 16) &&
                        (!p.y || is_aligned(p.y, 16)) && (!x.y_bf16 || is_aligned(x.y_bf16, 8));
@@ -138,7 +135,7 @@ void layernorm(const LayerNormParams& p, const LayerNormDeviceExtras& x, void* s
   STEP_CHECK(kernel == LayerNormKernel::kSimple || vec_fits(p.C, aligned),
              "cuda::layernorm: kernel vec needs C % 128 == 0, C <= 1024 and 16-byte aligned rows");
 
-  const LayerNormArgs a{p.rows, p.C, p.eps, p.x, p.rows_index, p.gamma, p.beta, p.y, as_bf16(x.y_bf16), x.rows_device};
+  const LayerNormArgs a{p.rows, p.C, p.eps, p.x, p.gamma, p.beta, p.y, as_bf16(x.y_bf16), x.rows_device};
   const cudaStream_t s = as_stream(stream);
   if (kernel == LayerNormKernel::kSimple) return layernorm_launch_simple(a, s);
   switch (p.C / 128) {
@@ -158,7 +155,6 @@ OpCost layernorm_cost(const LayerNormParams& p, const LayerNormDeviceExtras& x) 
   OpCost cost;
   cost.flops = 8.0 * rows * C;  // sum, centre, square-add, normalise, scale-shift: about 8 per element
   cost.bytes = rows * C * (4.0 + (p.y ? 4.0 : 0.0) + (x.y_bf16 ? 2.0 : 0.0)) + 8.0 * C;
-  if (p.rows_index) cost.bytes += 4.0 * rows;
   return cost;
 }
 

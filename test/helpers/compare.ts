@@ -1,20 +1,13 @@
-// Comparisons and fixture reading shared by the tests.
+// Comparisons and fixture reading shared by the tests: the op tests' checks of outputs (bits, blocks left
+// untouched, relative L2 and elementwise bounds), their float32 NaN poison and packed-list offsets.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+import * as assert from 'uvu/assert';
+
 import { readHeaderFromBuffer } from '../../lib/safetensors';
 
-/** ||got - ref|| / ||ref|| in double precision; Infinity when any value of got is not finite. */
-export function relL2(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  if (got.length !== ref.length) throw new Error(`length ${got.length} != ${ref.length}`);
-  let num = 0, den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity;
-    num += (got[i] - ref[i]) ** 2;
-    den += ref[i] ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-300));
-}
+export { relL2, sharedDir, sharedImages } from '../../scripts/bench-common';
 
 /** All tensors of a safetensors file as float32 (F32) or uint8 (U8) arrays. */
 export function readSafetensors(file: string): Record<string, { dims: number[]; data: Float32Array | Uint8Array }> {
@@ -33,10 +26,57 @@ export const repoRoot = path.resolve(__dirname, '..', '..');
 export const fixturesDir = path.join(repoRoot, 'test', 'fixtures');
 /** The small untrained model the tests use where they need known sizes and speed (make-stand-in.ts). */
 export const standIn = path.join(fixturesDir, 'stand-in');
-/** ../shared beside the clone (real photos, data); tests that need it skip (helpers/skip.ts) when it is absent. */
-export const sharedDir = path.resolve(repoRoot, '..', 'shared');
-export function sharedImages(): string[] {
-  const dir = path.join(sharedDir, 'images');
-  if (!fs.existsSync(dir)) return [];
-  return fs.readdirSync(dir).filter((f) => /\.(jpe?g|png|webp)$/i.test(f)).map((f) => path.join(dir, f));
+
+type Numbers = Float32Array | Uint16Array | Int32Array | Uint8Array;
+const bitsOf = (a: Numbers): Exclude<Numbers, Float32Array> | Uint32Array =>
+  a instanceof Float32Array ? new Uint32Array(a.buffer, a.byteOffset, a.length) : a;
+
+/** Every element the same, floats bit for bit (a NaN equals the same NaN). */
+export function assertSameBits(got: Numbers, want: Numbers, what: string): void {
+  const g = bitsOf(got), w = bitsOf(want);
+  assert.is(g.length, w.length, `${what}: lengths`);
+  let i = 0;
+  while (i < g.length && g[i] === w[i]) i++;
+  assert.ok(i === g.length, `${what}: first difference at element ${i}: got ${got[i]}, want ${want[i]}`);
 }
+
+/** Rows 0 .. rows - 1, columns 0 .. cols - 1 of a (.., ld) array, packed. */
+export function block(a: Float32Array, rows: number, cols: number, ld: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) out.set(a.subarray(r * ld, r * ld + cols), r * cols);
+  return out;
+}
+
+/** Elements of got that the op must not write (outside rows < rows, cols < cols) keep the bits of before. */
+export function assertUntouched(got: Float32Array | Uint16Array, before: Float32Array | Uint16Array, rows: number, cols: number,
+  ld: number, what: string): void {
+  const g = bitsOf(got), b = bitsOf(before);
+  for (let i = 0; i < g.length; i++) {
+    const r = Math.floor(i / ld), c = i % ld;
+    if ((r >= rows || c >= cols) && g[i] !== b[i]) assert.unreachable(`${what}: element (${r}, ${c}) outside the output was written`);
+  }
+}
+
+export function assertWithin(err: number, tol: number, what: string): void {
+  assert.ok(err <= tol, `${what}: relative L2 error ${err.toExponential(3)} > ${tol.toExponential(3)}`);
+}
+
+/** Elementwise |got - want| <= rel * |want| (+ a floor for values near zero). */
+export function assertClose(got: Float32Array, want: Float32Array, rel: number, abs: number, what: string): void {
+  assert.is(got.length, want.length, `${what}: lengths`);
+  for (let i = 0; i < got.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    if (!(d <= rel * Math.abs(want[i]) + abs))
+      assert.unreachable(`${what}: element ${i}: got ${got[i]}, want ${want[i]} (difference ${d.toExponential(3)})`);
+  }
+}
+
+/** Packed-list offsets (B + 1) of images with these row counts. */
+export function offsetsOf(counts: number[]): Int32Array {
+  const offsets = new Int32Array(counts.length + 1);
+  counts.forEach((n, b) => (offsets[b + 1] = offsets[b] + n));
+  return offsets;
+}
+
+/** n float32 NaNs: an output no element of which the op may leave unwritten. */
+export const poisonF32 = (n: number): Float32Array => new Float32Array(n).fill(NaN);

@@ -1,25 +1,16 @@
-// Op cases shared by the op tests: random inputs, plain double-precision references, and outputs
-// poisoned with NaN before each run so an unwritten element fails. Run directly, this file runs the
+// The CPU runs of gemm's and attention's case tables (scripts/cases): random inputs, plain
+// double-precision references, and outputs poisoned with NaN before each run so an unwritten element fails. Run directly, this file runs the
 // GEMM cases (float32 and bfloat16) and the bfloat16 attention cases and prints a JSON summary (the
 // GEMM test runs it once per forced SIMD kernel, each in its own process: kernels are chosen once).
 // bfloat16 references are double precision over inputs rounded to bfloat16 as the engine rounds them
 // (toBf16), so the tolerance stays the float32 one: what remains is float32 accumulation.
 import { loadBinding } from '../../lib/binding';
+import { attentionCases } from '../../scripts/cases/attention';
+import { type GemmCase, gemmCases } from '../../scripts/cases/gemm';
+import { randn, rng } from '../../scripts/cases/random';
 import { relL2 } from './compare';
-import { randn, rng } from './random';
 
 const { ops } = loadBinding().binding;
-
-export interface GemmCase {
-  M: number;
-  N: number;
-  K: number;
-  epilogue: 'none' | 'gelu' | 'residual' | 'relu6' | 'sigmoid';
-  bias: boolean;
-  colScale: boolean;
-  lda?: number;
-  ldc?: number;
-}
 
 export type Precision = 'fp32' | 'bf16';
 
@@ -36,26 +27,6 @@ export function toBf16(x: Float32Array): Float32Array {
     else bits[i] = (((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16) >>> 0;
   }
   return out;
-}
-
-/** Shapes: ViT sizes, primes, ones, sizes just off any tile, strided operands. */
-export function gemmCases(): GemmCase[] {
-  const shapes: [number, number, number][] = [
-    [1, 1, 1], [1, 7, 3], [5, 1, 9], [3, 5, 1], [17, 31, 13], [64, 64, 64], [65, 63, 67],
-    [97, 130, 255], [321, 576, 192], [33, 11, 192], [200, 768, 48], [256, 1000, 17], [7, 2304, 96],
-  ];
-  const eps: GemmCase['epilogue'][] = ['none', 'gelu', 'residual'];
-  const cases: GemmCase[] = [];
-  shapes.forEach(([M, N, K], i) => {
-    const epilogue = eps[i % 3];
-    cases.push({ M, N, K, epilogue, bias: i % 2 === 0, colScale: epilogue === 'residual' && i % 4 < 2 });
-  });
-  cases.push({ M: 50, N: 40, K: 30, epilogue: 'residual', bias: true, colScale: true, lda: 37, ldc: 45 });
-  cases.push({ M: 129, N: 65, K: 70, epilogue: 'gelu', bias: true, colScale: false, lda: 71, ldc: 66 });
-  // EfficientNet's pointwise convolutions and the merge-policy heads; K past one K block (384)
-  for (const [M, N, K] of [[97, 40, 17], [640, 96, 16], [33, 1, 320], [70, 33, 1000]] as const)
-    for (const epilogue of ['relu6', 'sigmoid'] as const) cases.push({ M, N, K, epilogue, bias: true, colScale: false });
-  return cases;
 }
 
 const erf = (x: number): number => {
@@ -114,15 +85,6 @@ export function runGemmCase(c: GemmCase, seed: number, precision: Precision = 'f
 }
 
 // ---- attention ---------------------------------------------------------------------------------
-
-/** Packed lists: one token, uneven images, a query block (128) just crossed, wide heads, odd lengths. */
-export const attentionCases: { name: string; lengths: number[]; H: number; D: number }[] = [
-  { name: 'one image, one token', lengths: [1], H: 2, D: 8 },
-  { name: 'uneven batch', lengths: [5, 70, 1, 129], H: 3, D: 16 },
-  { name: 'one image past a query block', lengths: [65], H: 1, D: 64 },
-  { name: 'wide heads', lengths: [40, 33], H: 2, D: 96 },
-  { name: 'odd head width, keys past a key block', lengths: [301, 2], H: 2, D: 23 },
-];
 
 /**
  * Softmax attention in double precision. bf16: q, k and v rounded to bfloat16, and the unnormalised

@@ -98,6 +98,11 @@ for (const [name, opts] of [
       assert.is(b.stats.device, 'cuda');
       assert.equal(b.tokenMap.index, a.tokenMap.index, 'same superpatches');
       assert.equal(b.stats.tokens.input, a.stats.tokens.input);
+      // one cost model (native/core/cost.h) on both devices: the same dense GFLOPs, and the same work
+      // done where the token counts agree (dense and merged: no halting decision can differ)
+      assert.ok(Math.abs(b.stats.gflopsDense - a.stats.gflopsDense) <= 1e-12 * a.stats.gflopsDense, `${w}x${h}: dense GFLOPs`);
+      if (!name.includes('pruned')) assert.ok(Math.abs(b.stats.gflops - a.stats.gflops) <= 1e-9 * a.stats.gflops, `${w}x${h}: GFLOPs ${b.stats.gflops} vs ${a.stats.gflops}`);
+      if (name === 'dense') assert.ok(Math.abs(a.stats.gflops - a.stats.gflopsDense) <= 1e-9 * a.stats.gflopsDense, 'a dense run costs the dense GFLOPs');
       const err = relL2(b.logits!.data, a.logits!.data);
       assert.ok(err <= 1e-2, `${w}x${h}: logits relative L2 ${err}`);
       const bad = confidentMismatch(a, b.labels);

@@ -1,15 +1,24 @@
-// attention, layernorm and upsample against plain double-precision references, on random packed
-// lists (uneven images, a single token, a block boundary just crossed: op-cases.ts's table) with
-// NaN-poisoned outputs.
+// attention on the case table of scripts/cases/attention.ts. The CPU op against a plain double-precision
+// reference on random packed lists (uneven images, a single token, a block boundary just crossed) with
+// NaN-poisoned outputs, float32 and bf16 (test/ops/gemm.test.ts forces each bf16 kernel).
+//
+// The CUDA kernels against the CPU op: every variant choose_attention_kernel() or a forced `kernel`
+// allows, float32 and bf16 qkv and out, uneven batches with an empty image, an upper bound of T above
+// every T; skips as test/ops/gemm.test.ts says. bf16 tolerances: the rule in test/ops/gemm.test.ts's
+// header. Emulated in double precision, FlashAttention's extra rounding (P to bf16 before P V) costs
+// 0.3x to 1x the output rounding, so 2x holds with margin at every T and D here. Float32 attention
+// (naive): 2e-5, twice the CPU test's bound against double.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
-import { relL2 } from '../helpers/compare';
-import { attentionCases, runAttentionCase } from '../helpers/op-cases';
-import { randn, rng } from '../helpers/random';
-
-const { ops } = loadBinding().binding;
+import {
+  attentionCases, attentionCudaLengths, kAttentionCudaHeads, kAttentionNaiveHeads, kAttentionNaiveLengths,
+} from '../../scripts/cases/attention';
+import { randn, rng } from '../../scripts/cases/random';
+import { assertSameBits, assertWithin, offsetsOf, poisonF32, relL2 } from '../helpers/compare';
+import { type AttentionKernelName, big, type CudaOps, fromBf16, gpuTests, poisonBf16, roundBf16, toBf16 } from '../helpers/gpu';
+import { runAttentionCase } from '../helpers/op-cases';
 
 for (const [i, c] of attentionCases.entries()) {
   test(`attention: ${c.name}`, () => {
@@ -25,62 +34,75 @@ for (const [i, c] of attentionCases.entries()) {
   });
 }
 
-test('layernorm, with and without a row gather', () => {
-  const rand = rng(5);
-  const rows = 37, C = 70, eps = 1e-6;
-  const x = randn(50 * C, rand, 3).map((v, i) => v + (i % C === 0 ? 100 : 0)); // a large mean to centre
-  const gamma = randn(C, rand), beta = randn(C, rand);
-  const index = Int32Array.from({ length: rows }, () => Math.floor(rand() * 50));
-  for (const rowsIndex of [undefined, index]) {
-    const y = new Float32Array(rows * C).fill(NaN);
-    ops.layernorm({ rows, C, eps, x, rowsIndex, gamma, beta, y });
-    const ref = new Float64Array(rows * C);
-    for (let r = 0; r < rows; r++) {
-      const src = (rowsIndex ? rowsIndex[r] : r) * C;
-      let mean = 0, v = 0;
-      for (let c = 0; c < C; c++) mean += x[src + c] / C;
-      for (let c = 0; c < C; c++) v += (x[src + c] - mean) ** 2 / C;
-      for (let c = 0; c < C; c++) ref[r * C + c] = ((x[src + c] - mean) / Math.sqrt(v + eps)) * gamma[c] + beta[c];
-    }
-    assert.ok(relL2(y, ref) < 1e-5);
+// ---- CUDA: every variant against the CPU op ------------------------------------------------------------
+
+const cpu = loadBinding().binding.ops;
+const gpuTest = gpuTests(test);
+const kFloat32OpTol = 2e-5; // float32 attention (naive) vs CPU
+
+/** One packed batch on every variant and dtype combination, against the CPU op. */
+function checkAttention(ops: CudaOps, lengths: number[], H: number, D: number, seed: number): void {
+  const offsets = offsetsOf(lengths);
+  const batch = lengths.length, A = offsets[batch], C = H * D, scale = 1 / Math.sqrt(D);
+  const rand = rng(seed);
+  const qkv = randn(A * 3 * C, rand, 1.5);
+  const qkvBf16 = toBf16(qkv), qkvRounded = fromBf16(qkvBf16);
+  const cpuAttention = (input: Float32Array): Float32Array => {
+    const out = poisonF32(A * C);
+    cpu.attention({ batch, offsets, heads: H, headDim: D, scale, qkv: input, out });
+    return out;
+  };
+  const exact = cpuAttention(qkv), same = cpuAttention(qkvRounded), plain = roundBf16(same);
+  const tolExact = 2 * relL2(plain, exact) + 1e-6, tolSame = 2 * relL2(plain, same) + 1e-6;
+  const flashFits = D === 32 || D === 64 || D === 96 || D === 128;
+  assert.is(ops.chooseAttention(D), flashFits ? 'flash' : 'naive', `chooseAttention(${D})`);
+  const name = `T = [${lengths}], H = ${H}, D = ${D}`;
+  const base = { batch, offsets, heads: H, headDim: D, scale };
+
+  const kernels: AttentionKernelName[] = ['auto', 'naive', ...(flashFits ? (['flash'] as const) : [])];
+  for (const kernel of kernels) {
+    const runs: Record<string, Float32Array> = {};
+    for (const input of ['float32', 'bf16'] as const)
+      for (const output of ['float32', 'bf16'] as const) {
+        const what = `${kernel}, ${input} qkv, ${output} out, ${name}`;
+        const inputs = input === 'float32' ? { qkv } : { qkvBf16 };
+        let got: Float32Array;
+        if (output === 'float32') {
+          got = poisonF32(A * C);
+          ops.attention({ ...base, ...inputs, out: got, kernel });
+        } else {
+          const outBf16 = poisonBf16(A * C);
+          ops.attention({ ...base, ...inputs, outBf16, kernel });
+          got = fromBf16(outBf16);
+        }
+        runs[`${input} ${output}`] = got;
+        assertWithin(relL2(got, exact), tolExact, `${what}, vs CPU on float32 inputs`);
+        if (input === 'bf16') assertWithin(relL2(got, same), tolSame, `${what}, vs CPU on the same bf16 inputs`);
+        // The naive kernel is float32 throughout (it reads float32 qkv as it is).
+        const naive = kernel === 'naive' || (kernel === 'auto' && !flashFits);
+        if (naive && output === 'float32')
+          assertWithin(relL2(got, input === 'float32' ? exact : same), kFloat32OpTol, `${what}, float32 kernel vs CPU`);
+      }
+    // flash rounds float32 qkv to bf16 on the way into shared memory: the same tiles as bf16 qkv.
+    if (kernel === 'flash') assertSameBits(runs['float32 float32'], runs['bf16 float32'], `flash, float32 vs bf16 qkv, ${name}`);
+    // An upper bound of T above the real one changes nothing.
+    const bounded = poisonF32(A * C);
+    ops.attention({ ...base, qkvBf16, out: bounded, kernel, maxSeqlen: Math.max(...lengths) + 100 });
+    assertSameBits(bounded, runs['bf16 float32'], `${kernel}, maxSeqlen above every T, ${name}`);
   }
+}
+
+gpuTest(`attention: uneven packed batches (T = 1, 5, 63, 64, 65, ${big(1025, 193)} and an empty image), D = 32, 64, 96, 128`, (ops) => {
+  const lengths = attentionCudaLengths(big);
+  for (const [H, D] of kAttentionCudaHeads) checkAttention(ops, lengths, H, D, 5000 + D);
 });
 
-test('upsample: bilinear from the grid through the resized image, then argmax and softmax', () => {
-  const rand = rng(9);
-  for (const [gh, gw, K, validH, validW, outH, outW] of [
-    [3, 4, 5, 40, 60, 97, 133], // grid covers 48 x 64 padded pixels, 40 x 60 of them image
-    [1, 1, 2, 16, 16, 5, 7],
-    [2, 5, 300, 32, 70, 16, 35], // downsampling, over 256 classes
-  ]) {
-    const logits = randn(gh * gw * K, rand, 2);
-    const labels = new Int32Array(outH * outW).fill(-1), probs = new Float32Array(K * outH * outW).fill(NaN);
-    ops.upsample({ K, gh, gw, patch: 16, logits, validH, validW, outH, outW, labels, probs });
-    const coord = (x: number, valid: number, out: number, grid: number) => {
-      const g = Math.max((x + 0.5) * (valid / out / 16) - 0.5, 0);
-      const i0 = Math.min(Math.floor(g), grid - 1), i1 = Math.min(i0 + 1, grid - 1);
-      return [i0, i1, g - i0] as const;
-    };
-    let mismatches = 0;
-    const refProbs = new Float64Array(K * outH * outW);
-    for (let y = 0; y < outH; y++)
-      for (let x = 0; x < outW; x++) {
-        const [y0, y1, fy] = coord(y, validH, outH, gh), [x0, x1, fx] = coord(x, validW, outW, gw);
-        const v = new Float64Array(K);
-        let best = 0;
-        for (let k = 0; k < K; k++) {
-          const at = (r: number, c: number) => logits[(r * gw + c) * K + k];
-          v[k] = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1));
-          if (v[k] > v[best]) best = k;
-        }
-        let sum = 0;
-        for (let k = 0; k < K; k++) sum += Math.exp(v[k] - v[best]);
-        for (let k = 0; k < K; k++) refProbs[k * outH * outW + y * outW + x] = Math.exp(v[k] - v[best]) / sum;
-        if (labels[y * outW + x] !== best) mismatches++;
-      }
-    assert.is(mismatches, 0);
-    assert.ok(relL2(probs, refProbs) < 1e-5);
-  }
+gpuTest('attention: head dims only the naive kernel runs (D = 8, 80, 200)', (ops) => {
+  for (const [H, D] of kAttentionNaiveHeads) checkAttention(ops, kAttentionNaiveLengths, H, D, 5500 + D);
+  assert.throws(() => {
+    const offsets = Int32Array.from([0, 4]);
+    ops.attention({ batch: 1, offsets, heads: 1, headDim: 80, scale: 1, qkv: new Float32Array(4 * 3 * 80), out: new Float32Array(4 * 80), kernel: 'flash' });
+  }, /cannot run/);
 });
 
 test.run();

@@ -1,13 +1,19 @@
-// token_halt, token_compact and token_scatter against plain references, with the compaction edge
-// cases (none halted, all halted, one token left) and attention over a compacted list compared with
-// attention computed densely over exactly the kept tokens.
+// token_halt, token_compact and token_scatter on the case table of scripts/cases/token_compact.ts:
+// against plain references, with the compaction edge cases (none halted, all halted, one token left)
+// and attention over a compacted list compared with attention computed densely over exactly the kept
+// tokens; the CUDA kernels against the CPU ops: halt flags, cell labels, offsets and src_row exactly,
+// the copies (token_compact, token_scatter) bit for bit, outputs poisoned first, real row counts at and
+// below the bound read on the device. CUDA skips as test/ops/gemm.test.ts says.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
-import { relL2 } from '../helpers/compare';
-import { randn, rng } from '../helpers/random';
-import { activeRows, agreeRef, gridCase, kStepGridCases } from '../helpers/step-cases';
+import { randn, rng } from '../../scripts/cases/random';
+import { kTokenCompactCases, kTokenHaltAgreeCases, kTokenHaltCases, kTokenScatterCases } from '../../scripts/cases/token_compact';
+import { activeRows, gridCase, kStepGridCases } from '../../scripts/cases/token_merge';
+import { assertSameBits, offsetsOf, poisonF32, relL2 } from '../helpers/compare';
+import { gpuTests } from '../helpers/gpu';
+import { agreeRef } from '../helpers/step-cases';
 
 const { ops } = loadBinding().binding;
 
@@ -148,6 +154,84 @@ test('attention over a compacted list equals attention over exactly the kept tok
     }
   }
   assert.ok(relL2(got, ref) < 1e-5);
+});
+
+// ---- CUDA against the CPU ops ---------------------------------------------------------------------------
+
+const gpuTest = gpuTests(test);
+
+gpuTest('token_halt: flags exactly the CPU (ties, top-k, prefix, none / all halting, uneven batches)', (gpu) => {
+  const rand = rng(8300);
+  for (const [lengths, K, prefix, threshold, topK] of kTokenHaltCases) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch];
+    const logits = randn(A * K, rand, 3);
+    // Equal confidences: copies of earlier rows (the tie goes to the lower row).
+    for (let r = 3; r < A; r += 3) logits.copyWithin(r * K, (r - 2) * K, (r - 1) * K);
+    const params = { batch, K, prefix, offsets, logits, threshold, topK };
+    const want = new Uint8Array(A).fill(7), got = new Uint8Array(A).fill(7);
+    ops.tokenHalt({ ...params, halt: want });
+    gpu.tokenHalt({ ...params, halt: got });
+    assertSameBits(got, want, `T = [${lengths}], K = ${K}, threshold ${threshold}, topK ${topK}`);
+  }
+});
+
+gpuTest('token_halt with agreement: flags and cell labels exactly the CPU (prefix, none / all halting)', (gpu) => {
+  const rand = rng(9200);
+  for (const [grids, sides] of kStepGridCases)
+    for (const [prefix, threshold, topK] of kTokenHaltAgreeCases) {
+      const c = gridCase(grids, sides, rand), K = 4, { offsets, rectOfRow } = activeRows(c, prefix, rand);
+      const A = rectOfRow.length, logits = randn(A * K, rand, 2);
+      for (let r = 0; r < A; r++) if (rectOfRow[r] >= 0 && rand() < 0.8) logits[r * K] += 4; // mostly class 0: rows agree
+      const labels = Int32Array.from({ length: c.cells }, () => (rand() < 0.85 ? 0 : Math.floor(rand() * K)));
+      const params = { batch: grids.length, K, prefix, offsets, logits, threshold, topK, rectOfRow, rects: c.rects, gridOffset: c.gridOffset, gridH: c.gridH, gridW: c.gridW };
+      const want = { halt: new Uint8Array(A).fill(7), cellLabel: Int32Array.from(labels) };
+      const got = { halt: new Uint8Array(A).fill(7), cellLabel: Int32Array.from(labels) };
+      ops.tokenHalt({ ...params, ...want });
+      gpu.tokenHalt({ ...params, ...got });
+      const what = `grids ${JSON.stringify(grids)}, threshold ${threshold}, topK ${topK}`;
+      assertSameBits(got.cellLabel, want.cellLabel, `${what}: cell labels`);
+      assertSameBits(got.halt, want.halt, `${what}: halt`);
+    }
+});
+
+gpuTest('token_compact: out, new offsets and src_row exactly the CPU (none / all halted, one left, rows bound above A)', (gpu) => {
+  const rand = rng(8400);
+  for (const [lengths, C, pattern] of kTokenCompactCases) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch];
+    const halt = Uint8Array.from({ length: A }, () => (pattern === 'all' ? 1 : pattern === 'none' ? 0 : rand() < 0.6 ? 1 : 0));
+    if (pattern === 'one') halt.fill(1), (halt[A - 7] = 0);
+    const x = randn(A * C, rand);
+    for (const rowsBound of [A, A + 3]) {
+      const what = `T = [${lengths}], C = ${C}, ${pattern}, rowsBound ${rowsBound}`;
+      const run = (fn: (p: Record<string, unknown>) => void) => {
+        const out = poisonF32(A * C), newOffsets = new Int32Array(batch + 1).fill(-3), srcRow = new Int32Array(A).fill(-5);
+        fn({ batch, C, offsets, halt, x, out, newOffsets, srcRow, rowsBound });
+        return { out, newOffsets, srcRow };
+      };
+      const want = run((p) => ops.tokenCompact(p));
+      const got = run((p) => gpu.tokenCompact(p as never));
+      assertSameBits(got.newOffsets, want.newOffsets, `${what}: new offsets`);
+      assertSameBits(got.srcRow, want.srcRow, `${what}: src_row`);
+      assertSameBits(got.out, want.out, `${what}: out`);
+    }
+  }
+});
+
+gpuTest('token_scatter: bit-identical to the CPU (prefix rows -1, mask, K = 1 and 19), rows on the device', (gpu) => {
+  const rand = rng(8500);
+  for (const [rows, K, tableRows, withMask] of kTokenScatterCases) {
+    const order = Array.from({ length: tableRows }, (_, i) => i).sort(() => rand() - 0.5);
+    const index = Int32Array.from({ length: rows }, (_, r) => (r % 11 === 0 ? -1 : order[r % tableRows]));
+    const mask = withMask ? Uint8Array.from({ length: rows }, () => (rand() < 0.7 ? 1 : 0)) : undefined;
+    const src = randn(rows * K, rand);
+    for (const rowsDevice of [undefined, Math.max(0, rows - 3)]) {
+      const real = rowsDevice ?? rows;
+      const want = poisonF32(tableRows * K), got = poisonF32(tableRows * K);
+      ops.tokenScatter({ rows: real, K, src, index, mask, table: want });
+      gpu.tokenScatter({ rows, K, src, index, mask, table: got, rowsDevice });
+      assertSameBits(got, want, `rows ${rows}, K = ${K}, mask ${withMask}, rowsDevice ${rowsDevice}`);
+    }
+  }
 });
 
 test.run();

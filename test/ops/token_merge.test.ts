@@ -1,13 +1,25 @@
-// token_merge ops: superpatch_select coverage on random score maps and odd grids, window_score's
-// definition on hand-made images, patch_gather's area downsampling, token_pos_embed's mean position
-// embedding, and unshare.
+// token_merge ops on the case table of scripts/cases/token_merge.ts: superpatch_select coverage on
+// random score maps and odd grids, window_score's definition on hand-made images, patch_gather's area
+// downsampling, token_pos_embed's mean position embedding, and unshare (copy and blend). The CUDA
+// kernels against the CPU ops: integer outputs (rects, token maps, counts) exactly, patch_gather,
+// token_pos_embed and unshare bit for bit (blend: the box weights times the logits are exact, ops.h);
+// window_score within 1e-5 relative per score: the per-patch statistics are the CPU's exactly (integer
+// sums, the same double steps), the window loops are the CPU's float steps, only expf vs std::exp differ
+// (CUDA's expf is within 2 ulp, i.e. 2.4e-7 relative, twice for the product): 1e-5 is 20x that. Outputs
+// poisoned first; real token counts at and below the bound, read on the device. CUDA skips as
+// test/ops/gemm.test.ts says.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
-import { relL2 } from '../helpers/compare';
-import { randn, rng } from '../helpers/random';
-import { gridCase, kStepGridCases, unshareBlendRef } from '../helpers/step-cases';
+import { randn, rng } from '../../scripts/cases/random';
+import {
+  gridCase, kPatchGatherCases, kStepGridCases, kSuperpatchSelectCases, kTokenPosEmbedCases, kTokenPosEmbedGrids, kUnshareGrids,
+  kUnshareK, kWindowScoreCases, randomTiling,
+} from '../../scripts/cases/token_merge';
+import { assertClose, assertSameBits, offsetsOf, poisonF32, relL2 } from '../helpers/compare';
+import { gpuTests, poisonBf16, toBf16 } from '../helpers/gpu';
+import { unshareBlendRef } from '../helpers/step-cases';
 
 const { ops } = loadBinding().binding;
 
@@ -25,9 +37,7 @@ function scoreCount(gh: number, gw: number, sizes: number[]) {
 
 test('superpatch_select: exact coverage, order, and largest-first on random score maps', () => {
   const rand = rng(11);
-  for (const [gh, gw, sizes] of [
-    [1, 1, [8, 4, 2]], [7, 13, [8, 4, 2]], [33, 17, [8, 4, 2]], [16, 16, [4, 2]], [9, 30, [6, 3]], [20, 21, [8, 3, 2]],
-  ] as [number, number, number[]][]) {
+  for (const [gh, gw, sizes] of kSuperpatchSelectCases.slice(0, 6)) { // odd grids, one patch, levels that fit or not
     const scores = Float32Array.from({ length: scoreCount(gh, gw, sizes) }, () => rand());
     const thresholds = sizes.map(() => 0.3 + 0.5 * rand());
     const { rects, n, tokenOfPatch } = select(gh, gw, sizes, thresholds, scores);
@@ -174,6 +184,149 @@ test('unshare blend: two 4 x 4 tokens side by side ramp linearly from one centre
   const rects = Int32Array.from([0, 0, 0, 4, 0, 0, 4, 4]), grid = poison(32), flat = poison(32);
   ops.unshare({ K: 1, tokens: 2, rects, logits: Float32Array.from([0, 1]), gridOffset: Int32Array.from([0]), gridW: Int32Array.from([8]), gridH: Int32Array.from([4]), grid, flat, mode: 'blend' });
   for (let y = 0; y < 4; y++) assert.equal([...grid.subarray(8 * y, 8 * y + 8)], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1]);
+});
+
+// ---- CUDA against the CPU ops ---------------------------------------------------------------------------
+
+const gpuTest = gpuTests(test);
+
+/** An h x w RGB image of flat colour blocks (side `block` pixels) with noise of amplitude `noise`. */
+function blockyImage(h: number, w: number, channels: number, block: number, noise: number, rand: () => number): Uint8Array {
+  const img = new Uint8Array(h * w * channels);
+  const colours = new Map<number, number[]>();
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) {
+      const key = Math.floor(y / block) * 10007 + Math.floor(x / block);
+      if (!colours.has(key)) colours.set(key, [0, 1, 2].map(() => Math.floor(rand() * 256)));
+      const col = colours.get(key)!;
+      for (let c = 0; c < channels; c++) {
+        const v = c < 3 ? col[c] + (rand() - 0.5) * 2 * noise : 255;
+        img[(y * w + x) * channels + c] = Math.max(0, Math.min(255, Math.round(v)));
+      }
+    }
+  return img;
+}
+
+gpuTest('patch_gather: bit-identical to the CPU (P = 16 and 14, superpatches), bf16 out, tokens on the device', (gpu) => {
+  const rand = rng(7200);
+  for (const [P, grids] of kPatchGatherCases) {
+    const height = Math.max(...grids.map((g) => g[0])) * P, width = Math.max(...grids.map((g) => g[1])) * P;
+    const images = grids.length, row = 3 * P * P;
+    const pixels = randn(images * 3 * height * width, rand);
+    const rects = Int32Array.from(grids.flatMap(([gh, gw], b) => randomTiling(b, gh, gw, [4, 2], rand)).flat());
+    const tokens = rects.length / 4;
+    for (const tokensDevice of [undefined, 0, Math.floor(tokens / 2), tokens + 3]) {
+      const real = tokensDevice === undefined ? tokens : Math.min(tokensDevice, tokens);
+      const what = `P = ${P}, ${tokens} tokens, tokensDevice = ${tokensDevice}`;
+      const want = poisonF32(tokens * row);
+      ops.patchGather({ images, height, width, patch: P, pixels, tokens: real, rects, out: want });
+      const got = poisonF32(tokens * row), gotBf16 = poisonBf16(tokens * row);
+      gpu.patchGather({ images, height, width, patch: P, pixels, tokens, rects, out: got, outBf16: gotBf16, tokensDevice });
+      assertSameBits(got, want, what); // rows past the real count: still the poison
+      const wantBf16 = poisonBf16(tokens * row);
+      wantBf16.set(toBf16(want.subarray(0, real * row)));
+      assertSameBits(gotBf16, wantBf16, `${what}, bf16`);
+    }
+  }
+});
+
+gpuTest('token_pos_embed: bit-identical to the CPU (prefix tokens, superpatches, grids of two sizes), rows bound above A', (gpu) => {
+  const rand = rng(7300);
+  for (const [C, prefix, withPosPrefix] of kTokenPosEmbedCases) {
+    const grids = kTokenPosEmbedGrids;
+    const batch = grids.length;
+    const perImage = grids.map(([gh, gw], b) => randomTiling(b, gh, gw, [4, 2], rand));
+    const rects = Int32Array.from(perImage.flat().flat());
+    const R = rects.length / 4;
+    const offsets = offsetsOf(perImage.map((r) => prefix + r.length));
+    const A = offsets[batch];
+    const gridOffset = Int32Array.from([0, grids[0][0] * grids[0][1]]), gridW = Int32Array.from(grids.map((g) => g[1]));
+    const params = {
+      batch, C, prefix, gridOffset, gridW, offsets, rects,
+      prefixTokens: prefix ? randn(prefix * C, rand) : undefined,
+      posPrefix: withPosPrefix ? randn(prefix * C, rand) : undefined,
+      posGrid: randn((grids[0][0] * grids[0][1] + grids[1][0] * grids[1][1]) * C, rand),
+      embedded: randn(R * C, rand),
+    };
+    for (const rowsBound of [A, A + 7]) {
+      const what = `C = ${C}, prefix = ${prefix}, A = ${A}, rowsBound = ${rowsBound}`;
+      const want = poisonF32((A + 7) * C), got = poisonF32((A + 7) * C);
+      ops.tokenPosEmbed({ ...params, out: want });
+      gpu.tokenPosEmbed({ ...params, out: got, rowsBound });
+      assertSameBits(got, want, what); // rows A .. A + 6: still the poison
+    }
+  }
+});
+
+gpuTest('window_score: CPU scores within 1e-5 (odd sizes, 4 channels, one patch, levels past the grid)', (gpu) => {
+  const rand = rng(8000);
+  for (const [h, w, channels, P, sizes, block, noise] of kWindowScoreCases) {
+    const gh = Math.ceil(h / P), gw = Math.ceil(w / P), n = scoreCount(gh, gw, sizes);
+    const image = blockyImage(h, w, channels, block, noise, rand);
+    const params = { image, h, w, channels, patch: P, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), colorTau: 8, textureTau: 16 };
+    const want = poisonF32(n), got = poisonF32(n);
+    ops.windowScore({ ...params, scores: want });
+    gpu.windowScore({ ...params, scores: got });
+    assertClose(got, want, 1e-5, 1e-30, `${h} x ${w} x ${channels}, P = ${P}, sizes [${sizes}]`);
+  }
+});
+
+gpuTest('superpatch_select: rects, count and token map exactly the CPU (random scores, odd grids, none / all merged)', (gpu) => {
+  const rand = rng(8100);
+  for (const [gh, gw, sizes, th] of kSuperpatchSelectCases) {
+    const n = scoreCount(gh, gw, sizes);
+    const scores = Float32Array.from({ length: n }, () => rand());
+    if (n > 2) scores[1] = NaN; // never accepted
+    const thresholds = Float32Array.from(th === 'random' ? sizes.map(() => 0.3 + 0.5 * rand()) : th);
+    const run = (fn: (p: Record<string, unknown>) => void) => {
+      const rects = new Int32Array(gh * gw * 4).fill(-7), count = Int32Array.from([-1]), tokenOfPatch = new Int32Array(gh * gw).fill(-9);
+      fn({ image: 2, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), thresholds, scores, rects, count, tokenOfPatch });
+      return { rects, count, tokenOfPatch };
+    };
+    const want = run((p) => ops.superpatchSelect(p));
+    const got = run((p) => gpu.superpatchSelect(p as never));
+    const what = `${gh} x ${gw}, sizes [${sizes}], thresholds ${th}`;
+    assert.is(got.count[0], want.count[0], `${what}: count`);
+    assertSameBits(got.rects.subarray(0, 4 * want.count[0]), want.rects.subarray(0, 4 * want.count[0]), `${what}: rects`);
+    assertSameBits(got.tokenOfPatch, want.tokenOfPatch, `${what}: token of patch`);
+  }
+});
+
+gpuTest('unshare: bit-identical to the CPU (three grids, superpatches, K = 1 and 19), tokens on the device', (gpu) => {
+  const rand = rng(8200);
+  for (const K of kUnshareK) {
+    const grids = kUnshareGrids;
+    const rects = Int32Array.from(grids.flatMap(([gh, gw], b) => randomTiling(b, gh, gw, [4, 2], rand)).flat());
+    const tokens = rects.length / 4;
+    const gridOffset = Int32Array.from([0, 35, 51]), gridW = Int32Array.from(grids.map((g) => g[1]));
+    const logits = randn(tokens * K, rand);
+    for (const tokensDevice of [undefined, 0, Math.floor(tokens / 2), tokens + 4]) {
+      const real = tokensDevice === undefined ? tokens : Math.min(tokensDevice, tokens);
+      const want = poisonF32(52 * K), got = poisonF32(52 * K);
+      ops.unshare({ K, tokens: real, rects, logits, gridOffset, gridW, grid: want, mode: 'copy' });
+      gpu.unshare({ K, tokens, rects, logits, gridOffset, gridW, grid: got, tokensDevice, mode: 'copy' });
+      assertSameBits(got, want, `K = ${K}, ${tokens} tokens, tokensDevice ${tokensDevice}`); // cells of later tokens: poison
+    }
+  }
+});
+
+gpuTest('unshare blend: bit-identical to the CPU (random tilings, odd side, no superpatches), tokens on the device', (gpu) => {
+  const rand = rng(9100);
+  for (const [grids, sides] of kStepGridCases)
+    for (const K of [1, 11]) {
+      const c = gridCase(grids, sides, rand), logits = randn(c.tokens * K, rand, 3);
+      const params = { K, rects: c.rects, logits, gridOffset: c.gridOffset, gridW: c.gridW, gridH: c.gridH, mode: 'blend' as const };
+      // the workspace starts the same on both: below a real count under the bound, cells of later
+      // tokens are read from it without being copied (and stay poisoned in the grid)
+      const start = randn(c.cells * K, rand);
+      for (const tokensDevice of [undefined, 0, Math.floor(c.tokens / 2), c.tokens + 4]) {
+        const real = tokensDevice === undefined ? c.tokens : Math.min(tokensDevice, c.tokens);
+        const want = new Float32Array(c.cells * K).fill(NaN), got = new Float32Array(c.cells * K).fill(NaN);
+        ops.unshare({ ...params, tokens: real, grid: want, flat: Float32Array.from(start) });
+        gpu.unshare({ ...params, tokens: c.tokens, tokensDevice, grid: got, flat: Float32Array.from(start) });
+        assertSameBits(got, want, `grids ${JSON.stringify(grids)}, K = ${K}, tokensDevice ${tokensDevice}`);
+      }
+    }
 });
 
 test.run();

@@ -2,8 +2,9 @@
 // authoritative build) list their sources separately: they must compile the same files for the CPU
 // build, so that neither drifts. Two checks: binding.gyp against the source tree as CMakeLists.txt's
 // globs read it (native/core/*.cpp, device_none.cpp included since a CPU build has no CUDA backend;
-// native/cpu/*.cpp; native/addon/addon.cpp), and binding.gyp against what CMake itself would compile
-// for -DSTEP_SEG_CUDA=OFF (a configure in a temporary folder, its sources read from the CMake file API).
+// native/cpu/*.cpp; native/addon/*.cpp but the CUDA and emulator bindings, cuda_*.cpp and emu_*.cpp),
+// and binding.gyp against what CMake itself would compile for -DSTEP_SEG_CUDA=OFF (a configure in a
+// temporary folder, its sources read from the CMake file API).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -28,8 +29,10 @@ const cppIn = (dir: string) =>
     .filter((f) => f.endsWith('.cpp'))
     .map((f) => `${dir}/${f}`);
 
-test('binding.gyp compiles native/core/*.cpp, native/cpu/*.cpp and native/addon/addon.cpp, nothing else', () => {
-  const want = [...cppIn('native/core'), ...cppIn('native/cpu'), 'native/addon/addon.cpp'].sort();
+test('binding.gyp compiles native/core/*.cpp, native/cpu/*.cpp and the CPU side of native/addon, nothing else', () => {
+  const addon = cppIn('native/addon').filter((f) => !/\/(cuda|emu)_[^/]*$/.test(f));
+  assert.ok(addon.includes('native/addon/addon.cpp'), 'the CPU build needs native/addon/addon.cpp');
+  const want = [...cppIn('native/core'), ...cppIn('native/cpu'), ...addon].sort();
   assert.ok(want.includes('native/core/device_none.cpp'), 'the CPU build needs native/core/device_none.cpp');
   assert.equal(gypSources(), want);
 });
@@ -60,6 +63,22 @@ test("binding.gyp's sources are what CMake compiles for the CPU build (-DSTEP_SE
     assert.equal(gypSources(), sources);
   } finally {
     fs.rmSync(build, { recursive: true, force: true });
+  }
+});
+
+test('scripts/ and lib/ import nothing from test/ (the case tables and GPU types they share live in scripts/cases and lib/cuda-ops.ts)', () => {
+  const files = (dir: string): string[] =>
+    fs.readdirSync(path.join(repoRoot, dir), { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? files(`${dir}/${e.name}`) : /\.(ts|mts|cts|mjs|cjs|js)$/.test(e.name) ? [`${dir}/${e.name}`] : []);
+  const sources = [...files('scripts'), ...files('lib')];
+  assert.ok(sources.includes('scripts/bench-cuda.ts') && sources.includes('scripts/cases/random.ts'), 'scripts/ read');
+  for (const f of sources) {
+    const text = fs.readFileSync(path.join(repoRoot, f), 'utf8');
+    for (const m of text.matchAll(/(?:from\s+|import\s*\(\s*|require\s*\(\s*)['"]([^'"]+)['"]/g)) {
+      if (!m[1].startsWith('.')) continue;
+      const target = path.posix.normalize(path.posix.join(path.posix.dirname(f), m[1]));
+      assert.not.ok(target === 'test' || target.startsWith('test/'), `${f} imports ${m[1]} (from test/)`);
+    }
   }
 });
 
