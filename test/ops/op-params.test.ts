@@ -66,6 +66,8 @@ test('layernorm, tokenCompact, upsample, posResample: a short array names its op
 test('an index past its table and a missing setting are refused with the option named', () => {
   throwsLike(() => ops.tokenScatter({ rows: 2, K: 1, src: new Float32Array(2), index: Int32Array.from([0, 3]), table: new Float32Array(3) }),
     RangeError, /^ops\.tokenScatter: index\[1\] = 3 is not a row of table \(3 rows\)$/);
+  throwsLike(() => ops.layernorm({ rows: 2, C: 4, x: new Float32Array(8), rowsIndex: Int32Array.from([1, 2]), gamma: new Float32Array(4), beta: new Float32Array(4), y: new Float32Array(8) }),
+    RangeError, /^ops\.layernorm: rowsIndex\[1\] = 2 is not a row of x \(2 rows\)$/);
   const rects = Int32Array.from([0, 0, 0, 1, 0, 0, 5, 1]); // the second rect is past the 4-column grid
   throwsLike(() => ops.unshare({ K: 1, tokens: 2, rects, logits: new Float32Array(2), gridOffset: Int32Array.from([0]), gridW: Int32Array.from([4]), grid: new Float32Array(8), mode: 'copy' }),
     RangeError, /rect 1 does not fit its image's grid/);
@@ -73,6 +75,21 @@ test('an index past its table and a missing setting are refused with the option 
     TypeError, /for mode but received undefined/);
   throwsLike(() => ops.gemm({ M: 1, N: 1, K: 1, a: new Float32Array(1), w: new Float32Array(1), c: new Float32Array(1), precision: 'fp16' }),
     TypeError, /for precision but received string 'fp16'/);
+});
+
+test('the bookkeeping ops: indices past their arrays, images short of their prefix, rects past stage are refused', () => {
+  const i32 = (...v: number[]) => Int32Array.from(v);
+  throwsLike(() => ops.tokenGather({ rows: 2, srcRow: i32(0, 3), in: new Int32Array(3), out: new Int32Array(2) }),
+    RangeError, /^ops\.tokenGather: srcRow\[1\] = 3 is not a row of in \(3 rows\)$/);
+  throwsLike(() => ops.tokenExitMark({ rows: 1, layer: 4, halt: new Uint8Array(1), rectOfRow: i32(-2), rectExit: new Int32Array(2) }),
+    RangeError, /^ops\.tokenExitMark: rectOfRow\[0\] = -2 is not a rect of rectExit or -1 \(2 rects\)$/);
+  throwsLike(() => ops.tokenRowsInit({ batch: 2, prefix: 1, depth: 12, offsets: i32(0, 3, 3), rectOfRow: new Int32Array(3), rectExit: new Int32Array(2) }),
+    RangeError, /every image needs at least `prefix` rows/);
+  throwsLike(() => ops.tokenRowsInit({ batch: 1, prefix: 1, depth: 12, offsets: i32(0, 3), rectOfRow: new Int32Array(3), rectExit: new Int32Array(1) }),
+    RangeError, /for rectExit /);
+  const pack = { batch: 1, prefix: 1, counts: i32(3), gridOffset: i32(0), stage: new Int32Array(8), rects: new Int32Array(12), offsets: new Int32Array(2), rectCount: new Int32Array(1) };
+  throwsLike(() => ops.tokenPack(pack), RangeError, /^ops\.tokenPack: image 0's rects \(gridOffset, counts\) lie outside stage \(2 rects\)$/);
+  throwsLike(() => ops.tokenPack({ ...pack, counts: i32(2), rects: new Int32Array(7) }), RangeError, /for rects /);
 });
 
 test('ops has one entry per op of native/core/backend.h', () => {
