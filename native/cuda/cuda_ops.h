@@ -161,6 +161,29 @@ struct TokenScatterDeviceExtras {
 // writes is unspecified).
 void token_scatter(const TokenScatterParams& p, const TokenScatterDeviceExtras& x, void* stream);
 
+// The bookkeeping of the packed list (ops.h): integers only, so every entry equals the CPU exactly.
+struct TokenRowsInitDeviceExtras {
+  int rows_bound = 0;  // host upper bound of A (= offsets[batch], read on the device); sizes the grid. Required.
+};
+// p: device pointers (offsets included); rows past offsets[batch] are not written.
+void token_rows_init(const TokenRowsInitParams& p, const TokenRowsInitDeviceExtras& x, void* stream);
+
+struct TokenExitMarkDeviceExtras {
+  const int32_t* rows_device = nullptr;  // (1) int32 real row count, or null; then TokenExitMarkParams::rows bounds it
+};
+// p: device pointers. Rects of distinct halted rows are distinct (rect_of_row is one row per rect).
+void token_exit_mark(const TokenExitMarkParams& p, const TokenExitMarkDeviceExtras& x, void* stream);
+
+struct TokenGatherDeviceExtras {
+  const int32_t* rows_device = nullptr;  // (1) int32 real row count (e.g. new_offsets + batch), or null; then
+                                         // TokenGatherParams::rows bounds it
+};
+// p: device pointers.
+void token_gather(const TokenGatherParams& p, const TokenGatherDeviceExtras& x, void* stream);
+
+// p: device pointers (counts included: the host knows no count). One block; batch <= 12,287.
+void token_pack(const TokenPackParams& p, void* stream);
+
 // ---- upsample (upsample.cu) ---------------------------------------------------------------------
 // p: device pointers. Labels bit-identical to the CPU's; probs within expf's rounding.
 void upsample(const UpsampleParams& p, void* stream);

@@ -12,31 +12,8 @@
 
 #include "../core/cost.h"
 #include "device_model_impl.cuh"
-#include "launch.cuh"
 
 namespace step::cuda::device_model_detail {
-namespace {
-
-// Builds the packed token list from each image's selected rects (superpatch_select wrote image b's
-// count[b] rects at stage + grid_offset[b]): offsets (B + 1), the total rect count, and the packed
-// rects in image order. One block; B is small and the offsets are computed by thread 0.
-__global__ void pack_rects_kernel(int B, int prefix, const int32_t* counts, const int32_t* grid_offset,
-                                  const TokenRect* stage, TokenRect* rects, int32_t* offsets, int32_t* rect_count) {
-  STEP_DYNAMIC_SMEM(int32_t, first);  // (B + 1) first packed rect of each image
-  if (threadIdx.x == 0) {
-    int32_t n = 0;
-    offsets[0] = 0;
-    for (int b = 0; b < B; ++b) first[b] = n, n += counts[b], offsets[b + 1] = n + (b + 1) * prefix;
-    first[B] = n;
-    *rect_count = n;
-  }
-  __syncthreads();
-  for (int b = 0; b < B; ++b)
-    for (int t = threadIdx.x; t < counts[b]; t += blockDim.x) rects[first[b] + t] = stage[grid_offset[b] + t];
-}
-
-}  // namespace
-
 // Runs `body` (kernels only, on stream_) as a CUDA graph cached under `key`, or directly.
 template <typename Body>
 bool CudaVitModel::launch(const std::string& key, Body body) {
@@ -184,9 +161,10 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       superpatch_select(sp, s);
     }
     {
-      cuda::launch<pack_rects_kernel>(1, 256, size_t(B + 1) * 4, s, B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
-                                                          w.offsets[0], w.rect_count);
-      STEP_CUDA_CHECK_LAUNCH();
+      TokenPackParams p;
+      p.batch = B, p.prefix = c.prefix(), p.counts = w.counts, p.grid_offset = w.grid_offset, p.stage = w.stage;
+      p.rects = w.rects, p.offsets = w.offsets[0], p.rect_count = w.rect_count;
+      token_pack(p, s);
     }
     encode(sh, w, exit_layers, r.prune, levels ? r.merge.unshare : UnshareMode::kCopy, graph, &events, &names);
     for (int b = 0; b < B; ++b) {
