@@ -101,8 +101,7 @@ export interface CudaWindowScoreParams {
   patch: number;
   gh: number;
   gw: number;
-  levels: number;
-  sizes: Int32Array; // (levels)
+  levels: Int32Array; // window sides, in patches, largest first
   colorTau: number;
   textureTau: number;
   scores: Float32Array; // levels concatenated
@@ -111,8 +110,7 @@ export interface CudaSuperpatchSelectParams {
   image?: number;
   gh: number;
   gw: number;
-  levels: number;
-  sizes: Int32Array;
+  levels: Int32Array; // window sides, in patches, largest first
   thresholds: Float32Array;
   scores: Float32Array;
   rects: Int32Array; // (gh * gw, 4)

@@ -28,8 +28,8 @@
 //   patchGather({ images, height, width, patch, pixels, tokens, rects, out?, outBf16?, tokensDevice? })
 //   tokenPosEmbed({ batch, C, prefix, prefixTokens?, posPrefix?, posGrid, gridOffset, gridW, offsets,
 //                   rects, embedded, out, rowsBound? })
-//   windowScore({ image, h, w, channels?, patch, gh, gw, levels, sizes, colorTau, textureTau, scores })
-//   superpatchSelect({ image?, gh, gw, levels, sizes, thresholds, scores, rects, count, tokenOfPatch })
+//   windowScore({ image, h, w, channels?, patch, gh, gw, levels, colorTau, textureTau, scores })
+//   superpatchSelect({ image?, gh, gw, levels, thresholds, scores, rects, count, tokenOfPatch })
 //   unshare({ K, tokens, rects, logits, gridOffset, gridW, grid, mode: 'copy' | 'blend', gridH?, flat?, tokensDevice? })
 //   tokenHalt({ batch, K, prefix?, offsets, logits, threshold, topK, halt, maxSeqlen?,
 //               rectOfRow?, rects?, gridOffset?, gridH?, gridW?, cellLabel? })

@@ -136,13 +136,17 @@ PackedRows check_offsets(const Call& call, int batch) {
 
 namespace {
 
-// Window sides (levels), each >= 1; returns the number of scores of all levels on a gh x gw grid.
-int64_t check_levels(const Call& call, int levels, int gh, int gw) {
-  const int32_t* sizes = call.host<int32_t>("sizes", levels);
+// levels: the window sides (Int32Array), each >= 1; sets their count and returns the number of
+// scores of all levels on a gh x gw grid.
+int64_t check_levels(const Call& call, int* num_levels, int gh, int gw) {
+  const int32_t* levels = call.host<int32_t>("levels", 0);  // required
+  const int64_t n_levels = call.length<int32_t>("levels");
+  if (n_levels > 65535) call.fail_range("at most 65535 levels");
+  *num_levels = int(n_levels);
   int64_t n = 0;
-  for (int l = 0; l < levels; ++l) {
-    if (sizes[l] < 1) call.fail_range("sizes[" + std::to_string(l) + "] must be >= 1");
-    n += int64_t(gh / sizes[l]) * (gw / sizes[l]);
+  for (int l = 0; l < *num_levels; ++l) {
+    if (levels[l] < 1) call.fail_range("levels[" + std::to_string(l) + "] must be >= 1");
+    n += int64_t(gh / levels[l]) * (gw / levels[l]);
   }
   return n;
 }
@@ -271,12 +275,11 @@ step::WindowScoreParams read_window_score(Call& call) {
   step::WindowScoreParams p;
   p.h = call.integer("h", 1), p.w = call.integer("w", 1), p.channels = call.integer_or("channels", 3, 3);
   p.patch = call.integer("patch", 1), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
-  p.levels = call.integer("levels");
   p.color_tau = call.number("colorTau"), p.texture_tau = call.number("textureTau");
   if (int64_t(p.gh) * p.patch < p.h || int64_t(p.gw) * p.patch < p.w) call.fail_range("gh x gw patches must cover h x w");
-  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw);
+  const int64_t scores = check_levels(call, &p.num_levels, p.gh, p.gw);
   p.image = call.array<uint8_t>("image", int64_t(p.h) * p.w * p.channels, Use::kIn);
-  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
+  p.levels = call.array<int32_t>("levels", p.num_levels, Use::kIn);
   p.scores = call.array<float>("scores", scores, Use::kOut);
   return p;
 }
@@ -284,10 +287,9 @@ step::WindowScoreParams read_window_score(Call& call) {
 step::SuperpatchSelectParams read_superpatch_select(Call& call) {
   step::SuperpatchSelectParams p;
   p.image = call.integer_or("image", 0), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
-  p.levels = call.integer("levels");
-  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw), cells = int64_t(p.gh) * p.gw;
-  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
-  p.thresholds = call.array<float>("thresholds", p.levels, Use::kIn);
+  const int64_t scores = check_levels(call, &p.num_levels, p.gh, p.gw), cells = int64_t(p.gh) * p.gw;
+  p.levels = call.array<int32_t>("levels", p.num_levels, Use::kIn);
+  p.thresholds = call.array<float>("thresholds", p.num_levels, Use::kIn);
   p.scores = call.array<float>("scores", scores, Use::kIn);
   p.rects = reinterpret_cast<step::TokenRect*>(call.array<int32_t>("rects", 4 * cells, Use::kOut));
   p.count = call.array<int32_t>("count", 1, Use::kOut);

@@ -130,10 +130,10 @@ struct WindowScoreParams {
   int h = 0, w = 0, channels = 3;
   int patch = 0;                   // P
   int gh = 0, gw = 0;              // patch grid over the padded image: ceil(h / P) x ceil(w / P)
-  int levels = 0;
-  const int32_t* sizes = nullptr;  // (levels) window side S of each level, in patches
+  int num_levels = 0;
+  const int32_t* levels = nullptr;  // (num_levels) window side S of each level, in patches, largest first
   float color_tau = 0.f, texture_tau = 0.f;  // > 0; no default here: lib/config.ts (kDefaultMerge)
-  float* scores = nullptr;         // per level (gh / S, gw / S) row-major, levels concatenated
+  float* scores = nullptr;          // per level (gh / S, gw / S) row-major, levels concatenated
 };
 
 // ---- superpatch_select --------------------------------------------------------------------------
@@ -144,9 +144,9 @@ struct WindowScoreParams {
 struct SuperpatchSelectParams {
   int image = 0;                       // image index written into the rects
   int gh = 0, gw = 0;
-  int levels = 0;
-  const int32_t* sizes = nullptr;      // (levels) window sides, in patches
-  const float* thresholds = nullptr;   // (levels)
+  int num_levels = 0;
+  const int32_t* levels = nullptr;     // (num_levels) window sides, in patches, largest first
+  const float* thresholds = nullptr;   // (num_levels)
   const float* scores = nullptr;       // as WindowScoreParams::scores
   TokenRect* rects = nullptr;          // (gh * gw) capacity; the first *count are written
   int32_t* count = nullptr;            // (1) number of tokens of this image

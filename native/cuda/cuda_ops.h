@@ -107,11 +107,11 @@ int64_t window_score_workspace_floats(int gh, int gw);
 struct WindowScoreDeviceExtras {
   float* workspace = nullptr;  // (window_score_workspace_floats(gh, gw)) float32 device scratch. Required.
 };
-// p: device pointers (image, sizes, scores). Per-patch statistics are the CPU's exactly; scores
+// p: device pointers (image, levels, scores). Per-patch statistics are the CPU's exactly; scores
 // differ from the CPU's by expf's rounding only (a few ulp).
 void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream);
 
-// One image, one block: p: device pointers (sizes, thresholds, scores, rects, count, token_of_patch);
+// One image, one block: p: device pointers (levels, thresholds, scores, rects, count, token_of_patch);
 // rects, *count and token_of_patch are exactly the CPU's. token_of_patch doubles as the scratch of
 // the owner cells, so every cell of it is written.
 void superpatch_select(const SuperpatchSelectParams& p, void* stream);

@@ -42,8 +42,8 @@ constexpr int kSelectThreads = 1024;
 
 struct WindowScoreArgs {
   const uint8_t* image;  // (h, w, channels)
-  int h, w, channels, patch, gh, gw, levels;
-  const int32_t* sizes;  // (levels)
+  int h, w, channels, patch, gh, gw, num_levels;
+  const int32_t* levels;  // (num_levels) window sides
   float color_tau, texture_tau;
   float* mean;           // (gh * gw, 3) workspace
   float* texture;        // (gh * gw) workspace
@@ -96,8 +96,8 @@ __global__ void __launch_bounds__(kThreads) window_score_patch_kernel(WindowScor
 __global__ void __launch_bounds__(kThreads) window_score_window_kernel(WindowScoreArgs a) {
   const int l = blockIdx.y;
   int64_t first = 0;  // first score of level l
-  for (int j = 0; j < l; ++j) first += int64_t(a.gh / a.sizes[j]) * (a.gw / a.sizes[j]);
-  const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+  for (int j = 0; j < l; ++j) first += int64_t(a.gh / a.levels[j]) * (a.gw / a.levels[j]);
+  const int S = a.levels[l], wh = a.gh / S, ww = a.gw / S;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= wh * ww) return;
   const int wy = i / ww, wx = i % ww;
@@ -127,9 +127,9 @@ __global__ void __launch_bounds__(kThreads) window_score_window_kernel(WindowSco
 // ---- superpatch_select --------------------------------------------------------------------------
 
 struct SelectArgs {
-  int image, gh, gw, levels;
-  const int32_t* sizes;       // (levels)
-  const float* thresholds;    // (levels)
+  int image, gh, gw, num_levels;
+  const int32_t* levels;      // (num_levels) window sides
+  const float* thresholds;    // (num_levels)
   const float* scores;        // levels concatenated
   TokenRect* rects;           // (gh * gw)
   int32_t* count;             // (1)
@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(kSelectThreads) superpatch_select_kernel(Selec
   for (int c = threadIdx.x; c < cells; c += blockDim.x) owner[c] = -1;
   __syncthreads();
   const float* scores = a.scores;
-  for (int l = 0; l < a.levels; ++l) {
-    const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+  for (int l = 0; l < a.num_levels; ++l) {
+    const int S = a.levels[l], wh = a.gh / S, ww = a.gw / S;
     const float threshold = a.thresholds[l];
     // Windows of one level are disjoint: each thread reads and writes only its own window's cells.
     for (int i = threadIdx.x; i < wh * ww; i += blockDim.x) {
@@ -324,7 +324,7 @@ void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
   launch<window_score_patch_kernel>(a.gh * a.gw, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
   // Level l has (gh / S) * (gw / S) <= gh * gw windows (S >= 1); blocks past a level's count exit.
-  const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.levels);
+  const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.num_levels);
   launch<window_score_window_kernel>(grid, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
@@ -364,28 +364,28 @@ void token_pos_embed_launch(const TokenPosEmbedParams& p, int rows_bound, cudaSt
 int64_t window_score_workspace_floats(int gh, int gw) { return 4 * int64_t(gh) * gw; }
 
 void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream) {
-  STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.levels >= 0,
+  STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.num_levels >= 0,
              "cuda::window_score: bad sizes");
   STEP_CHECK(p.channels >= 3, "cuda::window_score: needs at least 3 channels");
   STEP_CHECK(p.color_tau > 0 && p.texture_tau > 0, "cuda::window_score: color_tau and texture_tau must be set (> 0)");
   STEP_CHECK(int64_t(p.gh) * p.patch >= p.h && int64_t(p.gw) * p.patch >= p.w,
              "cuda::window_score: the patch grid does not cover the image");
-  STEP_CHECK(p.levels <= 65535, "cuda::window_score: too many levels");
-  if (p.levels == 0) return;
-  STEP_CHECK(p.image && p.sizes && p.scores && x.workspace, "cuda::window_score: missing image, sizes, scores or workspace");
+  STEP_CHECK(p.num_levels <= 65535, "cuda::window_score: too many levels");
+  if (p.num_levels == 0) return;
+  STEP_CHECK(p.image && p.levels && p.scores && x.workspace, "cuda::window_score: missing image, levels, scores or workspace");
   const int64_t cells = int64_t(p.gh) * p.gw;
   STEP_CHECK(cells < (int64_t(1) << 31) / 4, "cuda::window_score: grid too large");
-  const WindowScoreArgs a{p.image, p.h, p.w, p.channels, p.patch, p.gh, p.gw, p.levels, p.sizes,
+  const WindowScoreArgs a{p.image, p.h, p.w, p.channels, p.patch, p.gh, p.gw, p.num_levels, p.levels,
                           p.color_tau, p.texture_tau, x.workspace, x.workspace + 3 * cells, p.scores};
   window_score_launch(a, as_stream(stream));
 }
 
 void superpatch_select(const SuperpatchSelectParams& p, void* stream) {
-  STEP_CHECK(p.gh > 0 && p.gw > 0 && p.levels >= 0, "cuda::superpatch_select: bad sizes");
+  STEP_CHECK(p.gh > 0 && p.gw > 0 && p.num_levels >= 0, "cuda::superpatch_select: bad sizes");
   STEP_CHECK(int64_t(p.gh) * p.gw < (int64_t(1) << 30), "cuda::superpatch_select: grid too large");
-  STEP_CHECK(p.rects && p.count && p.token_of_patch && (p.levels == 0 || (p.sizes && p.thresholds && p.scores)),
+  STEP_CHECK(p.rects && p.count && p.token_of_patch && (p.num_levels == 0 || (p.levels && p.thresholds && p.scores)),
              "cuda::superpatch_select: missing buffer");
-  const SelectArgs a{p.image, p.gh, p.gw, p.levels, p.sizes, p.thresholds, p.scores, p.rects, p.count, p.token_of_patch};
+  const SelectArgs a{p.image, p.gh, p.gw, p.num_levels, p.levels, p.thresholds, p.scores, p.rects, p.count, p.token_of_patch};
   superpatch_select_launch(a, as_stream(stream));
 }
 
