@@ -106,7 +106,6 @@ void CudaVitModel::drop_graphs() {
 DeviceBuffer CudaVitModel::upload_f32(const float* src, int64_t n, const std::string& what) {
   DeviceBuffer b(size_t(n) * 4, what);
   STEP_CUDA_CHECK(cudaMemcpy(b.as<void>(), src, size_t(n) * 4, cudaMemcpyHostToDevice));
-  weight_bytes_ += b.bytes();
   return b;
 }
 
@@ -115,7 +114,6 @@ DeviceBuffer CudaVitModel::upload_bf16(const float* src, int64_t n, const std::s
   for (int64_t i = 0; i < n; ++i) h[size_t(i)] = float_to_bf16(src[i]);
   DeviceBuffer b(size_t(n) * 2, what);
   STEP_CUDA_CHECK(cudaMemcpy(b.as<void>(), h.data(), size_t(n) * 2, cudaMemcpyHostToDevice));
-  weight_bytes_ += b.bytes();
   return b;
 }
 
@@ -193,7 +191,6 @@ void CudaVitModel::evict_pos(const std::vector<std::pair<int, int>>& keep) {
       if (std::find(keep.begin(), keep.end(), i->first) == keep.end() && (oldest == pos_used_.end() || i->second < oldest->second)) oldest = i;
     if (oldest == pos_used_.end()) break;
     total -= pos_bytes_[oldest->first];
-    weight_bytes_ -= pos_cache_.at(oldest->first).bytes();
     pos_cache_.erase(oldest->first), pos_bytes_.erase(oldest->first);
     pos_used_.erase(oldest);
   }

@@ -42,11 +42,6 @@
 
 namespace step::cuda {
 
-struct DeviceMemoryUse {
-  size_t weights = 0;    // bytes of uploaded weights and cached position embeddings
-  size_t workspace = 0;  // bytes of the activation workspace (the pool)
-};
-
 // The GPU engine of core's segment pipeline (core/segment.h: DeviceSegmenter's forward and segment).
 class DeviceModel : public DeviceSegmenter {
  public:
@@ -59,8 +54,6 @@ class DeviceModel : public DeviceSegmenter {
   using Image = DeviceSegmentImage;
   using SegmentRequest = DeviceSegmentRequest;
   using SegmentResult = DeviceSegmentResult;
-
-  virtual DeviceMemoryUse memory() const = 0;
 };
 
 // Free and total bytes of GPU 0 (cudaMemGetInfo); {0, 0} when there is no usable GPU.

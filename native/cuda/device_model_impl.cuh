@@ -1,7 +1,7 @@
 // device_model_impl.cuh: the CudaVitModel class behind DeviceModel (device_model.h), shared by its four
 // files, one concern each:
 //   device_model.cu    creation, weight upload, the position-embedding cache, the workspace (the
-//                      memory pool: carve, workspace_for), call shapes, timing, memory()
+//                      memory pool: carve, workspace_for), call shapes, timing
 //   device_encoder.cu  forward() and the encoder: blocks, early exits, compaction, head, fill_stats
 //   device_segment.cu  segment(): normalise, score and plan the merge, encode, unshare, upsample, and
 //                      the CUDA graphs it is captured into (launch)
@@ -117,7 +117,6 @@ class CudaVitModel final : public DeviceModel {
   CudaVitModel(VitModel& model, Backend& host);
   ~CudaVitModel() override { release(); }
 
-  DeviceMemoryUse memory() const override { return {weight_bytes_, workspace_.bytes()}; }
   EncoderOutput forward(const EncoderInput& in) override;
   SegmentResult segment(const SegmentRequest& r) override;
 
@@ -125,7 +124,7 @@ class CudaVitModel final : public DeviceModel {
   void release();
   void drop_graphs();
 
-  // Weights (device_model.cu): GEMM weights as bf16, the rest as float32; counted in weight_bytes_.
+  // Weights (device_model.cu): GEMM weights as bf16, the rest as float32.
   DeviceBuffer upload_f32(const float* src, int64_t n, const std::string& what);
   DeviceBuffer upload_bf16(const float* src, int64_t n, const std::string& what);
   Linear linear(const std::string& name, int N, int K);
@@ -226,7 +225,6 @@ class CudaVitModel final : public DeviceModel {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
   bool use_graphs_ = true;
-  size_t weight_bytes_ = 0;
   Linear patch_w_, head_;
   Norm norm_pre_, final_norm_;
   DeviceBuffer prefix_tokens_, pos_prefix_;
