@@ -46,7 +46,6 @@ export interface CudaLayerNormParams {
   C: number;
   eps?: number;
   x: Float32Array;
-  rowsIndex?: Int32Array;
   gamma: Float32Array;
   beta: Float32Array;
   y?: Float32Array; // at least one of y and yBf16
@@ -102,8 +101,7 @@ export interface CudaWindowScoreParams {
   patch: number;
   gh: number;
   gw: number;
-  levels: number;
-  sizes: Int32Array; // (levels)
+  levels: Int32Array; // window sides, in patches, largest first
   colorTau: number;
   textureTau: number;
   scores: Float32Array; // levels concatenated
@@ -112,8 +110,7 @@ export interface CudaSuperpatchSelectParams {
   image?: number;
   gh: number;
   gw: number;
-  levels: number;
-  sizes: Int32Array;
+  levels: Int32Array; // window sides, in patches, largest first
   thresholds: Float32Array;
   scores: Float32Array;
   rects: Int32Array; // (gh * gw, 4)
@@ -171,6 +168,40 @@ export interface CudaTokenScatterParams {
   table: Float32Array; // (table rows, K)
   rowsDevice?: number; // the real row count, read on the device
 }
+export interface CudaTokenRowsInitParams {
+  batch: number;
+  prefix?: number;
+  depth: number;
+  offsets: Int32Array; // (B + 1)
+  rectOfRow: Int32Array; // (A) or more
+  rectExit: Int32Array; // (A - B prefix) or more
+  rowsBound?: number; // default A; at least A
+}
+export interface CudaTokenExitMarkParams {
+  rows: number; // upper bound when rowsDevice is set
+  layer: number;
+  halt: Uint8Array; // (rows)
+  rectOfRow: Int32Array; // (rows)
+  rectExit: Int32Array; // (rects) in and out
+  rowsDevice?: number; // the real row count, read on the device
+}
+export interface CudaTokenGatherParams {
+  rows: number; // upper bound when rowsDevice is set
+  srcRow: Int32Array; // (rows)
+  in: Int32Array;
+  out: Int32Array; // (rows)
+  rowsDevice?: number; // the real row count, read on the device
+}
+export interface CudaTokenPackParams {
+  batch: number;
+  prefix?: number;
+  counts: Int32Array; // (B)
+  gridOffset: Int32Array; // (B)
+  stage: Int32Array; // (rects, 4)
+  rects: Int32Array; // (sum of counts, 4) or more
+  offsets: Int32Array; // (B + 1)
+  rectCount: Int32Array; // (1)
+}
 export interface CudaUpsampleParams {
   K: number;
   gh: number;
@@ -225,6 +256,10 @@ export interface CudaOpParams {
   tokenHalt: CudaTokenHaltParams;
   tokenCompact: CudaTokenCompactParams;
   tokenScatter: CudaTokenScatterParams;
+  tokenRowsInit: CudaTokenRowsInitParams;
+  tokenExitMark: CudaTokenExitMarkParams;
+  tokenGather: CudaTokenGatherParams;
+  tokenPack: CudaTokenPackParams;
   upsample: CudaUpsampleParams;
   conv: CudaConvParams;
   avgPool: CudaAvgPoolParams;
@@ -244,6 +279,10 @@ export interface CudaOps {
   tokenHalt(p: CudaTokenHaltParams): void;
   tokenCompact(p: CudaTokenCompactParams): void;
   tokenScatter(p: CudaTokenScatterParams): void;
+  tokenRowsInit(p: CudaTokenRowsInitParams): void;
+  tokenExitMark(p: CudaTokenExitMarkParams): void;
+  tokenGather(p: CudaTokenGatherParams): void;
+  tokenPack(p: CudaTokenPackParams): void;
   upsample(p: CudaUpsampleParams): void;
   conv(p: CudaConvParams): void;
   avgPool(p: CudaAvgPoolParams): void;

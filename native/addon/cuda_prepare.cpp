@@ -79,6 +79,7 @@ constexpr auto prepare_avg_pool = prepare_plain<read_avg_pool, cuda::avg_pool>;
 constexpr auto prepare_superpatch_select = prepare_plain<read_superpatch_select, cuda::superpatch_select>;
 constexpr auto prepare_image_normalize = prepare_plain<read_image_normalize, cuda::image_normalize>;
 constexpr auto prepare_upsample = prepare_plain<read_upsample, cuda::upsample>;
+constexpr auto prepare_token_pack = prepare_plain<read_token_pack, cuda::token_pack>;
 
 Launch prepare_gemm(DeviceCall& call) {
   cuda::GemmDeviceExtras x;
@@ -160,6 +161,16 @@ cuda::TokenCompactDeviceExtras token_compact_extras(DeviceCall& call, const step
 cuda::TokenScatterDeviceExtras token_scatter_extras(DeviceCall& call, const step::TokenScatterParams&) {
   return {call.device_count("rowsDevice")};
 }
+cuda::TokenRowsInitDeviceExtras token_rows_init_extras(DeviceCall& call, const step::TokenRowsInitParams& p) {
+  const int rows = int(check_offsets(call, p.batch).rows);
+  return {call.integer_or("rowsBound", rows, rows)};
+}
+cuda::TokenExitMarkDeviceExtras token_exit_mark_extras(DeviceCall& call, const step::TokenExitMarkParams&) {
+  return {call.device_count("rowsDevice")};
+}
+cuda::TokenGatherDeviceExtras token_gather_extras(DeviceCall& call, const step::TokenGatherParams&) {
+  return {call.device_count("rowsDevice")};
+}
 constexpr auto prepare_patch_gather = prepare_with<read_patch_gather, patch_gather_extras, cuda::patch_gather>;
 constexpr auto prepare_token_pos_embed =
     prepare_with<read_token_pos_embed, token_pos_embed_extras, cuda::token_pos_embed>;
@@ -167,6 +178,9 @@ constexpr auto prepare_unshare = prepare_with<read_unshare, unshare_extras, cuda
 constexpr auto prepare_token_halt = prepare_with<read_token_halt, token_halt_extras, cuda::token_halt>;
 constexpr auto prepare_token_compact = prepare_with<read_token_compact, token_compact_extras, cuda::token_compact>;
 constexpr auto prepare_token_scatter = prepare_with<read_token_scatter, token_scatter_extras, cuda::token_scatter>;
+constexpr auto prepare_token_rows_init = prepare_with<read_token_rows_init, token_rows_init_extras, cuda::token_rows_init>;
+constexpr auto prepare_token_exit_mark = prepare_with<read_token_exit_mark, token_exit_mark_extras, cuda::token_exit_mark>;
+constexpr auto prepare_token_gather = prepare_with<read_token_gather, token_gather_extras, cuda::token_gather>;
 
 // Not an op of ops.h: the float32 -> bf16 conversion the CUDA model runs between buffers.
 Launch prepare_convert_to_bf16(DeviceCall& call) {

@@ -404,10 +404,10 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     Napi::Object m = mv.As<Napi::Object>();
     std::string policy = m.Get("policy").ToString().Utf8Value();
     merge.policy = policy == "learned" ? step::MergePolicy::kLearned : step::MergePolicy::kSimilarity;
-    Napi::Array sizes = to_array(m.Get("levels"), "merge.levels"), thr = to_array(m.Get("thresholds"), "merge.thresholds");
-    if (sizes.Length() != thr.Length() || sizes.Length() > 8) throw_bad_input(env, "merge: one threshold per level, at most 8 levels");
-    for (uint32_t i = 0; i < sizes.Length(); ++i) {
-      merge.sizes.push_back(to_int(sizes.Get(i), "merge.levels[i]", 2, 64));
+    Napi::Array levels = to_array(m.Get("levels"), "merge.levels"), thr = to_array(m.Get("thresholds"), "merge.thresholds");
+    if (levels.Length() != thr.Length() || levels.Length() > 8) throw_bad_input(env, "merge: one threshold per level, at most 8 levels");
+    for (uint32_t i = 0; i < levels.Length(); ++i) {
+      merge.levels.push_back(to_int(levels.Get(i), "merge.levels[i]", 2, 64));
       merge.thresholds.push_back(to_float(thr.Get(i), "merge.thresholds[i]"));
     }
     merge.color_tau = to_float(m.Get("colorTau"), "colorTau"), merge.texture_tau = to_float(m.Get("textureTau"), "textureTau");

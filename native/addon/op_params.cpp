@@ -136,13 +136,17 @@ PackedRows check_offsets(const Call& call, int batch) {
 
 namespace {
 
-// Window sides (levels), each >= 1; returns the number of scores of all levels on a gh x gw grid.
-int64_t check_levels(const Call& call, int levels, int gh, int gw) {
-  const int32_t* sizes = call.host<int32_t>("sizes", levels);
+// levels: the window sides (Int32Array), each >= 1; sets their count and returns the number of
+// scores of all levels on a gh x gw grid.
+int64_t check_levels(const Call& call, int* num_levels, int gh, int gw) {
+  const int32_t* levels = call.host<int32_t>("levels", 0);  // required
+  const int64_t n_levels = call.length<int32_t>("levels");
+  if (n_levels > 65535) call.fail_range("at most 65535 levels");
+  *num_levels = int(n_levels);
   int64_t n = 0;
-  for (int l = 0; l < levels; ++l) {
-    if (sizes[l] < 1) call.fail_range("sizes[" + std::to_string(l) + "] must be >= 1");
-    n += int64_t(gh / sizes[l]) * (gw / sizes[l]);
+  for (int l = 0; l < *num_levels; ++l) {
+    if (levels[l] < 1) call.fail_range("levels[" + std::to_string(l) + "] must be >= 1");
+    n += int64_t(gh / levels[l]) * (gw / levels[l]);
   }
   return n;
 }
@@ -165,6 +169,15 @@ int64_t check_rects(const Call& call, int64_t tokens, bool rows) {
     cells = std::max(cells, grid_offset[image] + (int64_t(row) + size - 1) * grid_w[image] + col + size);
   }
   return cells;
+}
+
+// The first n elements of the int32 array `key` are indices in [lo, hi): "is not <what> (<hi> <unit>)".
+void check_indices(const Call& call, const char* key, int64_t n, int64_t lo, int64_t hi, const char* what, const char* unit) {
+  const int32_t* index = call.host<int32_t>(key, n);
+  for (int64_t r = 0; r < n; ++r)
+    if (index[r] < lo || index[r] >= hi)
+      call.fail_range(std::string(key) + "[" + std::to_string(r) + "] = " + std::to_string(index[r]) + " is not " + what + " (" +
+                      std::to_string(hi) + " " + unit + ")");
 }
 
 const step::TokenRect* rects_in(Call& call, int64_t tokens) {
@@ -262,12 +275,11 @@ step::WindowScoreParams read_window_score(Call& call) {
   step::WindowScoreParams p;
   p.h = call.integer("h", 1), p.w = call.integer("w", 1), p.channels = call.integer_or("channels", 3, 3);
   p.patch = call.integer("patch", 1), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
-  p.levels = call.integer("levels");
   p.color_tau = call.number("colorTau"), p.texture_tau = call.number("textureTau");
   if (int64_t(p.gh) * p.patch < p.h || int64_t(p.gw) * p.patch < p.w) call.fail_range("gh x gw patches must cover h x w");
-  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw);
+  const int64_t scores = check_levels(call, &p.num_levels, p.gh, p.gw);
   p.image = call.array<uint8_t>("image", int64_t(p.h) * p.w * p.channels, Use::kIn);
-  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
+  p.levels = call.array<int32_t>("levels", p.num_levels, Use::kIn);
   p.scores = call.array<float>("scores", scores, Use::kOut);
   return p;
 }
@@ -275,10 +287,9 @@ step::WindowScoreParams read_window_score(Call& call) {
 step::SuperpatchSelectParams read_superpatch_select(Call& call) {
   step::SuperpatchSelectParams p;
   p.image = call.integer_or("image", 0), p.gh = call.integer("gh", 1), p.gw = call.integer("gw", 1);
-  p.levels = call.integer("levels");
-  const int64_t scores = check_levels(call, p.levels, p.gh, p.gw), cells = int64_t(p.gh) * p.gw;
-  p.sizes = call.array<int32_t>("sizes", p.levels, Use::kIn);
-  p.thresholds = call.array<float>("thresholds", p.levels, Use::kIn);
+  const int64_t scores = check_levels(call, &p.num_levels, p.gh, p.gw), cells = int64_t(p.gh) * p.gw;
+  p.levels = call.array<int32_t>("levels", p.num_levels, Use::kIn);
+  p.thresholds = call.array<float>("thresholds", p.num_levels, Use::kIn);
   p.scores = call.array<float>("scores", scores, Use::kIn);
   p.rects = reinterpret_cast<step::TokenRect*>(call.array<int32_t>("rects", 4 * cells, Use::kOut));
   p.count = call.array<int32_t>("count", 1, Use::kOut);
@@ -410,6 +421,64 @@ step::TokenScatterParams read_token_scatter(Call& call) {
   p.index = call.array<int32_t>("index", p.rows, Use::kIn);
   p.mask = call.array<uint8_t>("mask", p.rows, Use::kOptionalIn);
   p.table = call.array<float>("table", table_rows * p.K, Use::kOut);
+  return p;
+}
+
+step::TokenRowsInitParams read_token_rows_init(Call& call) {
+  step::TokenRowsInitParams p;
+  p.batch = call.integer("batch"), p.prefix = call.integer_or("prefix", 0), p.depth = call.integer("depth");
+  const int64_t A = check_offsets(call, p.batch).rows;
+  const int32_t* offsets = call.host<int32_t>("offsets", int64_t(p.batch) + 1);
+  for (int b = 0; b < p.batch; ++b)
+    if (offsets[b + 1] - offsets[b] < p.prefix) call.fail_range("every image needs at least `prefix` rows");
+  p.offsets = call.array<int32_t>("offsets", int64_t(p.batch) + 1, Use::kIn);
+  p.rect_of_row = call.array<int32_t>("rectOfRow", A, Use::kOut);
+  p.rect_exit = call.array<int32_t>("rectExit", A - int64_t(p.batch) * p.prefix, Use::kOut);
+  return p;
+}
+
+step::TokenExitMarkParams read_token_exit_mark(Call& call) {
+  step::TokenExitMarkParams p;
+  p.rows = call.integer("rows"), p.layer = call.integer("layer");
+  const int64_t rects = call.length<int32_t>("rectExit");
+  check_indices(call, "rectOfRow", p.rows, -1, rects, "a rect of rectExit or -1", "rects");
+  p.halt = call.array<uint8_t>("halt", p.rows, Use::kIn);
+  p.rect_of_row = call.array<int32_t>("rectOfRow", p.rows, Use::kIn);
+  p.rect_exit = call.array<int32_t>("rectExit", rects, Use::kOut);
+  return p;
+}
+
+step::TokenGatherParams read_token_gather(Call& call) {
+  step::TokenGatherParams p;
+  p.rows = call.integer("rows");
+  const int64_t in_rows = call.length<int32_t>("in");
+  check_indices(call, "srcRow", p.rows, 0, in_rows, "a row of in", "rows");
+  p.src_row = call.array<int32_t>("srcRow", p.rows, Use::kIn);
+  p.in = call.array<int32_t>("in", in_rows, Use::kIn);
+  p.out = call.array<int32_t>("out", p.rows, Use::kOut);
+  return p;
+}
+
+step::TokenPackParams read_token_pack(Call& call) {
+  step::TokenPackParams p;
+  p.batch = call.integer("batch"), p.prefix = call.integer_or("prefix", 0);
+  const int64_t staged = call.length<int32_t>("stage") / 4;  // rects in stage
+  const int32_t* counts = call.host<int32_t>("counts", p.batch);
+  const int32_t* grid_offset = call.host<int32_t>("gridOffset", p.batch);
+  int64_t total = 0;
+  for (int b = 0; b < p.batch; ++b) {
+    if (counts[b] < 0 || grid_offset[b] < 0 || int64_t(grid_offset[b]) + counts[b] > staged)
+      call.fail_range("image " + std::to_string(b) + "'s rects (gridOffset, counts) lie outside stage (" +
+                      std::to_string(staged) + " rects)");
+    total += counts[b];
+  }
+  if (total + int64_t(p.batch) * p.prefix > 2147483647) call.fail_range("more than 2^31 - 1 rows");
+  p.counts = call.array<int32_t>("counts", p.batch, Use::kIn);
+  p.grid_offset = call.array<int32_t>("gridOffset", p.batch, Use::kIn);
+  p.stage = reinterpret_cast<const step::TokenRect*>(call.array<int32_t>("stage", 4 * staged, Use::kIn));
+  p.rects = reinterpret_cast<step::TokenRect*>(call.array<int32_t>("rects", 4 * total, Use::kOut));
+  p.offsets = call.array<int32_t>("offsets", int64_t(p.batch) + 1, Use::kOut);
+  p.rect_count = call.array<int32_t>("rectCount", 1, Use::kOut);
   return p;
 }
 

@@ -28,6 +28,10 @@
   X(token_halt, TokenHaltParams, "tokenHalt", cuda)                       \
   X(token_compact, TokenCompactParams, "tokenCompact", cuda)              \
   X(token_scatter, TokenScatterParams, "tokenScatter", cuda)              \
+  X(token_rows_init, TokenRowsInitParams, "tokenRowsInit", cuda)         \
+  X(token_exit_mark, TokenExitMarkParams, "tokenExitMark", cuda)         \
+  X(token_gather, TokenGatherParams, "tokenGather", cuda)                 \
+  X(token_pack, TokenPackParams, "tokenPack", cuda)                       \
   X(pos_resample, PosResampleParams, "posResample", none)                 \
   X(image_normalize, ImageNormalizeParams, "imageNormalize", cuda)        \
   X(upsample, UpsampleParams, "upsample", cuda)

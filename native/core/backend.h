@@ -28,6 +28,10 @@ class Backend {
   virtual void token_halt(const TokenHaltParams& p) = 0;
   virtual void token_compact(const TokenCompactParams& p) = 0;
   virtual void token_scatter(const TokenScatterParams& p) = 0;
+  virtual void token_rows_init(const TokenRowsInitParams& p) = 0;
+  virtual void token_exit_mark(const TokenExitMarkParams& p) = 0;
+  virtual void token_gather(const TokenGatherParams& p) = 0;
+  virtual void token_pack(const TokenPackParams& p) = 0;
   virtual void pos_resample(const PosResampleParams& p) = 0;
   virtual void image_normalize(const ImageNormalizeParams& p) = 0;
   virtual void upsample(const UpsampleParams& p) = 0;

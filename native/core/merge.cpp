@@ -29,8 +29,8 @@ void learned_scores(Backend& backend, const MergeImage& im, int patch, const Mer
   std::vector<Tensor> maps = net.trunk.forward(backend, x.data(), 1, H, W, gflops);
   const Tensor& top = maps.back();  // (1, ch, cw, 320) stride 32
   const int ch = int(top.dim(1)), cw = int(top.dim(2)), C = int(top.dim(3));
-  for (size_t l = 0; l < s.sizes.size(); ++l) {
-    const int S = s.sizes[l], factor = S * patch / 32, wh = im.gh / S, ww = im.gw / S;
+  for (size_t l = 0; l < s.levels.size(); ++l) {
+    const int S = s.levels[l], factor = S * patch / 32, wh = im.gh / S, ww = im.gw / S;
     STEP_CHECK(factor >= 1 && factor * 32 == S * patch, "learned policy: window side must be a multiple of 32 px");
     Tensor pooled({std::max(wh * ww, 1), C});  // (wh, ww, C)
     if (wh * ww > 0) {
@@ -55,8 +55,8 @@ MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, in
                      const MergePolicyNet* policy) {
   using clock = std::chrono::steady_clock;
   MergePlan plan;
-  const int levels = s.policy == MergePolicy::kNone ? 0 : int(s.sizes.size());
-  STEP_CHECK(levels == 0 || s.thresholds.size() == s.sizes.size(), "merge: one threshold per level");
+  const int num_levels = s.policy == MergePolicy::kNone ? 0 : int(s.levels.size());
+  STEP_CHECK(num_levels == 0 || s.thresholds.size() == s.levels.size(), "merge: one threshold per level");
   if (s.policy == MergePolicy::kLearned && !policy)
     throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights (policy.trunk.*, policy.heads.*), "
                                       "which this model does not have: use policy 'similarity'");
@@ -64,15 +64,15 @@ MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, in
     const MergeImage& im = images[b];
     const int cells = im.gh * im.gw;
     std::vector<float> scores;
-    for (int l = 0; l < levels; ++l) scores.resize(scores.size() + size_t(im.gh / s.sizes[l]) * (im.gw / s.sizes[l]));
+    for (int l = 0; l < num_levels; ++l) scores.resize(scores.size() + size_t(im.gh / s.levels[l]) * (im.gw / s.levels[l]));
 
     auto t0 = clock::now();
     if (s.policy == MergePolicy::kLearned) {
       learned_scores(backend, im, patch, s, *policy, scores.data(), &plan.gflops);
-    } else if (levels > 0) {
+    } else if (num_levels > 0) {
       WindowScoreParams w;
       w.image = im.rgb, w.h = im.h, w.w = im.w, w.channels = im.channels, w.patch = patch;
-      w.gh = im.gh, w.gw = im.gw, w.levels = levels, w.sizes = s.sizes.data();
+      w.gh = im.gh, w.gw = im.gw, w.num_levels = num_levels, w.levels = s.levels.data();
       w.color_tau = s.color_tau, w.texture_tau = s.texture_tau, w.scores = scores.data();
       backend.window_score(w);
     }
@@ -83,16 +83,16 @@ MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, in
     std::vector<int32_t> token_of_patch(cells);
     int32_t count = 0;
     SuperpatchSelectParams sp;
-    sp.image = int(b), sp.gh = im.gh, sp.gw = im.gw, sp.levels = levels, sp.sizes = s.sizes.data();
+    sp.image = int(b), sp.gh = im.gh, sp.gw = im.gw, sp.num_levels = num_levels, sp.levels = s.levels.data();
     sp.thresholds = s.thresholds.data(), sp.scores = scores.data();
     sp.rects = rects.data(), sp.count = &count, sp.token_of_patch = token_of_patch.data();
     backend.superpatch_select(sp);
     plan.select_ms += ms_since(t0);
 
-    std::vector<int64_t> per_size(levels + 1, 0);
+    std::vector<int64_t> per_size(num_levels + 1, 0);
     for (int32_t t = 0; t < count; ++t) {
       int l = 0;
-      while (l < levels && s.sizes[l] != rects[t].size) ++l;
+      while (l < num_levels && s.levels[l] != rects[t].size) ++l;
       ++per_size[l];
     }
     plan.rects.insert(plan.rects.end(), rects.begin(), rects.begin() + count);

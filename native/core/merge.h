@@ -25,7 +25,7 @@ struct MergePolicyNet {
 
 struct MergeSettings {
   MergePolicy policy = MergePolicy::kNone;
-  std::vector<int32_t> sizes;       // window sides in patches, largest first (e.g. 8, 4, 2)
+  std::vector<int32_t> levels;      // window sides in patches, largest first (e.g. 8, 4, 2)
   std::vector<float> thresholds;    // one per level; a window merges when its score >= threshold
   float color_tau = 0.f, texture_tau = 0.f;  // similarity scorer scales (ops.h, WindowScoreParams); no
                                              // default here: lib/config.ts (kDefaultMerge)

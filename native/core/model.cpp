@@ -286,11 +286,17 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
   st.ms.emplace_back("embed", since_ms(t0));
 
   // rect_of_row: the rect each active row carries (-1 for prefix tokens); compacted with the rows.
-  std::vector<int32_t> rect_of_row(A, -1);
-  for (int j = 0; j < Tp; ++j) rect_of_row[j + (rects[j].image + 1) * pre] = j;
+  // rect_exit: the blocks each rect went through, all of them until an exit halts it.
+  std::vector<int32_t> rect_of_row(A);
+  out.rect_exit.resize(Tp);
+  {
+    TokenRowsInitParams ri;
+    ri.batch = B, ri.prefix = pre, ri.depth = c.depth, ri.offsets = out.offsets.data();
+    ri.rect_of_row = rect_of_row.data(), ri.rect_exit = out.rect_exit.data();
+    backend.token_rows_init(ri);
+  }
   const int K = c.num_classes;
   Tensor rect_logits({Tp, K});                   // (Tp, K) logits of each rect, from its exit or the head
-  out.rect_exit.assign(Tp, c.depth);             // blocks each token went through
   std::vector<int> exits = in.prune.enabled ? in.prune.layers : std::vector<int>{};
   STEP_CHECK(exits.empty() || in.prune.agree == 0 || in.prune.agree == 1, "forward: prune.agree not set");
   std::vector<int32_t> cell_label(in.prune.agree == 1 ? cells : 0);  // (cells) labels for agreement
@@ -360,13 +366,18 @@ EncoderOutput VitModel::forward(Backend& backend, const EncoderInput& in) {
     tc.batch = B, tc.C = C, tc.offsets = out.offsets.data(), tc.halt = halt.data(), tc.x = x.data();
     tc.out = kept.data(), tc.new_offsets = new_offsets.data(), tc.src_row = src_row.data();
     backend.token_compact(tc);
+    TokenExitMarkParams em;
+    em.rows = A, em.layer = i + 1, em.halt = halt.data(), em.rect_of_row = rect_of_row.data();
+    em.rect_exit = out.rect_exit.data();
+    backend.token_exit_mark(em);
     int64_t halted = 0;
-    for (int r = 0; r < A; ++r)
-      if (halt[r] && rect_of_row[r] >= 0) out.rect_exit[rect_of_row[r]] = i + 1, ++halted;
+    for (int r = 0; r < A; ++r) halted += halt[r] && rect_of_row[r] >= 0;
     st.halted.push_back(halted);
     const int new_a = new_offsets[B];
     std::vector<int32_t> new_rect_of_row(new_a);
-    for (int r = 0; r < new_a; ++r) new_rect_of_row[r] = rect_of_row[src_row[r]];
+    TokenGatherParams tg;
+    tg.rows = new_a, tg.src_row = src_row.data(), tg.in = rect_of_row.data(), tg.out = new_rect_of_row.data();
+    backend.token_gather(tg);
     rect_of_row.swap(new_rect_of_row);
     out.offsets.swap(new_offsets);
     A = new_a;

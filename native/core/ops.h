@@ -130,10 +130,10 @@ struct WindowScoreParams {
   int h = 0, w = 0, channels = 3;
   int patch = 0;                   // P
   int gh = 0, gw = 0;              // patch grid over the padded image: ceil(h / P) x ceil(w / P)
-  int levels = 0;
-  const int32_t* sizes = nullptr;  // (levels) window side S of each level, in patches
+  int num_levels = 0;
+  const int32_t* levels = nullptr;  // (num_levels) window side S of each level, in patches, largest first
   float color_tau = 0.f, texture_tau = 0.f;  // > 0; no default here: lib/config.ts (kDefaultMerge)
-  float* scores = nullptr;         // per level (gh / S, gw / S) row-major, levels concatenated
+  float* scores = nullptr;          // per level (gh / S, gw / S) row-major, levels concatenated
 };
 
 // ---- superpatch_select --------------------------------------------------------------------------
@@ -144,9 +144,9 @@ struct WindowScoreParams {
 struct SuperpatchSelectParams {
   int image = 0;                       // image index written into the rects
   int gh = 0, gw = 0;
-  int levels = 0;
-  const int32_t* sizes = nullptr;      // (levels) window sides, in patches
-  const float* thresholds = nullptr;   // (levels)
+  int num_levels = 0;
+  const int32_t* levels = nullptr;     // (num_levels) window sides, in patches, largest first
+  const float* thresholds = nullptr;   // (num_levels)
   const float* scores = nullptr;       // as WindowScoreParams::scores
   TokenRect* rects = nullptr;          // (gh * gw) capacity; the first *count are written
   int32_t* count = nullptr;            // (1) number of tokens of this image
@@ -251,6 +251,55 @@ struct TokenScatterParams {
   const int32_t* index = nullptr;    // (rows) destination row, or -1 (prefix tokens)
   const uint8_t* mask = nullptr;     // (rows) or null
   float* table = nullptr;            // (table rows, K)
+};
+
+// ---- token bookkeeping (token_compact) -----------------------------------------------------------
+// The per-row integers that follow the packed list through the encoder: which rect each row carries
+// (rect_of_row, -1 for prefix rows) and after how many blocks each rect left (rect_exit). Rects are in
+// image order, offsets[b + 1] - offsets[b] - prefix of them for image b, so row r of image b >= prefix
+// carries rect r - (b + 1) * prefix.
+
+// token_rows_init: the bookkeeping at the start of a forward, from the offsets alone: rect_of_row[r] =
+// -1 for the prefix rows of each image, else r - (b + 1) * prefix; rect_exit[t] = depth for every rect
+// ("went through all blocks").
+struct TokenRowsInitParams {
+  int batch = 0, prefix = 0;
+  int depth = 0;                     // the value every rect_exit starts at: the encoder's blocks
+  const int32_t* offsets = nullptr;  // (B + 1); every image has at least prefix rows
+  int32_t* rect_of_row = nullptr;    // (A) rect of each row, -1 for prefix rows
+  int32_t* rect_exit = nullptr;      // (A - B * prefix) one per rect
+};
+
+// token_exit_mark: rect_exit[rect_of_row[r]] = layer for every row r < rows that halts (halt[r] != 0)
+// and carries a rect (rect_of_row[r] >= 0); every other element of rect_exit is left as it was.
+struct TokenExitMarkParams {
+  int rows = 0;                          // A
+  int layer = 0;                         // the exit: blocks the halted rects went through
+  const uint8_t* halt = nullptr;         // (rows) token_halt's flags
+  const int32_t* rect_of_row = nullptr;  // (rows) rect of each row, or -1
+  int32_t* rect_exit = nullptr;          // (rects) in/out
+};
+
+// token_gather: out[r] = in[src_row[r]] for r < rows: per-row int32 data (the rect of each row) carried
+// through a compaction, with token_compact's src_row.
+struct TokenGatherParams {
+  int rows = 0;                      // A' rows after the compaction
+  const int32_t* src_row = nullptr;  // (rows) row of `in` of each row of out
+  const int32_t* in = nullptr;       // (rows before) int32
+  int32_t* out = nullptr;            // (rows) int32; must not alias in
+};
+
+// token_pack: the packed token list from each image's selected rects (superpatch_select's output,
+// image b's counts[b] rects at stage + grid_offset[b]): the rects of all images back to back in image
+// order, the offsets of the list (image b has prefix + counts[b] rows) and the number of rects.
+struct TokenPackParams {
+  int batch = 0, prefix = 0;
+  const int32_t* counts = nullptr;       // (B) rects of each image
+  const int32_t* grid_offset = nullptr;  // (B) first rect of each image in stage
+  const TokenRect* stage = nullptr;      // (cells) image b's rects at grid_offset[b] .. + counts[b] - 1
+  TokenRect* rects = nullptr;            // (sum of counts) packed, image order
+  int32_t* offsets = nullptr;            // (B + 1) rows of each image in the packed list
+  int32_t* rect_count = nullptr;         // (1) sum of counts
 };
 
 // ---- pos_resample -------------------------------------------------------------------------------

@@ -26,6 +26,10 @@ void unshare(const UnshareParams& p);
 void token_halt(const TokenHaltParams& p);
 void token_compact(const TokenCompactParams& p);
 void token_scatter(const TokenScatterParams& p);
+void token_rows_init(const TokenRowsInitParams& p);
+void token_exit_mark(const TokenExitMarkParams& p);
+void token_gather(const TokenGatherParams& p);
+void token_pack(const TokenPackParams& p);
 void pos_resample(const PosResampleParams& p);
 void image_normalize(const ImageNormalizeParams& p);
 void upsample(const UpsampleParams& p);
@@ -59,6 +63,10 @@ class CpuBackend final : public Backend {
   void token_halt(const TokenHaltParams& p) override { cpu::token_halt(p); }
   void token_compact(const TokenCompactParams& p) override { cpu::token_compact(p); }
   void token_scatter(const TokenScatterParams& p) override { cpu::token_scatter(p); }
+  void token_rows_init(const TokenRowsInitParams& p) override { cpu::token_rows_init(p); }
+  void token_exit_mark(const TokenExitMarkParams& p) override { cpu::token_exit_mark(p); }
+  void token_gather(const TokenGatherParams& p) override { cpu::token_gather(p); }
+  void token_pack(const TokenPackParams& p) override { cpu::token_pack(p); }
   void pos_resample(const PosResampleParams& p) override { cpu::pos_resample(p); }
   void image_normalize(const ImageNormalizeParams& p) override { cpu::image_normalize(p); }
   void upsample(const UpsampleParams& p) override { cpu::upsample(p); }

@@ -1,5 +1,8 @@
 // token_compact.cpp: early exits on the CPU: which tokens halt (token_halt), removing them from the
-// packed list (token_compact), and filing logits under each token's rect (token_scatter).
+// packed list (token_compact), and filing logits under each token's rect (token_scatter); and the
+// bookkeeping of the packed list around them: the rect of each row and every rect's exit at the start
+// (token_rows_init), the exit of halted rects (token_exit_mark), the rect of each row after a
+// compaction (token_gather) and packing the selected rects of a batch into one list (token_pack).
 // token_halt works per image: confidence = max softmax probability = 1 / sum_k exp(l_k - l_max);
 // candidates pass the threshold; per class the top_k most confident candidates (argmax = class) are
 // kept as context, found by one sort of the candidates by (class, confidence desc, row). With
@@ -117,6 +120,35 @@ void token_scatter(const TokenScatterParams& p) {
       std::memcpy(p.table + int64_t(p.index[r]) * p.K, p.src + r * p.K, size_t(p.K) * sizeof(float));
     }
   });
+}
+
+void token_rows_init(const TokenRowsInitParams& p) {
+  for (int b = 0; b < p.batch; ++b)
+    for (int r = p.offsets[b]; r < p.offsets[b + 1]; ++r) {
+      const int rect = r - p.offsets[b] < p.prefix ? -1 : r - (b + 1) * p.prefix;
+      p.rect_of_row[r] = rect;
+      if (rect >= 0) p.rect_exit[rect] = p.depth;
+    }
+}
+
+void token_exit_mark(const TokenExitMarkParams& p) {
+  for (int r = 0; r < p.rows; ++r)
+    if (p.halt[r] && p.rect_of_row[r] >= 0) p.rect_exit[p.rect_of_row[r]] = p.layer;
+}
+
+void token_gather(const TokenGatherParams& p) {
+  for (int r = 0; r < p.rows; ++r) p.out[r] = p.in[p.src_row[r]];
+}
+
+void token_pack(const TokenPackParams& p) {
+  int32_t n = 0;
+  p.offsets[0] = 0;
+  for (int b = 0; b < p.batch; ++b) {
+    if (p.counts[b]) std::memcpy(p.rects + n, p.stage + p.grid_offset[b], size_t(p.counts[b]) * sizeof(TokenRect));
+    n += p.counts[b];
+    p.offsets[b + 1] = n + (b + 1) * p.prefix;
+  }
+  *p.rect_count = n;
 }
 
 }  // namespace step::cpu

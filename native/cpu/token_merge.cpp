@@ -171,8 +171,8 @@ void window_score(const WindowScoreParams& p) {
   });
   // Per window of each level, from the patch statistics.
   float* out = p.scores;
-  for (int l = 0; l < p.levels; ++l) {
-    const int S = p.sizes[l], wh = p.gh / S, ww = p.gw / S;
+  for (int l = 0; l < p.num_levels; ++l) {
+    const int S = p.levels[l], wh = p.gh / S, ww = p.gw / S;
     for (int wy = 0; wy < wh; ++wy)
       for (int wx = 0; wx < ww; ++wx) {
         float m[3] = {0, 0, 0}, t = 0;
@@ -203,8 +203,8 @@ void superpatch_select(const SuperpatchSelectParams& p) {
   // owner[cell]: the top-left cell of the accepted window covering it, with its size; -1 if none.
   std::vector<int32_t> owner(cells, -1), owner_size(cells, 1);
   const float* scores = p.scores;
-  for (int l = 0; l < p.levels; ++l) {
-    const int S = p.sizes[l], wh = p.gh / S, ww = p.gw / S;
+  for (int l = 0; l < p.num_levels; ++l) {
+    const int S = p.levels[l], wh = p.gh / S, ww = p.gw / S;
     for (int wy = 0; wy < wh; ++wy)
       for (int wx = 0; wx < ww; ++wx) {
         if (!(scores[wy * ww + wx] >= p.thresholds[l])) continue;

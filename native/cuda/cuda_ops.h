@@ -100,6 +100,29 @@ void convert_to_bf16(const float* x, uint16_t* y, int64_t n, void* stream);
 // As the CPU op, bit for bit (no fused multiply-add): src (h, w, channels) uint8, out (3, out_h, out_w).
 void image_normalize(const ImageNormalizeParams& p, void* stream);
 
+// ---- token merging (token_merge.cu) -------------------------------------------------------------
+// Per-patch statistics of window_score live in a workspace of this many floats ((gh * gw, 3) mean
+// colours, then (gh * gw) textures).
+int64_t window_score_workspace_floats(int gh, int gw);
+struct WindowScoreDeviceExtras {
+  float* workspace = nullptr;  // (window_score_workspace_floats(gh, gw)) float32 device scratch. Required.
+};
+// p: device pointers (image, levels, scores). Per-patch statistics are the CPU's exactly; scores
+// differ from the CPU's by expf's rounding only (a few ulp).
+void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream);
+
+// One image, one block: p: device pointers (levels, thresholds, scores, rects, count, token_of_patch);
+// rects, *count and token_of_patch are exactly the CPU's. token_of_patch doubles as the scratch of
+// the owner cells, so every cell of it is written.
+void superpatch_select(const SuperpatchSelectParams& p, void* stream);
+
+struct UnshareDeviceExtras {
+  const int32_t* tokens_device = nullptr;  // (1) int32 real token count (e.g. superpatch_select's count), or
+                                           // null; then UnshareParams::tokens bounds it
+};
+// p: device pointers. Copies only: bit-identical.
+void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream);
+
 struct PatchGatherDeviceExtras {
   const int32_t* tokens_device = nullptr;  // (1) int32 real token count, or null; then PatchGatherParams::tokens bounds it
   uint16_t* out_bf16 = nullptr;            // (tokens, 3 * P * P) bf16, beside or instead of PatchGatherParams::out
@@ -114,29 +137,6 @@ struct TokenPosEmbedDeviceExtras {
 // p: device pointers, offsets included (A is read from offsets[batch] on the device). Bit-identical
 // to the CPU.
 void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream);
-
-// ---- token merging (token_merge.cu) -------------------------------------------------------------
-// Per-patch statistics of window_score live in a workspace of this many floats ((gh * gw, 3) mean
-// colours, then (gh * gw) textures).
-int64_t window_score_workspace_floats(int gh, int gw);
-struct WindowScoreDeviceExtras {
-  float* workspace = nullptr;  // (window_score_workspace_floats(gh, gw)) float32 device scratch. Required.
-};
-// p: device pointers (image, sizes, scores). Per-patch statistics are the CPU's exactly; scores
-// differ from the CPU's by expf's rounding only (a few ulp).
-void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream);
-
-// One image, one block: p: device pointers (sizes, thresholds, scores, rects, count, token_of_patch);
-// rects, *count and token_of_patch are exactly the CPU's. token_of_patch doubles as the scratch of
-// the owner cells, so every cell of it is written.
-void superpatch_select(const SuperpatchSelectParams& p, void* stream);
-
-struct UnshareDeviceExtras {
-  const int32_t* tokens_device = nullptr;  // (1) int32 real token count (e.g. superpatch_select's count), or
-                                           // null; then UnshareParams::tokens bounds it
-};
-// p: device pointers. Copies only: bit-identical.
-void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream);
 
 // ---- early exits (token_compact.cu) -------------------------------------------------------------
 struct TokenHaltDeviceExtras {
@@ -160,6 +160,29 @@ struct TokenScatterDeviceExtras {
 // p: device pointers. Destination rows must be distinct (as on the CPU, where the order of duplicate
 // writes is unspecified).
 void token_scatter(const TokenScatterParams& p, const TokenScatterDeviceExtras& x, void* stream);
+
+// The bookkeeping of the packed list (ops.h): integers only, so every entry equals the CPU exactly.
+struct TokenRowsInitDeviceExtras {
+  int rows_bound = 0;  // host upper bound of A (= offsets[batch], read on the device); sizes the grid. Required.
+};
+// p: device pointers (offsets included); rows past offsets[batch] are not written.
+void token_rows_init(const TokenRowsInitParams& p, const TokenRowsInitDeviceExtras& x, void* stream);
+
+struct TokenExitMarkDeviceExtras {
+  const int32_t* rows_device = nullptr;  // (1) int32 real row count, or null; then TokenExitMarkParams::rows bounds it
+};
+// p: device pointers. Rects of distinct halted rows are distinct (rect_of_row is one row per rect).
+void token_exit_mark(const TokenExitMarkParams& p, const TokenExitMarkDeviceExtras& x, void* stream);
+
+struct TokenGatherDeviceExtras {
+  const int32_t* rows_device = nullptr;  // (1) int32 real row count (e.g. new_offsets + batch), or null; then
+                                         // TokenGatherParams::rows bounds it
+};
+// p: device pointers.
+void token_gather(const TokenGatherParams& p, const TokenGatherDeviceExtras& x, void* stream);
+
+// p: device pointers (counts included: the host knows no count). One block; batch <= 12,287.
+void token_pack(const TokenPackParams& p, void* stream);
 
 // ---- upsample (upsample.cu) ---------------------------------------------------------------------
 // p: device pointers. Labels bit-identical to the CPU's; probs within expf's rounding.

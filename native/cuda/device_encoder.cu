@@ -11,46 +11,8 @@
 
 #include "../core/cost.h"
 #include "device_model_impl.cuh"
-#include "launch.cuh"
 
 namespace step::cuda::device_model_detail {
-namespace {
-
-// ---- small kernels of the runtime itself (bookkeeping of the packed list) -----------------------
-
-// rect_exit[rect_of_row[r]] = layer for every halted row r < *rows that carries a rect.
-__global__ void mark_exits_kernel(const int32_t* rows, const uint8_t* halt, const int32_t* rect_of_row, int layer,
-                                  int32_t* rect_exit, int rows_bound) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= rows_bound || r >= *rows) return;
-  if (halt[r] && rect_of_row[r] >= 0) rect_exit[rect_of_row[r]] = layer;
-}
-
-// out[r] = in[src_row[r]] for r < *rows (the rect of each row after compaction).
-__global__ void gather_int_kernel(const int32_t* rows, const int32_t* src_row, const int32_t* in, int32_t* out,
-                                  int rows_bound) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= rows_bound || r >= *rows) return;
-  out[r] = in[src_row[r]];
-}
-
-// The per-row bookkeeping at the start of a forward, from the offsets alone: row r of image b is a
-// prefix token (rect -1) or rect offsets[b] - b * prefix + (r - offsets[b] - prefix); every rect starts
-// as "went through all blocks".
-__global__ void init_rows_kernel(int B, int prefix, int depth, const int32_t* offsets, int32_t* rect_of_row,
-                                 int32_t* rect_exit, int rows_bound) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= rows_bound || r >= offsets[B]) return;
-  int b = 0;
-  while (offsets[b + 1] <= r) ++b;
-  const int j = r - offsets[b];
-  const int rect = j < prefix ? -1 : offsets[b] - b * prefix + (j - prefix);
-  rect_of_row[r] = rect;
-  if (rect >= 0) rect_exit[rect] = depth;
-}
-
-}  // namespace
-
 void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int>& exit_layers,
                           const PruneSettings& prune, UnshareMode unshare_mode, bool graph, std::vector<cudaEvent_t>* group_events,
                           std::vector<std::string>* group_names) {
@@ -67,9 +29,13 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
     group_names->push_back(std::move(name));
   };
 
-  if (A0 > 0) {
-    cuda::launch<init_rows_kernel>(ceil_div(A0, 256), 256, 0, s, B, pre, c.depth, w.offsets[0], w.rect_of_row[0], w.rect_exit, A0);
-    STEP_CUDA_CHECK_LAUNCH();
+  {
+    TokenRowsInitParams p;
+    p.batch = B, p.prefix = pre, p.depth = c.depth, p.offsets = w.offsets[0];
+    p.rect_of_row = w.rect_of_row[0], p.rect_exit = w.rect_exit;
+    TokenRowsInitDeviceExtras e;
+    e.rows_bound = A0;
+    token_rows_init(p, e, s);
   }
   // Patch embedding: im2col of every rect (bf16), one GEMM with the conv weight.
   {
@@ -163,9 +129,12 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
       e.rows_device = rows;
       token_scatter(p, e, s);
     }
-    if (A0 > 0) {
-      cuda::launch<mark_exits_kernel>(ceil_div(A0, 256), 256, 0, s, rows, w.halt, w.rect_of_row[cur], i + 1, w.rect_exit, A0);
-      STEP_CUDA_CHECK_LAUNCH();
+    {
+      TokenExitMarkParams p;
+      p.rows = A0, p.layer = i + 1, p.halt = w.halt, p.rect_of_row = w.rect_of_row[cur], p.rect_exit = w.rect_exit;
+      TokenExitMarkDeviceExtras e;
+      e.rows_device = rows;
+      token_exit_mark(p, e, s);
     }
     const int nxt = 1 - cur;
     float* x_next = x == w.x[0] ? w.x[1] : w.x[0];
@@ -177,10 +146,12 @@ void CudaVitModel::encode(const CallShape& sh, Buffers& w, const std::vector<int
       e.rows_bound = A0;
       token_compact(p, e, s);
     }
-    if (A0 > 0) {
-      cuda::launch<gather_int_kernel>(ceil_div(A0, 256), 256, 0, s, w.offsets[nxt] + B, w.src_row, w.rect_of_row[cur],
-                                                          w.rect_of_row[nxt], A0);
-      STEP_CUDA_CHECK_LAUNCH();
+    {
+      TokenGatherParams p;
+      p.rows = A0, p.src_row = w.src_row, p.in = w.rect_of_row[cur], p.out = w.rect_of_row[nxt];
+      TokenGatherDeviceExtras e;
+      e.rows_device = w.offsets[nxt] + B;
+      token_gather(p, e, s);
     }
     cur = nxt, x = x_next;
     group_done("blocks " + std::to_string(group_start) + "-" + std::to_string(i));

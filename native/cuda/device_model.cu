@@ -212,7 +212,7 @@ CudaVitModel::Buffers CudaVitModel::carve(const CallShape& s, char* base, size_t
   b.token_of_patch = v.take<int32_t>(s.cells);
   b.counts = v.take<int32_t>(s.B);
   b.rect_count = v.take<int32_t>(1);
-  b.sizes = v.take<int32_t>(8), b.thresholds = v.take<float>(8);
+  b.levels = v.take<int32_t>(8), b.thresholds = v.take<float>(8);
   b.rects = v.take<TokenRect>(Tp);
   b.cols = v.take<uint16_t>(Tp * 3 * P * P);
   b.embedded = v.take<float>(Tp * C);

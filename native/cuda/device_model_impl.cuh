@@ -152,8 +152,8 @@ class CudaVitModel final : public DeviceModel {
     int32_t* token_of_patch;  // (cells)
     int32_t* counts;       // (B) rects per image
     int32_t* rect_count;   // (1) rects in all
-    int32_t* sizes;        // (levels) window sides
-    float* thresholds;     // (levels)
+    int32_t* levels;       // (num_levels) window sides
+    float* thresholds;     // (num_levels)
     TokenRect* rects;      // (tp_bound) packed
     uint16_t* cols;        // (tp_bound, 3 P P) bf16
     float* embedded;       // (tp_bound, C)
@@ -197,7 +197,7 @@ class CudaVitModel final : public DeviceModel {
 
   // The learned policy's window scores of one image (levels concatenated at `scores`), on the device.
   void policy_scores(const Buffers& w, const uint8_t* rgb, int h, int wd, int channels, int gh, int gw,
-                     const std::vector<int32_t>& sizes, float* scores);
+                     const std::vector<int32_t>& levels, float* scores);
 
   // Image b's position embeddings into w.pos at cell grid_offset[b] (device to device, from the cache).
   void copy_pos(const Buffers& w, const std::vector<std::pair<int, int>>& grids, const std::vector<int32_t>& grid_offset);

@@ -72,7 +72,7 @@ void CudaVitModel::upload_policy(const MergePolicyNet& net) {
 }
 
 void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, int wd, int channels, int gh, int gw,
-                                 const std::vector<int32_t>& sizes, float* scores) {
+                                 const std::vector<int32_t>& levels, float* scores) {
   using T = EffNetTrunk;
   const int P = model_.config().patch, H = gh * P, W = gw * P;
   cudaStream_t s = stream_;
@@ -123,7 +123,7 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
     cur = 1 - cur, ih = oh, iw = ow;
   }
   const float* top = w.trunk_map[cur];  // (ih, iw, 320) stride 32
-  for (int32_t S : sizes) {
+  for (int32_t S : levels) {
     const int factor = S * P / 32, wh = gh / S, ww = gw / S;
     auto head = policy_->heads.find(S);
     if (head == policy_->heads.end())

@@ -12,31 +12,8 @@
 
 #include "../core/cost.h"
 #include "device_model_impl.cuh"
-#include "launch.cuh"
 
 namespace step::cuda::device_model_detail {
-namespace {
-
-// Builds the packed token list from each image's selected rects (superpatch_select wrote image b's
-// count[b] rects at stage + grid_offset[b]): offsets (B + 1), the total rect count, and the packed
-// rects in image order. One block; B is small and the offsets are computed by thread 0.
-__global__ void pack_rects_kernel(int B, int prefix, const int32_t* counts, const int32_t* grid_offset,
-                                  const TokenRect* stage, TokenRect* rects, int32_t* offsets, int32_t* rect_count) {
-  STEP_DYNAMIC_SMEM(int32_t, first);  // (B + 1) first packed rect of each image
-  if (threadIdx.x == 0) {
-    int32_t n = 0;
-    offsets[0] = 0;
-    for (int b = 0; b < B; ++b) first[b] = n, n += counts[b], offsets[b + 1] = n + (b + 1) * prefix;
-    first[B] = n;
-    *rect_count = n;
-  }
-  __syncthreads();
-  for (int b = 0; b < B; ++b)
-    for (int t = threadIdx.x; t < counts[b]; t += blockDim.x) rects[first[b] + t] = stage[grid_offset[b] + t];
-}
-
-}  // namespace
-
 // Runs `body` (kernels only, on stream_) as a CUDA graph cached under `key`, or directly.
 template <typename Body>
 bool CudaVitModel::launch(const std::string& key, Body body) {
@@ -97,7 +74,7 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   if (learned && !policy_)
     throw Error(ErrorCode::kBadModel, "the learned merge policy needs policy weights (policy.trunk.*, policy.heads.*), "
                                       "which this model does not have: use policy 'similarity'");
-  const int levels = r.merge.policy != MergePolicy::kNone ? int(r.merge.sizes.size()) : 0;
+  const int num_levels = r.merge.policy != MergePolicy::kNone ? int(r.merge.levels.size()) : 0;
   double policy_gflops = 0;
   if (learned) {
     for (const auto& [gh, gw] : grids) {
@@ -105,13 +82,13 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       sh.trunk.map = std::max(sh.trunk.map, t.map), sh.trunk.expanded = std::max(sh.trunk.expanded, t.expanded);
       sh.trunk.mid = std::max(sh.trunk.mid, t.mid), sh.trunk.bf16 = std::max(sh.trunk.bf16, t.bf16);
       policy_gflops += effnet_gflops(gh * P, gw * P);
-      for (int32_t S : r.merge.sizes) {
+      for (int32_t S : r.merge.levels) {
         sh.pooled = std::max<int64_t>(sh.pooled, int64_t(gh / S) * (gw / S) * 320);
         policy_gflops += gemm_gflops(int64_t(gh / S) * (gw / S), 1, 320);  // the level's head
       }
     }
   }
-  STEP_CHECK(levels <= 8, "at most 8 merge levels");
+  STEP_CHECK(num_levels <= 8, "at most 8 merge levels");
   std::vector<int64_t> rgb_at(B), out_at(B + 1, 0);
   for (int b = 0; b < B; ++b) {
     const Image& im = r.images[b];
@@ -127,10 +104,10 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
                                           " tokens per image and this image has up to " + std::to_string(sh.max_t) +
                                           ": use a smaller input size, prune: false or device 'cpu'");
   // Settings baked into the kernels' arguments belong in the graph key too.
-  std::string key = sh.key() + "|L" + std::to_string(levels) + (learned ? "learned" : "");
-  for (int l = 0; l < levels; ++l) key += "," + std::to_string(r.merge.sizes[l]);
-  if (levels) key += "|tau" + std::to_string(r.merge.color_tau) + "," + std::to_string(r.merge.texture_tau);
-  if (levels && r.merge.unshare == UnshareMode::kBlend) key += "|blend";
+  std::string key = sh.key() + "|L" + std::to_string(num_levels) + (learned ? "learned" : "");
+  for (int l = 0; l < num_levels; ++l) key += "," + std::to_string(r.merge.levels[l]);
+  if (num_levels) key += "|tau" + std::to_string(r.merge.color_tau) + "," + std::to_string(r.merge.texture_tau);
+  if (num_levels && r.merge.unshare == UnshareMode::kBlend) key += "|blend";
   for (int e : exit_layers) key += "|x" + std::to_string(e);
   if (!exit_layers.empty()) key += "|t" + std::to_string(r.prune.threshold) + ",k" + std::to_string(r.prune.top_k) + ",a" + std::to_string(r.prune.agree);
   for (int q = 0; q < 3; ++q) key += "|n" + std::to_string(r.mean[q]) + "," + std::to_string(r.std[q]);
@@ -144,9 +121,9 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   }
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_offset, out.grid_offset.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
   STEP_CUDA_CHECK(cudaMemcpyAsync(w.grid_w, grid_w.data(), size_t(B) * 4, cudaMemcpyHostToDevice, s));
-  if (levels) {
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.sizes, r.merge.sizes.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
-    STEP_CUDA_CHECK(cudaMemcpyAsync(w.thresholds, r.merge.thresholds.data(), size_t(levels) * 4, cudaMemcpyHostToDevice, s));
+  if (num_levels) {
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.levels, r.merge.levels.data(), size_t(num_levels) * 4, cudaMemcpyHostToDevice, s));
+    STEP_CUDA_CHECK(cudaMemcpyAsync(w.thresholds, r.merge.thresholds.data(), size_t(num_levels) * 4, cudaMemcpyHostToDevice, s));
   }
   std::vector<int32_t> grid_h(B);
   for (int b = 0; b < B; ++b) grid_h[b] = grids[b].first;
@@ -166,29 +143,30 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
       image_normalize(n, s);
       const int64_t at = out.grid_offset[b];
       if (learned) {
-        policy_scores(w, w.rgb + rgb_at[b], im.h, im.w, im.channels, grids[b].first, grids[b].second, r.merge.sizes,
+        policy_scores(w, w.rgb + rgb_at[b], im.h, im.w, im.channels, grids[b].first, grids[b].second, r.merge.levels,
                       w.scores + at);
-      } else if (levels) {
+      } else if (num_levels) {
         WindowScoreParams ws;
         ws.image = w.rgb + rgb_at[b], ws.h = im.h, ws.w = im.w, ws.channels = im.channels, ws.patch = P;
-        ws.gh = grids[b].first, ws.gw = grids[b].second, ws.levels = levels, ws.sizes = w.sizes;
+        ws.gh = grids[b].first, ws.gw = grids[b].second, ws.num_levels = num_levels, ws.levels = w.levels;
         ws.color_tau = r.merge.color_tau, ws.texture_tau = r.merge.texture_tau, ws.scores = w.scores + at;
         WindowScoreDeviceExtras wx;
         wx.workspace = w.score_ws + 4 * at;
         window_score(ws, wx, s);
       }
       SuperpatchSelectParams sp;
-      sp.image = b, sp.gh = grids[b].first, sp.gw = grids[b].second, sp.levels = levels;
-      sp.sizes = w.sizes, sp.thresholds = w.thresholds, sp.scores = w.scores + at;
+      sp.image = b, sp.gh = grids[b].first, sp.gw = grids[b].second, sp.num_levels = num_levels;
+      sp.levels = w.levels, sp.thresholds = w.thresholds, sp.scores = w.scores + at;
       sp.rects = w.stage + at, sp.count = w.counts + b, sp.token_of_patch = w.token_of_patch + at;
       superpatch_select(sp, s);
     }
     {
-      cuda::launch<pack_rects_kernel>(1, 256, size_t(B + 1) * 4, s, B, c.prefix(), w.counts, w.grid_offset, w.stage, w.rects,
-                                                          w.offsets[0], w.rect_count);
-      STEP_CUDA_CHECK_LAUNCH();
+      TokenPackParams p;
+      p.batch = B, p.prefix = c.prefix(), p.counts = w.counts, p.grid_offset = w.grid_offset, p.stage = w.stage;
+      p.rects = w.rects, p.offsets = w.offsets[0], p.rect_count = w.rect_count;
+      token_pack(p, s);
     }
-    encode(sh, w, exit_layers, r.prune, levels ? r.merge.unshare : UnshareMode::kCopy, graph, &events, &names);
+    encode(sh, w, exit_layers, r.prune, num_levels ? r.merge.unshare : UnshareMode::kCopy, graph, &events, &names);
     for (int b = 0; b < B; ++b) {
       const Image& im = r.images[b];
       UpsampleParams u;
@@ -243,10 +221,10 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   for (int b = 0; b < B; ++b) {
     const int64_t at = out.grid_offset[b], cells = int64_t(grids[b].first) * grids[b].second;
     res.plan.token_of_patch.emplace_back(token_of_patch.begin() + at, token_of_patch.begin() + at + cells);
-    std::vector<int64_t> per_size(size_t(levels) + 1, 0);
+    std::vector<int64_t> per_size(size_t(num_levels) + 1, 0);
     for (int64_t t = first; t < first + counts[b]; ++t) {
       int l = 0;
-      while (l < levels && r.merge.sizes[l] != res.plan.rects[size_t(t)].size) ++l;
+      while (l < num_levels && r.merge.levels[l] != res.plan.rects[size_t(t)].size) ++l;
       ++per_size[size_t(l)];
     }
     res.plan.tokens_per_size.push_back(std::move(per_size));

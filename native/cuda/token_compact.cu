@@ -22,6 +22,13 @@
 //                          new_offsets[B] (read on the device) exit at once.
 //   token_scatter_kernel   one block per source row, threads over K; blocks past the real count
 //                          (rows_device, when set) exit at once.
+// The bookkeeping of the packed list (the integers that follow its rows, ops.h), small kernels:
+//   token_rows_init_kernel one thread per row up to the host bound, rows past offsets[B] (read on the
+//                          device) exit; each finds its image by a linear walk of the offsets (B is small).
+//   token_exit_mark_kernel one thread per row; rows past the real count (rows_device) exit.
+//   token_gather_kernel    one thread per row; rows past the real count (rows_device) exit.
+//   token_pack_kernel      ONE block: thread 0 computes the offsets and each image's first packed rect
+//                          (B is small), then the block copies every image's rects.
 #include <algorithm>
 #include <cmath>
 
@@ -181,6 +188,59 @@ __global__ void __launch_bounds__(kCopyThreads) token_scatter_kernel(ScatterArgs
   for (int k = threadIdx.x; k < a.K; k += blockDim.x) dst[k] = src[k];
 }
 
+// ---- token bookkeeping: token_rows_init, token_exit_mark, token_gather, token_pack ----------------
+
+constexpr int kRowThreads = 256;
+
+// The per-row bookkeeping at the start of a forward, from the offsets alone: row r of image b is a
+// prefix token (rect -1) or rect offsets[b] - b * prefix + (r - offsets[b] - prefix); every rect starts
+// as "went through all blocks".
+__global__ void token_rows_init_kernel(int B, int prefix, int depth, const int32_t* offsets, int32_t* rect_of_row,
+                                       int32_t* rect_exit, int rows_bound) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows_bound || r >= offsets[B]) return;
+  int b = 0;
+  while (offsets[b + 1] <= r) ++b;
+  const int j = r - offsets[b];
+  const int rect = j < prefix ? -1 : offsets[b] - b * prefix + (j - prefix);
+  rect_of_row[r] = rect;
+  if (rect >= 0) rect_exit[rect] = depth;
+}
+
+// rect_exit[rect_of_row[r]] = layer for every halted row r < *rows (when rows is set) that carries a rect.
+__global__ void token_exit_mark_kernel(const int32_t* rows, const uint8_t* halt, const int32_t* rect_of_row, int layer,
+                                       int32_t* rect_exit, int rows_bound) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows_bound || (rows && r >= *rows)) return;
+  if (halt[r] && rect_of_row[r] >= 0) rect_exit[rect_of_row[r]] = layer;
+}
+
+// out[r] = in[src_row[r]] for r < *rows (when rows is set): the rect of each row after compaction.
+__global__ void token_gather_kernel(const int32_t* rows, const int32_t* src_row, const int32_t* in, int32_t* out,
+                                    int rows_bound) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows_bound || (rows && r >= *rows)) return;
+  out[r] = in[src_row[r]];
+}
+
+// Builds the packed token list from each image's selected rects (superpatch_select wrote image b's
+// count[b] rects at stage + grid_offset[b]): offsets (B + 1), the total rect count, and the packed
+// rects in image order. One block; B is small and the offsets are computed by thread 0.
+__global__ void token_pack_kernel(int B, int prefix, const int32_t* counts, const int32_t* grid_offset,
+                                  const TokenRect* stage, TokenRect* rects, int32_t* offsets, int32_t* rect_count) {
+  STEP_DYNAMIC_SMEM(int32_t, first);  // (B + 1) first packed rect of each image
+  if (threadIdx.x == 0) {
+    int32_t n = 0;
+    offsets[0] = 0;
+    for (int b = 0; b < B; ++b) first[b] = n, n += counts[b], offsets[b + 1] = n + (b + 1) * prefix;
+    first[B] = n;
+    *rect_count = n;
+  }
+  __syncthreads();
+  for (int b = 0; b < B; ++b)
+    for (int t = threadIdx.x; t < counts[b]; t += blockDim.x) rects[first[b] + t] = stage[grid_offset[b] + t];
+}
+
 // ---- launchers ----------------------------------------------------------------------------------
 
 int halt_smem_bytes(int max_rows) { return max_rows * int(sizeof(float) + sizeof(int)); }
@@ -206,6 +266,31 @@ void token_compact_launch(const CompactArgs& a, cudaStream_t stream) {
 void token_scatter_launch(const ScatterArgs& a, cudaStream_t stream) {
   NvtxRange range("token_scatter");
   launch<token_scatter_kernel>(a.rows, kCopyThreads, 0, stream, a);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_rows_init_launch(const TokenRowsInitParams& p, int rows_bound, cudaStream_t stream) {
+  if (rows_bound == 0) return;
+  launch<token_rows_init_kernel>(ceil_div(rows_bound, kRowThreads), kRowThreads, 0, stream, p.batch, p.prefix, p.depth,
+                                 p.offsets, p.rect_of_row, p.rect_exit, rows_bound);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_exit_mark_launch(const TokenExitMarkParams& p, const int32_t* rows_device, cudaStream_t stream) {
+  launch<token_exit_mark_kernel>(ceil_div(p.rows, kRowThreads), kRowThreads, 0, stream, rows_device, p.halt,
+                                 p.rect_of_row, p.layer, p.rect_exit, p.rows);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_gather_launch(const TokenGatherParams& p, const int32_t* rows_device, cudaStream_t stream) {
+  launch<token_gather_kernel>(ceil_div(p.rows, kRowThreads), kRowThreads, 0, stream, rows_device, p.src_row, p.in,
+                              p.out, p.rows);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_pack_launch(const TokenPackParams& p, cudaStream_t stream) {
+  launch<token_pack_kernel>(1, kRowThreads, size_t(p.batch + 1) * sizeof(int32_t), stream, p.batch, p.prefix, p.counts,
+                            p.grid_offset, p.stage, p.rects, p.offsets, p.rect_count);
   STEP_CUDA_CHECK_LAUNCH();
 }
 
@@ -245,6 +330,36 @@ void token_scatter(const TokenScatterParams& p, const TokenScatterDeviceExtras& 
   STEP_CHECK(p.src && p.index && p.table, "cuda::token_scatter: missing src, index or table");
   const ScatterArgs a{p.rows, p.K, p.src, p.index, p.mask, p.table, x.rows_device};
   token_scatter_launch(a, as_stream(stream));
+}
+
+void token_rows_init(const TokenRowsInitParams& p, const TokenRowsInitDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.batch >= 0 && p.prefix >= 0 && x.rows_bound >= 0, "cuda::token_rows_init: bad batch, prefix or rows_bound");
+  if (x.rows_bound == 0) return;
+  STEP_CHECK(p.offsets && p.rect_of_row && p.rect_exit, "cuda::token_rows_init: missing offsets, rect_of_row or rect_exit");
+  token_rows_init_launch(p, x.rows_bound, as_stream(stream));
+}
+
+void token_exit_mark(const TokenExitMarkParams& p, const TokenExitMarkDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.rows >= 0, "cuda::token_exit_mark: bad rows");
+  if (p.rows == 0) return;
+  STEP_CHECK(p.halt && p.rect_of_row && p.rect_exit, "cuda::token_exit_mark: missing halt, rect_of_row or rect_exit");
+  token_exit_mark_launch(p, x.rows_device, as_stream(stream));
+}
+
+void token_gather(const TokenGatherParams& p, const TokenGatherDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.rows >= 0, "cuda::token_gather: bad rows");
+  if (p.rows == 0) return;
+  STEP_CHECK(p.src_row && p.in && p.out, "cuda::token_gather: missing src_row, in or out");
+  STEP_CHECK(p.in != p.out, "cuda::token_gather: out must not alias in");
+  token_gather_launch(p, x.rows_device, as_stream(stream));
+}
+
+void token_pack(const TokenPackParams& p, void* stream) {
+  STEP_CHECK(p.batch >= 0 && p.prefix >= 0, "cuda::token_pack: bad batch or prefix");
+  STEP_CHECK(int64_t(p.batch + 1) * 4 <= 48 * 1024, "cuda::token_pack: at most 12,287 images");
+  STEP_CHECK(p.offsets && p.rect_count && (p.batch == 0 || (p.counts && p.grid_offset && p.stage && p.rects)),
+             "cuda::token_pack: missing buffer");
+  token_pack_launch(p, as_stream(stream));
 }
 
 }  // namespace step::cuda

@@ -1,5 +1,5 @@
-// token_merge.cu: superpatch merging on the GPU; the CUDA side of window_score, superpatch_select and
-// unshare in native/cpu/token_merge.cpp (patch_gather and token_pos_embed are in elementwise.cu).
+// token_merge.cu: superpatch merging on the GPU; the CUDA side of native/cpu/token_merge.cpp
+// (window_score, superpatch_select, patch_gather, token_pos_embed, unshare).
 //   window_score_patch_kernel   one block per patch: integer sums and sums of squares of its valid
 //                               pixels (exact, so the per-patch mean and texture are computed from the
 //                               same numbers in the same double-precision steps as the CPU: identical).
@@ -19,6 +19,12 @@
 //                               the box mean of ops.h over the flat copy in the CPU's loop order. The
 //                               weights times the logits are exact, so fma contraction changes nothing
 //                               and the grid is bit-identical to the CPU's.
+//   patch_gather_kernel         one block per token rect, threads over its 3 * P * P outputs (channel,
+//                               ky, kx); consecutive threads read consecutive pixels. Same sums in the
+//                               same order as the CPU.
+//   token_pos_embed_kernel      one warp per row of the packed list: items 0 .. B * prefix - 1 are the
+//                               prefix rows (image i / prefix), the rest are the rects in order; the
+//                               total, offsets[B], is read on the device.
 // Layouts as in ops.h. window_score needs a workspace of window_score_workspace_floats() floats.
 #include <algorithm>
 
@@ -36,8 +42,8 @@ constexpr int kSelectThreads = 1024;
 
 struct WindowScoreArgs {
   const uint8_t* image;  // (h, w, channels)
-  int h, w, channels, patch, gh, gw, levels;
-  const int32_t* sizes;  // (levels)
+  int h, w, channels, patch, gh, gw, num_levels;
+  const int32_t* levels;  // (num_levels) window sides
   float color_tau, texture_tau;
   float* mean;           // (gh * gw, 3) workspace
   float* texture;        // (gh * gw) workspace
@@ -90,8 +96,8 @@ __global__ void __launch_bounds__(kThreads) window_score_patch_kernel(WindowScor
 __global__ void __launch_bounds__(kThreads) window_score_window_kernel(WindowScoreArgs a) {
   const int l = blockIdx.y;
   int64_t first = 0;  // first score of level l
-  for (int j = 0; j < l; ++j) first += int64_t(a.gh / a.sizes[j]) * (a.gw / a.sizes[j]);
-  const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+  for (int j = 0; j < l; ++j) first += int64_t(a.gh / a.levels[j]) * (a.gw / a.levels[j]);
+  const int S = a.levels[l], wh = a.gh / S, ww = a.gw / S;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= wh * ww) return;
   const int wy = i / ww, wx = i % ww;
@@ -121,9 +127,9 @@ __global__ void __launch_bounds__(kThreads) window_score_window_kernel(WindowSco
 // ---- superpatch_select --------------------------------------------------------------------------
 
 struct SelectArgs {
-  int image, gh, gw, levels;
-  const int32_t* sizes;       // (levels)
-  const float* thresholds;    // (levels)
+  int image, gh, gw, num_levels;
+  const int32_t* levels;      // (num_levels) window sides
+  const float* thresholds;    // (num_levels)
   const float* scores;        // levels concatenated
   TokenRect* rects;           // (gh * gw)
   int32_t* count;             // (1)
@@ -137,8 +143,8 @@ __global__ void __launch_bounds__(kSelectThreads) superpatch_select_kernel(Selec
   for (int c = threadIdx.x; c < cells; c += blockDim.x) owner[c] = -1;
   __syncthreads();
   const float* scores = a.scores;
-  for (int l = 0; l < a.levels; ++l) {
-    const int S = a.sizes[l], wh = a.gh / S, ww = a.gw / S;
+  for (int l = 0; l < a.num_levels; ++l) {
+    const int S = a.levels[l], wh = a.gh / S, ww = a.gw / S;
     const float threshold = a.thresholds[l];
     // Windows of one level are disjoint: each thread reads and writes only its own window's cells.
     for (int i = threadIdx.x; i < wh * ww; i += blockDim.x) {
@@ -246,6 +252,71 @@ __global__ void __launch_bounds__(kThreads) unshare_kernel_blend(UnshareArgs a) 
   }
 }
 
+// ---- patch_gather -------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kThreads)
+    patch_gather_kernel(PatchGatherParams p,                 // pixels (B, 3, H, W), rects (tokens)
+                        const int32_t* __restrict__ tokens_device,
+                        __nv_bfloat16* __restrict__ out_bf16) {  // (tokens, 3 * P * P), as p.out
+  const int tokens = tokens_device ? min(*tokens_device, p.tokens) : p.tokens;
+  const int t = blockIdx.x;
+  if (t >= tokens) return;
+  const TokenRect r = p.rects[t];
+  const int P = p.patch, S = r.size, row = 3 * P * P;
+  const int64_t plane = int64_t(p.height) * p.width;
+  const float inv_area = 1.f / float(S * S);
+  const float* img = p.pixels + int64_t(r.image) * 3 * plane;  // (3, H, W)
+  const int y0 = r.row * P, x0 = r.col * P;
+  for (int e = threadIdx.x; e < row; e += blockDim.x) {
+    const int c = e / (P * P), ky = (e / P) % P, kx = e % P;
+    float sum = 0.f;
+    for (int dy = 0; dy < S; ++dy) {
+      const float* src = img + c * plane + int64_t(y0 + ky * S + dy) * p.width + x0 + kx * S;
+      for (int dx = 0; dx < S; ++dx) sum += src[dx];
+    }
+    const float v = S == 1 ? sum : __fmul_rn(sum, inv_area);
+    if (p.out) p.out[int64_t(t) * row + e] = v;
+    if (out_bf16) out_bf16[int64_t(t) * row + e] = __float2bfloat16_rn(v);
+  }
+}
+
+// ---- token_pos_embed ----------------------------------------------------------------------------
+
+constexpr int kRowsPerBlock = kThreads / 32;
+
+__global__ void __launch_bounds__(kThreads) token_pos_embed_kernel(TokenPosEmbedParams p, int rows_bound) {
+  const int total = min(p.offsets[p.batch], rows_bound);
+  const int item = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (item >= total) return;  // warp-uniform; no block barrier in this kernel
+  const int C = p.C, prefix_rows = p.batch * p.prefix;
+  if (item < prefix_rows) {
+    const int b = item / p.prefix, i = item % p.prefix;
+    float* out = p.out + int64_t(p.offsets[b] + i) * C;
+    const float* tok = p.prefix_tokens + int64_t(i) * C;
+    const float* pos = p.pos_prefix ? p.pos_prefix + int64_t(i) * C : nullptr;
+    for (int c = lane; c < C; c += 32) out[c] = tok[c] + (pos ? pos[c] : 0.f);
+    return;
+  }
+  const int j = item - prefix_rows;  // rect index
+  const TokenRect r = p.rects[j];
+  float* out = p.out + (int64_t(j) + int64_t(r.image + 1) * p.prefix) * C;
+  const float* emb = p.embedded + int64_t(j) * C;
+  const float* grid = p.pos_grid + int64_t(p.grid_offset[r.image]) * C;  // (gh_b, gw_b, C)
+  const int gw = p.grid_w[r.image], S = r.size;
+  if (S == 1) {
+    const float* pos = grid + (int64_t(r.row) * gw + r.col) * C;
+    for (int c = lane; c < C; c += 32) out[c] = emb[c] + pos[c];
+    return;
+  }
+  const float inv_area = 1.f / float(S * S);
+  for (int c = lane; c < C; c += 32) {
+    float sum = 0.f;
+    for (int dy = 0; dy < S; ++dy)
+      for (int dx = 0; dx < S; ++dx) sum += grid[(int64_t(r.row + dy) * gw + r.col + dx) * C + c];
+    out[c] = __fadd_rn(emb[c], __fmul_rn(sum, inv_area));
+  }
+}
+
 // ---- launchers ----------------------------------------------------------------------------------
 
 void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
@@ -253,7 +324,7 @@ void window_score_launch(const WindowScoreArgs& a, cudaStream_t stream) {
   launch<window_score_patch_kernel>(a.gh * a.gw, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
   // Level l has (gh / S) * (gw / S) <= gh * gw windows (S >= 1); blocks past a level's count exit.
-  const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.levels);
+  const dim3 grid(ceil_div(a.gh * a.gw, kThreads), a.num_levels);
   launch<window_score_window_kernel>(grid, kThreads, 0, stream, a);
   STEP_CUDA_CHECK_LAUNCH();
 }
@@ -273,6 +344,19 @@ void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
   STEP_CUDA_CHECK_LAUNCH();
 }
 
+void patch_gather_launch(const PatchGatherParams& p, const int32_t* tokens_device, __nv_bfloat16* out_bf16,
+                         cudaStream_t stream) {
+  NvtxRange range("patch_gather");
+  launch<patch_gather_kernel>(p.tokens, kThreads, 0, stream, p, tokens_device, out_bf16);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
+void token_pos_embed_launch(const TokenPosEmbedParams& p, int rows_bound, cudaStream_t stream) {
+  NvtxRange range("token_pos_embed");
+  launch<token_pos_embed_kernel>(ceil_div(rows_bound, kRowsPerBlock), kThreads, 0, stream, p, rows_bound);
+  STEP_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 // ---- public entries -----------------------------------------------------------------------------
@@ -280,28 +364,28 @@ void unshare_launch(const UnshareArgs& a, cudaStream_t stream) {
 int64_t window_score_workspace_floats(int gh, int gw) { return 4 * int64_t(gh) * gw; }
 
 void window_score(const WindowScoreParams& p, const WindowScoreDeviceExtras& x, void* stream) {
-  STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.levels >= 0,
+  STEP_CHECK(p.h > 0 && p.w > 0 && p.patch > 0 && p.gh > 0 && p.gw > 0 && p.num_levels >= 0,
              "cuda::window_score: bad sizes");
   STEP_CHECK(p.channels >= 3, "cuda::window_score: needs at least 3 channels");
   STEP_CHECK(p.color_tau > 0 && p.texture_tau > 0, "cuda::window_score: color_tau and texture_tau must be set (> 0)");
   STEP_CHECK(int64_t(p.gh) * p.patch >= p.h && int64_t(p.gw) * p.patch >= p.w,
              "cuda::window_score: the patch grid does not cover the image");
-  STEP_CHECK(p.levels <= 65535, "cuda::window_score: too many levels");
-  if (p.levels == 0) return;
-  STEP_CHECK(p.image && p.sizes && p.scores && x.workspace, "cuda::window_score: missing image, sizes, scores or workspace");
+  STEP_CHECK(p.num_levels <= 65535, "cuda::window_score: too many levels");
+  if (p.num_levels == 0) return;
+  STEP_CHECK(p.image && p.levels && p.scores && x.workspace, "cuda::window_score: missing image, levels, scores or workspace");
   const int64_t cells = int64_t(p.gh) * p.gw;
   STEP_CHECK(cells < (int64_t(1) << 31) / 4, "cuda::window_score: grid too large");
-  const WindowScoreArgs a{p.image, p.h, p.w, p.channels, p.patch, p.gh, p.gw, p.levels, p.sizes,
+  const WindowScoreArgs a{p.image, p.h, p.w, p.channels, p.patch, p.gh, p.gw, p.num_levels, p.levels,
                           p.color_tau, p.texture_tau, x.workspace, x.workspace + 3 * cells, p.scores};
   window_score_launch(a, as_stream(stream));
 }
 
 void superpatch_select(const SuperpatchSelectParams& p, void* stream) {
-  STEP_CHECK(p.gh > 0 && p.gw > 0 && p.levels >= 0, "cuda::superpatch_select: bad sizes");
+  STEP_CHECK(p.gh > 0 && p.gw > 0 && p.num_levels >= 0, "cuda::superpatch_select: bad sizes");
   STEP_CHECK(int64_t(p.gh) * p.gw < (int64_t(1) << 30), "cuda::superpatch_select: grid too large");
-  STEP_CHECK(p.rects && p.count && p.token_of_patch && (p.levels == 0 || (p.sizes && p.thresholds && p.scores)),
+  STEP_CHECK(p.rects && p.count && p.token_of_patch && (p.num_levels == 0 || (p.levels && p.thresholds && p.scores)),
              "cuda::superpatch_select: missing buffer");
-  const SelectArgs a{p.image, p.gh, p.gw, p.levels, p.sizes, p.thresholds, p.scores, p.rects, p.count, p.token_of_patch};
+  const SelectArgs a{p.image, p.gh, p.gw, p.num_levels, p.levels, p.thresholds, p.scores, p.rects, p.count, p.token_of_patch};
   superpatch_select_launch(a, as_stream(stream));
 }
 
@@ -314,6 +398,25 @@ void unshare(const UnshareParams& p, const UnshareDeviceExtras& x, void* stream)
   STEP_CHECK(!blend || (p.grid_h && p.flat && p.flat != p.grid), "cuda::unshare: blend needs grid_h and a flat workspace");
   const UnshareArgs a{p.K, p.tokens, p.rects, p.logits, p.grid_offset, p.grid_w, p.grid, x.tokens_device, blend, p.grid_h, p.flat};
   unshare_launch(a, as_stream(stream));
+}
+
+void patch_gather(const PatchGatherParams& p, const PatchGatherDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.tokens >= 0 && p.patch > 0, "cuda::patch_gather: bad tokens or patch");
+  if (p.tokens == 0) return;
+  STEP_CHECK(p.pixels && p.rects, "cuda::patch_gather: null buffer");
+  STEP_CHECK(p.out || x.out_bf16, "cuda::patch_gather: no output (out or out_bf16)");
+  patch_gather_launch(p, x.tokens_device, as_bf16(x.out_bf16), as_stream(stream));
+}
+
+void token_pos_embed(const TokenPosEmbedParams& p, const TokenPosEmbedDeviceExtras& x, void* stream) {
+  STEP_CHECK(p.batch >= 0 && p.C > 0 && p.prefix >= 0, "cuda::token_pos_embed: bad batch, C or prefix");
+  STEP_CHECK(x.rows_bound >= 0, "cuda::token_pos_embed: negative rows_bound");
+  if (p.batch == 0 || x.rows_bound == 0) return;
+  STEP_CHECK(p.offsets && p.out && p.grid_offset && p.grid_w, "cuda::token_pos_embed: null buffer");
+  STEP_CHECK(p.prefix == 0 || p.prefix_tokens, "cuda::token_pos_embed: missing prefix_tokens");
+  STEP_CHECK(x.rows_bound <= p.batch * p.prefix || (p.rects && p.embedded && p.pos_grid),
+             "cuda::token_pos_embed: missing rects, embedded or pos_grid");
+  token_pos_embed_launch(p, x.rows_bound, as_stream(stream));
 }
 
 }  // namespace step::cuda

@@ -86,7 +86,7 @@ test('learned policy: the superpatches are those the trunk, pooling and heads se
   }
   const rects = new Int32Array(gh * gw * 4), count = new Int32Array(1), tokenOfPatch = new Int32Array(gh * gw);
   loadBinding().binding.ops.superpatchSelect({
-    image: 0, gh, gw, levels: 2, sizes: Int32Array.of(4, 2), thresholds: Float32Array.of(0.47, 0.45), scores: Float32Array.from(scores), rects, count, tokenOfPatch,
+    image: 0, gh, gw, levels: Int32Array.of(4, 2), thresholds: Float32Array.of(0.47, 0.45), scores: Float32Array.from(scores), rects, count, tokenOfPatch,
   });
   // thresholds sit away from the scores, so float rounding cannot flip a decision
   for (const s of scores) assert.ok(Math.abs(s - 0.47) > 1e-4 && Math.abs(s - 0.45) > 1e-4);

@@ -75,6 +75,21 @@ test('an index past its table and a missing setting are refused with the option 
     TypeError, /for precision but received string 'fp16'/);
 });
 
+test('the bookkeeping ops: indices past their arrays, images short of their prefix, rects past stage are refused', () => {
+  const i32 = (...v: number[]) => Int32Array.from(v);
+  throwsLike(() => ops.tokenGather({ rows: 2, srcRow: i32(0, 3), in: new Int32Array(3), out: new Int32Array(2) }),
+    RangeError, /^ops\.tokenGather: srcRow\[1\] = 3 is not a row of in \(3 rows\)$/);
+  throwsLike(() => ops.tokenExitMark({ rows: 1, layer: 4, halt: new Uint8Array(1), rectOfRow: i32(-2), rectExit: new Int32Array(2) }),
+    RangeError, /^ops\.tokenExitMark: rectOfRow\[0\] = -2 is not a rect of rectExit or -1 \(2 rects\)$/);
+  throwsLike(() => ops.tokenRowsInit({ batch: 2, prefix: 1, depth: 12, offsets: i32(0, 3, 3), rectOfRow: new Int32Array(3), rectExit: new Int32Array(2) }),
+    RangeError, /every image needs at least `prefix` rows/);
+  throwsLike(() => ops.tokenRowsInit({ batch: 1, prefix: 1, depth: 12, offsets: i32(0, 3), rectOfRow: new Int32Array(3), rectExit: new Int32Array(1) }),
+    RangeError, /for rectExit /);
+  const pack = { batch: 1, prefix: 1, counts: i32(3), gridOffset: i32(0), stage: new Int32Array(8), rects: new Int32Array(12), offsets: new Int32Array(2), rectCount: new Int32Array(1) };
+  throwsLike(() => ops.tokenPack(pack), RangeError, /^ops\.tokenPack: image 0's rects \(gridOffset, counts\) lie outside stage \(2 rects\)$/);
+  throwsLike(() => ops.tokenPack({ ...pack, counts: i32(2), rects: new Int32Array(7) }), RangeError, /for rects /);
+});
+
 test('ops has one entry per op of native/core/backend.h', () => {
   const header = fs.readFileSync(path.join(repoRoot, 'native', 'core', 'backend.h'), 'utf8');
   const methods = [...header.matchAll(/virtual void (\w+)\(const \w+Params& p\) = 0;/g)].map((m) => m[1]);

@@ -3,13 +3,19 @@
 // and attention over a compacted list compared with attention computed densely over exactly the kept
 // tokens; the CUDA kernels against the CPU ops: halt flags, cell labels, offsets and src_row exactly,
 // the copies (token_compact, token_scatter) bit for bit, outputs poisoned first, real row counts at and
-// below the bound read on the device. CUDA skips as test/ops/gemm.test.ts says.
+// below the bound read on the device. The bookkeeping ops (token_rows_init, token_exit_mark,
+// token_gather, token_pack) the same way: the CPU against JS references, CUDA against the CPU, every
+// output element compared and the elements past what the op writes left as poisoned.
+// CUDA skips as test/ops/gemm.test.ts says.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { loadBinding } from '../../lib/binding';
 import { randn, rng } from '../../scripts/cases/random';
-import { kTokenCompactCases, kTokenHaltAgreeCases, kTokenHaltCases, kTokenScatterCases } from '../../scripts/cases/token_compact';
+import {
+  kTokenCompactCases, kTokenExitMarkCases, kTokenGatherCases, kTokenHaltAgreeCases, kTokenHaltCases, kTokenPackCases,
+  kTokenRowsInitCases, kTokenScatterCases,
+} from '../../scripts/cases/token_compact';
 import { activeRows, gridCase, kStepGridCases } from '../../scripts/cases/token_merge';
 import { assertSameBits, offsetsOf, poisonF32, relL2 } from '../helpers/compare';
 import { gpuTests } from '../helpers/gpu';
@@ -156,6 +162,127 @@ test('attention over a compacted list equals attention over exactly the kept tok
   assert.ok(relL2(got, ref) < 1e-5);
 });
 
+// ---- the bookkeeping ops: inputs of each case, and their JS references --------------------------------
+
+const kPoison = -7; // int32 poison: no op writes it
+const poisonI32 = (n: number): Int32Array => new Int32Array(n).fill(kPoison);
+const withPoison = (a: ArrayLike<number>, extra: number): number[] => [...Array.from(a), ...Array(extra).fill(kPoison)];
+
+/** rect_of_row and rect_exit of a fresh packed list, counting rects in image order. */
+function rowsInitRef(lengths: number[], prefix: number, depth: number) {
+  const rectOfRow: number[] = [], rectExit: number[] = [];
+  for (const n of lengths)
+    for (let j = 0; j < n; j++) {
+      rectOfRow.push(j < prefix ? -1 : rectExit.length);
+      if (j >= prefix) rectExit.push(depth);
+    }
+  return { rectOfRow, rectExit };
+}
+
+/** Rows carrying distinct rects (every seventh row a prefix row), halt flags, earlier exits in rectExit. */
+function exitMarkCase(rows: number, rects: number, pattern: string, rand: () => number) {
+  const order = Array.from({ length: rects }, (_, i) => i).sort(() => rand() - 0.5);
+  const rectOfRow = Int32Array.from({ length: rows }, (_, r) => (r % 7 === 3 ? -1 : order[r]));
+  const halt = Uint8Array.from({ length: rows }, () => (pattern === 'all' ? 1 : pattern === 'none' ? 0 : rand() < 0.5 ? 1 : 0));
+  if (pattern === 'one') halt.fill(0), (halt[rows - 1] = 1);
+  const rectExit = Int32Array.from({ length: rects }, () => (rand() < 0.3 ? 4 : 12));
+  return { rectOfRow, halt, rectExit };
+}
+function exitMarkRef(rows: number, layer: number, halt: Uint8Array, rectOfRow: Int32Array, rectExit: Int32Array): number[] {
+  const out = [...rectExit];
+  for (let r = 0; r < rows; r++) if (halt[r] && rectOfRow[r] >= 0) out[rectOfRow[r]] = layer;
+  return out;
+}
+
+/** An increasing src_row (as token_compact writes it) over `inRows` rows of random int32. */
+function gatherCase(rows: number, inRows: number, rand: () => number) {
+  const picked = Array.from({ length: inRows }, (_, i) => i).sort(() => rand() - 0.5).slice(0, rows).sort((a, b) => a - b);
+  const input = Int32Array.from({ length: inRows }, () => Math.floor(rand() * 2 ** 31) - 2 ** 30);
+  return { srcRow: Int32Array.from(picked), input };
+}
+
+/** Each image's selected rects at its grid offset of stage, a few unselected cells after them. */
+function packCase(counts: number[], rand: () => number) {
+  const gridOffset = new Int32Array(counts.length);
+  let cells = 0;
+  counts.forEach((n, b) => ((gridOffset[b] = cells), (cells += n + Math.floor(rand() * 5))));
+  const stage = Int32Array.from({ length: 4 * cells }, () => Math.floor(rand() * 1000));
+  return { counts: Int32Array.from(counts), gridOffset, stage, total: counts.reduce((a, n) => a + n, 0) };
+}
+function packRef(counts: number[], prefix: number, gridOffset: Int32Array, stage: Int32Array) {
+  const rects: number[] = [], offsets = [0];
+  counts.forEach((n, b) => {
+    rects.push(...stage.subarray(4 * gridOffset[b], 4 * (gridOffset[b] + n)));
+    offsets.push(offsets[b] + prefix + n);
+  });
+  return { rects, offsets, rectCount: rects.length / 4 };
+}
+
+test('token_rows_init: the rect of every row and every rect at depth, from the offsets alone', () => {
+  for (const [lengths, prefix, depth] of kTokenRowsInitCases) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch], rects = A - batch * prefix;
+    const rectOfRow = poisonI32(A + 3), rectExit = poisonI32(rects + 3);
+    ops.tokenRowsInit({ batch, prefix, depth, offsets, rectOfRow, rectExit });
+    const want = rowsInitRef(lengths, prefix, depth), what = `T = [${lengths}], prefix ${prefix}`;
+    assert.equal([...rectOfRow], withPoison(want.rectOfRow, 3), `${what}: rect_of_row`);
+    assert.equal([...rectExit], withPoison(want.rectExit, 3), `${what}: rect_exit`);
+  }
+});
+
+test('token_exit_mark: halted rows that carry a rect mark it, every other rect keeps its exit', () => {
+  const rand = rng(31);
+  for (const [rows, rects, pattern, below] of kTokenExitMarkCases) {
+    const c = exitMarkCase(rows, rects, pattern, rand), real = rows - below, rectExit = Int32Array.from(c.rectExit);
+    ops.tokenExitMark({ rows: real, layer: 8, halt: c.halt, rectOfRow: c.rectOfRow, rectExit });
+    assert.equal([...rectExit], exitMarkRef(real, 8, c.halt, c.rectOfRow, c.rectExit), `rows ${real}, ${pattern}`);
+    if (pattern === 'none') assert.equal([...rectExit], [...c.rectExit]);
+  }
+});
+
+test('token_gather: out[r] = in[src_row[r]] for the rows asked, nothing past them', () => {
+  const rand = rng(32);
+  for (const [rows, inRows, below] of kTokenGatherCases) {
+    const { srcRow, input } = gatherCase(rows, inRows, rand), real = rows - below, out = poisonI32(rows + 2);
+    ops.tokenGather({ rows: real, srcRow, in: input, out });
+    assert.equal([...out], withPoison([...srcRow.subarray(0, real)].map((r) => input[r]), below + 2), `rows ${real} of ${inRows}`);
+  }
+});
+
+test('token_pack: rects back to back in image order, offsets with the prefix rows, the rect count', () => {
+  const rand = rng(33);
+  for (const [counts, prefix] of kTokenPackCases) {
+    const c = packCase(counts, rand);
+    const rects = poisonI32(4 * (c.total + 2)), offsets = poisonI32(counts.length + 1), rectCount = poisonI32(1);
+    ops.tokenPack({ batch: counts.length, prefix, counts: c.counts, gridOffset: c.gridOffset, stage: c.stage, rects, offsets, rectCount });
+    const want = packRef(counts, prefix, c.gridOffset, c.stage), what = `counts [${counts}], prefix ${prefix}`;
+    assert.equal([...rects], withPoison(want.rects, 8), `${what}: rects`);
+    assert.equal([...offsets], want.offsets, `${what}: offsets`);
+    assert.equal(rectCount[0], want.rectCount, `${what}: rect count`);
+  }
+});
+
+test('the bookkeeping ops follow a forward: init, halt, mark, compact, gather keep each row on its rect', () => {
+  const rand = rng(34);
+  const lengths = [1, 30, 0 + 1, 300], prefix = 1, depth = 12, batch = lengths.length;
+  let offsets = offsetsOf(lengths), A = offsets[batch];
+  const rects = A - batch * prefix, rectExit = poisonI32(rects);
+  let rectOfRow = poisonI32(A);
+  ops.tokenRowsInit({ batch, prefix, depth, offsets, rectOfRow, rectExit });
+  const x = Float32Array.from(rectOfRow); // one channel: the row's rect, to follow through the compaction
+  const exitOf = new Array(rects).fill(depth);
+  for (const layer of [4, 8]) {
+    const halt = Uint8Array.from({ length: A }, (_, r) => (rectOfRow[r] >= 0 && rand() < 0.4 ? 1 : 0));
+    ops.tokenExitMark({ rows: A, layer, halt, rectOfRow, rectExit });
+    for (let r = 0; r < A; r++) if (halt[r]) exitOf[rectOfRow[r]] = layer;
+    const { out, newOffsets, srcRow } = compact(x.subarray(0, A), 1, [...offsets], halt);
+    const gathered = poisonI32(newOffsets[batch]);
+    ops.tokenGather({ rows: newOffsets[batch], srcRow, in: rectOfRow, out: gathered });
+    assert.equal([...gathered], [...out], `layer ${layer}: the gathered rects are the compacted rows'`);
+    x.set(out), (rectOfRow = gathered), (offsets = Int32Array.from(newOffsets)), (A = newOffsets[batch]);
+  }
+  assert.equal([...rectExit], exitOf);
+});
+
 // ---- CUDA against the CPU ops ---------------------------------------------------------------------------
 
 const gpuTest = gpuTests(test);
@@ -231,6 +358,69 @@ gpuTest('token_scatter: bit-identical to the CPU (prefix rows -1, mask, K = 1 an
       gpu.tokenScatter({ rows, K, src, index, mask, table: got, rowsDevice });
       assertSameBits(got, want, `rows ${rows}, K = ${K}, mask ${withMask}, rowsDevice ${rowsDevice}`);
     }
+  }
+});
+
+gpuTest('token_rows_init: rect_of_row and rect_exit exactly the CPU (empty images, prefix-only images, bound above A)', (gpu) => {
+  for (const [lengths, prefix, depth, extra] of kTokenRowsInitCases) {
+    const offsets = offsetsOf(lengths), batch = lengths.length, A = offsets[batch], rects = A - batch * prefix;
+    const run = (fn: (p: Record<string, unknown>) => void) => {
+      const rectOfRow = poisonI32(A + extra + 2), rectExit = poisonI32(rects + extra + 2);
+      fn({ batch, prefix, depth, offsets, rectOfRow, rectExit });
+      return { rectOfRow, rectExit };
+    };
+    const want = run((p) => ops.tokenRowsInit(p)), got = run((p) => gpu.tokenRowsInit({ ...p, rowsBound: A + extra } as never));
+    const what = `T = [${lengths}], prefix ${prefix}, rowsBound A + ${extra}`;
+    assertSameBits(got.rectOfRow, want.rectOfRow, `${what}: rect_of_row`);
+    assertSameBits(got.rectExit, want.rectExit, `${what}: rect_exit`);
+    assert.ok(got.rectOfRow.subarray(A).every((v) => v === kPoison) && got.rectExit.subarray(rects).every((v) => v === kPoison),
+      `${what}: written past the list`);
+  }
+});
+
+gpuTest('token_exit_mark: rect_exit exactly the CPU (none / all / one halted, real rows below the bound on the device)', (gpu) => {
+  const rand = rng(8600);
+  for (const [rows, rects, pattern, below] of kTokenExitMarkCases) {
+    const c = exitMarkCase(rows, rects, pattern, rand), real = rows - below;
+    for (const rowsDevice of below ? [real] : [undefined, rows]) {
+      const want = Int32Array.from(c.rectExit), got = Int32Array.from(c.rectExit);
+      ops.tokenExitMark({ rows: real, layer: 8, halt: c.halt, rectOfRow: c.rectOfRow, rectExit: want });
+      gpu.tokenExitMark({ rows, layer: 8, halt: c.halt, rectOfRow: c.rectOfRow, rectExit: got, rowsDevice });
+      assertSameBits(got, want, `rows ${rows}, ${pattern}, rowsDevice ${rowsDevice}`);
+    }
+  }
+});
+
+gpuTest('token_gather: out exactly the CPU, nothing written past the real rows read on the device', (gpu) => {
+  const rand = rng(8700);
+  for (const [rows, inRows, below] of kTokenGatherCases) {
+    const { srcRow, input } = gatherCase(rows, inRows, rand), real = rows - below;
+    for (const rowsDevice of below ? [real] : [undefined, rows]) {
+      const want = poisonI32(rows + 2), got = poisonI32(rows + 2);
+      ops.tokenGather({ rows: real, srcRow, in: input, out: want });
+      gpu.tokenGather({ rows, srcRow, in: input, out: got, rowsDevice });
+      const what = `rows ${rows} of ${inRows}, rowsDevice ${rowsDevice}`;
+      assertSameBits(got, want, what);
+      assert.ok(got.subarray(real).every((v) => v === kPoison), `${what}: written past the real rows`);
+    }
+  }
+});
+
+gpuTest('token_pack: rects, offsets and the rect count exactly the CPU (one image, empty images, off the block)', (gpu) => {
+  const rand = rng(8800);
+  for (const [counts, prefix] of kTokenPackCases) {
+    const c = packCase(counts, rand), batch = counts.length;
+    const run = (fn: (p: Record<string, unknown>) => void) => {
+      const rects = poisonI32(4 * (c.total + 2)), offsets = poisonI32(batch + 1), rectCount = poisonI32(1);
+      fn({ batch, prefix, counts: c.counts, gridOffset: c.gridOffset, stage: c.stage, rects, offsets, rectCount });
+      return { rects, offsets, rectCount };
+    };
+    const want = run((p) => ops.tokenPack(p)), got = run((p) => gpu.tokenPack(p as never));
+    const what = `counts [${counts}], prefix ${prefix}`;
+    assertSameBits(got.rects, want.rects, `${what}: rects`);
+    assertSameBits(got.offsets, want.offsets, `${what}: offsets`);
+    assertSameBits(got.rectCount, want.rectCount, `${what}: rect count`);
+    assert.ok(got.rects.subarray(4 * c.total).every((v) => v === kPoison), `${what}: written past the rects`);
   }
 });
 

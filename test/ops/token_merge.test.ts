@@ -26,7 +26,7 @@ const { ops } = loadBinding().binding;
 function select(gh: number, gw: number, sizes: number[], thresholds: number[], scores: Float32Array) {
   const rects = new Int32Array(gh * gw * 4).fill(-7), count = new Int32Array(1), tokenOfPatch = new Int32Array(gh * gw).fill(-1);
   ops.superpatchSelect({
-    image: 3, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), thresholds: Float32Array.from(thresholds), scores, rects, count, tokenOfPatch,
+    image: 3, gh, gw, levels: Int32Array.from(sizes), thresholds: Float32Array.from(thresholds), scores, rects, count, tokenOfPatch,
   });
   return { rects: rects.subarray(0, 4 * count[0]), n: count[0], tokenOfPatch };
 }
@@ -85,7 +85,7 @@ test('window_score follows its definition: uniform windows 1, an edge or a colou
   for (let y = 0; y < h; y++) for (let x = 32; x < w; x++) image.set([180, 100, 100], 3 * (y * w + x)); // right half redder
   image.set([0, 0, 0], 3 * (5 * w + 5)); // one dark pixel in patch (0, 0)
   const scores = new Float32Array(4 + 1).fill(NaN);
-  ops.windowScore({ image, h, w, channels: 3, patch: P, gh, gw, levels: 2, sizes: Int32Array.from([2, 4]), colorTau: 16, textureTau: 32, scores });
+  ops.windowScore({ image, h, w, channels: 3, patch: P, gh, gw, levels: Int32Array.from([2, 4]), colorTau: 16, textureTau: 32, scores });
   // 2 x 2 windows: (0,0) holds the dark pixel, (0,1) and (1,1) are uniform red, (1,0) uniform grey
   assert.ok(Math.abs(scores[1] - 1) < 1e-6 && Math.abs(scores[2] - 1) < 1e-6 && Math.abs(scores[3] - 1) < 1e-6);
   // Window (0,0): patch (0,0) has one black pixel among 256 grey (100) ones, in every channel.
@@ -263,7 +263,7 @@ gpuTest('window_score: CPU scores within 1e-5 (odd sizes, 4 channels, one patch,
   for (const [h, w, channels, P, sizes, block, noise] of kWindowScoreCases) {
     const gh = Math.ceil(h / P), gw = Math.ceil(w / P), n = scoreCount(gh, gw, sizes);
     const image = blockyImage(h, w, channels, block, noise, rand);
-    const params = { image, h, w, channels, patch: P, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), colorTau: 8, textureTau: 16 };
+    const params = { image, h, w, channels, patch: P, gh, gw, levels: Int32Array.from(sizes), colorTau: 8, textureTau: 16 };
     const want = poisonF32(n), got = poisonF32(n);
     ops.windowScore({ ...params, scores: want });
     gpu.windowScore({ ...params, scores: got });
@@ -280,7 +280,7 @@ gpuTest('superpatch_select: rects, count and token map exactly the CPU (random s
     const thresholds = Float32Array.from(th === 'random' ? sizes.map(() => 0.3 + 0.5 * rand()) : th);
     const run = (fn: (p: Record<string, unknown>) => void) => {
       const rects = new Int32Array(gh * gw * 4).fill(-7), count = Int32Array.from([-1]), tokenOfPatch = new Int32Array(gh * gw).fill(-9);
-      fn({ image: 2, gh, gw, levels: sizes.length, sizes: Int32Array.from(sizes), thresholds, scores, rects, count, tokenOfPatch });
+      fn({ image: 2, gh, gw, levels: Int32Array.from(sizes), thresholds, scores, rects, count, tokenOfPatch });
       return { rects, count, tokenOfPatch };
     };
     const want = run((p) => ops.superpatchSelect(p));
