@@ -8,6 +8,7 @@
         "native/core/merge.cpp",
         "native/core/effnet.cpp",
         "native/core/cost.cpp",
+        "native/core/layout.cpp",
         "native/core/weights.cpp",
         "native/core/segment.cpp",
         "native/core/features.cpp",

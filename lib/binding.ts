@@ -71,6 +71,28 @@ export interface NativeSegmentResult {
   stats: NativeStats & { batchDenseTokens: number; batchInputTokens: number; gflopsPolicy: number; tiles: number };
 }
 
+/** What planSegment() is asked: the resized images and label maps, tiles, and what runs and returns. */
+export interface NativeSegmentPlanRequest {
+  images: { width: number; height: number; outWidth: number; outHeight: number }[];
+  tile?: { size: number; stride: number };
+  /** the learned merge policy's CNN runs (merging on, policy 'learned') */
+  learnedPolicy: boolean;
+  probs: boolean;
+  logits: boolean;
+}
+
+/** A segment() call's layout and bytes (native/core/layout.h, SegmentPlan). */
+export interface NativeSegmentPlan {
+  /** the most tokens of one forward (patches + prefix tokens, before merging) */
+  tokens: number;
+  /** forward: the largest forward's peak (one forward runs at a time; tiled: with the tile's crop); results: every image's arrays */
+  bytes: { forward: number; results: number };
+  /** untiled: one forward over the batch; tiled: one per image, `count` its tiles (they share one grid) */
+  forwards: { tokens: number; bytes: number; count: number }[];
+  /** per image: its patch grid, its tiles (1 untiled), its result bytes (tiled: with the running sums' weights) */
+  images: { gh: number; gw: number; tiles: number; bytes: number }[];
+}
+
 export interface NativeModel {
   /** What the CPU side runs: 'bf16' only where it was asked for and the CPU has a bfloat16 kernel. */
   readonly precision: 'fp32' | 'bf16';
@@ -96,6 +118,10 @@ export interface NativeModel {
       tile?: { size: number; stride: number };
     },
   ): Promise<NativeSegmentResult[]>;
+  /** A segment() call's layout and bytes, at once (ViT segmentation models). */
+  planSegment(request: NativeSegmentPlanRequest): NativeSegmentPlan;
+  /** forwardFeatures' tokens and bytes for pixels of `dims` [N, 3, H, W] (a bare trunk: its pixels count as tokens). */
+  planFeatures(dims: readonly number[], capture: boolean): { tokens: number; bytes: { forward: number; results: number } };
   dispose(): void;
   /** The position-embedding cache (tests and diagnostics). */
   cacheInfo(): { posEntries?: number; posBytes?: number; posLimit?: number };

@@ -6,15 +6,14 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentResult } from './binding';
+import { loadBinding, packageRoot, type CudaProbe, type NativeModel, type NativeSegmentPlan, type NativeSegmentResult } from './binding';
 import { parseConfig, toNativeConfig, type ModelConfig } from './config';
 import { BadInputError, BadModelError, DeviceUnavailableError, DisposedError, OutOfMemoryError, coded, fromNative, invalidParameter, readingArguments } from './errors';
-import { captureImage, prepareImage, type CapturedImage, type ImageInput, type PreparedImage } from './image';
+import { captureImage, prepareImage, type CapturedImage, type ImageInput } from './image';
 import {
   checkForwardOptions,
   checkLoadOptions,
   checkSegmentOptions,
-  type CheckedSegmentOptions,
   type ForwardOptions,
   type LoadOptions,
   type Precision,
@@ -25,7 +24,7 @@ import { readHeaderFromBuffer, readHeaderFromFile, type SafetensorsHeader } from
 import type { TokenMap } from './pictures';
 import { compareSelfCheck, selfCheckImage, selfCheckModel } from './selfcheck';
 import { kLimits } from './limits';
-import { Ledger, forwardBytes, resultBytes } from './memory';
+import { Ledger } from './memory';
 import { numel, type Tensor } from './tensor';
 
 /** Where the bundled default model lives. */
@@ -295,25 +294,6 @@ async function load(source?: string | Buffer | Uint8Array, options?: LoadOptions
   return new Model(native, src.config, device, reason, opts.precision);
 }
 
-/** The tiles of one image (patch-grid units), as the engine runs them (native/core/segment.cpp, run_tiles). */
-export interface TilePlan {
-  /** cells of the image's patch grid */
-  cells: number;
-  tiles: { cells: number }[];
-  /** the largest tile */
-  largest: { cells: number };
-}
-
-export function tilePlan(width: number, height: number, P: number, tile: { size: number; stride: number } | false): TilePlan {
-  const gh = Math.ceil(height / P), gw = Math.ceil(width / P), cells = gh * gw;
-  if (!tile) return { cells, tiles: [{ cells }], largest: { cells } };
-  const tg = tile.size / P, sg = Math.max(1, tile.stride / P);
-  const axis = (g: number) => (g <= tg ? 1 : Math.ceil((g - tg) / sg) + 1);
-  const th = Math.min(tg, gh), tw = Math.min(tg, gw);
-  const n = axis(gh) * axis(gw);
-  return { cells, tiles: Array.from({ length: n }, () => ({ cells: th * tw })), largest: { cells: th * tw } };
-}
-
 /** @internal The native model behind a Model (tests and diagnostics; not exported from the package). */
 export const nativeOf = new WeakMap<object, NativeModel>();
 
@@ -383,7 +363,7 @@ export class Model {
   }
 
   async #forwardFeatures(pixels: Tensor, options?: ForwardOptions): Promise<FeaturesResult> {
-    this.#live();
+    const native = this.#live();
     const opts = readingArguments('options', () => checkForwardOptions(options));
     if (!pixels || typeof pixels !== 'object') throw invalidParameter('pixels', 'a tensor { data: Float32Array, dims: [N, 3, H, W] }', pixels);
     const { data, dims: given } = readingArguments('pixels', () => ({ data: pixels.data, dims: pixels.dims }));
@@ -404,13 +384,11 @@ export class Model {
       throw invalidParameter('pixels.dims', `H and W multiples of the patch size ${P}`, dims);
     if (data.length !== numel(dims))
       throw new BadInputError(`Expected ${numel(dims)} values for pixels.data (dims [${dims.join(', ')}]) but received ${data.length}`);
-    const [N, , H, W] = dims;
-    const T = (H / P) * (W / P) + this.config.regTokens + (this.config.classToken ? 1 : 0);
-    const C = this.config.embedDim;
+    const N = dims[0], C = this.config.embedDim;
+    const plan = native.planFeatures(dims, opts.intermediates); // tokens and bytes: native/core/layout.h
+    if (plan.tokens > kLimits.tokens)
+      throw new BadInputError(`this input needs ${plan.tokens} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller input`);
     const ledger = new Ledger();
-    const cells = this.config.kind === 'vit' ? N * (H / P) * (W / P) : 0;
-    if (cells + N * (T - cells / N) > kLimits.tokens)
-      throw new BadInputError(`this input needs ${cells + N * (T - cells / N)} tokens, more than the engine's limit of ${kLimits.tokens}: use a smaller input`);
     ledger.reserve(4 * data.length, 'the copy of the pixels');
     let owned: Float32Array;
     try {
@@ -418,19 +396,9 @@ export class Model {
       owned = data.slice();
       for (let i = 0; i < owned.length; i++)
         if (!Number.isFinite(owned[i])) throw new BadInputError(`pixels.data[${i}] is ${owned[i]}: expected finite numbers (no NaN or infinity)`);
-      if (this.config.kind === 'vit') {
-        const largestPixels = H * W;
-        ledger.reserve(
-          forwardBytes(this.config, { images: N, cells, paddedPixels: N * H * W, largestPixels, largestTokens: cells / N, learnedPolicy: false }),
-          'the forward',
-        );
-        // the tokens returned, and with intermediates a copy after every block
-        ledger.reserve(4 * N * T * C * (1 + (opts.intermediates ? this.config.depth + 3 : 0)), 'the results');
-      } else {
-        // The trunk's largest buffers: the 96-channel expansion of stage 1 at stride 2, in and out, and
-        // the five stage maps (twice: NHWC and NCHW): about 80 floats per input pixel, and the copy in.
-        ledger.reserve(4 * N * H * W * 83, 'the forward');
-      }
+      ledger.reserve(plan.bytes.forward, 'the forward');
+      // the tokens returned, and with intermediates a copy after every block (none for a bare trunk)
+      ledger.reserve(plan.bytes.results, 'the results');
     } catch (err) {
       ledger.release();
       throw err;
@@ -448,7 +416,7 @@ export class Model {
         const last = stages[stages.length - 1];
         return { type: 'float32' as const, data: last.data as Float32Array, dims: last.dims as number[], stages, stats };
       }
-      const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, T, C], stats };
+      const result: FeaturesResult = { type: 'float32', data: out.tokens, dims: [N, out.tokens.length / N / C, C], stats };
       if (opts.intermediates) {
         result.intermediates = {};
         for (const [name, t] of Object.entries(out.captured))
@@ -534,13 +502,20 @@ export class Model {
     const run = this.#enqueue(async () => {
       const prepared = await decoding;
       const t1 = performance.now();
-      const K = this.config.numClasses, P = this.config.patchSize;
-      const plans = prepared.map((p) => tilePlan(p.resizedWidth, p.resizedHeight, P, opts.tile));
-      this.#reserveSegment(ledger, prepared, plans, opts);
+      const K = this.config.numClasses;
+      // the patch grids, the tokens of each forward and the bytes (native/core/layout.h)
+      const plan = this.#native.planSegment({
+        images: prepared.map((p) => ({ width: p.resizedWidth, height: p.resizedHeight, outWidth: p.outWidth, outHeight: p.outHeight })),
+        tile: opts.tile || undefined,
+        learnedPolicy: !!opts.merge && opts.merge.policy === 'learned',
+        probs: opts.probabilities,
+        logits: opts.logits,
+      });
+      this.#reserveSegment(ledger, plan, !!opts.tile);
       // Every result array is allocated here, where a failed allocation is a RangeError (an
       // OutOfMemoryError, see coded()), and filled by the addon on its worker thread.
-      const outputs = prepared.map((p) => {
-        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P), pixels = p.outWidth * p.outHeight;
+      const outputs = prepared.map((p, i) => {
+        const { gh, gw } = plan.images[i], pixels = p.outWidth * p.outHeight;
         return {
           gh,
           gw,
@@ -624,37 +599,14 @@ export class Model {
     return stats;
   }
 
-  // What the native part of a segment() call holds: each forward (the whole batch, or one tile at a
-  // time), the per-image patch-grid logits (and, with tiles, their running sums and a tile's crop),
-  // and the result arrays.
-  #reserveSegment(ledger: Ledger, prepared: PreparedImage[], plans: TilePlan[], opts: CheckedSegmentOptions): void {
-    const c = this.config, P = c.patchSize, pre = c.regTokens + (c.classToken ? 1 : 0);
-    const learnedPolicy = !!opts.merge && opts.merge.policy === 'learned';
-    let tokens = 0, results = 0, forward = 0;
-    if (!opts.tile) {
-      let cells = 0, H = 0, W = 0, largest = 0, largestTokens = 0;
-      for (const p of prepared) {
-        const gh = Math.ceil(p.resizedHeight / P), gw = Math.ceil(p.resizedWidth / P);
-        cells += gh * gw;
-        H = Math.max(H, gh * P), W = Math.max(W, gw * P);
-        largest = Math.max(largest, gh * gw * P * P), largestTokens = Math.max(largestTokens, gh * gw);
-      }
-      tokens = cells + prepared.length * pre;
-      forward = forwardBytes(c, { images: prepared.length, cells, paddedPixels: prepared.length * H * W, largestPixels: largest, largestTokens, learnedPolicy });
-    } else {
-      for (const plan of plans) {
-        const t = plan.largest;
-        tokens = Math.max(tokens, t.cells + pre);
-        // one tile at a time, plus its crop, plus the image's running sums (cells x (K + 1) floats)
-        forward = Math.max(forward, forwardBytes(c, { images: 1, cells: t.cells, paddedPixels: t.cells * P * P, largestPixels: t.cells * P * P, largestTokens: t.cells, learnedPolicy }) + 3 * t.cells * P * P);
-        results += 4 * plan.cells;
-      }
-    }
-    if (tokens > kLimits.tokens)
-      throw new BadInputError(`this input needs ${tokens} tokens in one forward, more than the engine's limit of ${kLimits.tokens}: use a smaller size, tiles or fewer images per call`);
-    prepared.forEach((p, i) => (results += resultBytes(c, p.outWidth * p.outHeight, plans[i].cells, opts.probabilities, opts.logits)));
-    ledger.reserve(forward, opts.tile ? 'a tile\'s forward' : 'the forward');
-    ledger.reserve(results, 'the results');
+  // What the native part of a segment() call holds (the plan's bytes): each forward (the whole batch,
+  // or one tile at a time), the per-image patch-grid logits (and, with tiles, their running sums and a
+  // tile's crop), and the result arrays.
+  #reserveSegment(ledger: Ledger, plan: NativeSegmentPlan, tiled: boolean): void {
+    if (plan.tokens > kLimits.tokens)
+      throw new BadInputError(`this input needs ${plan.tokens} tokens in one forward, more than the engine's limit of ${kLimits.tokens}: use a smaller size, tiles or fewer images per call`);
+    ledger.reserve(plan.bytes.forward, tiled ? 'a tile\'s forward' : 'the forward');
+    ledger.reserve(plan.bytes.results, 'the results');
   }
 
   /**

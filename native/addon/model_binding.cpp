@@ -1,6 +1,7 @@
 // model_binding.cpp: models from JS: createModel, and the NativeModel's forwardFeatures, segment,
 // dispose and cacheInfo. Each call reads its JS values here and queues a Job whose run() calls the
-// engine (core/features.h, core/segment.h) under the model's run mutex.
+// engine (core/features.h, core/segment.h) under the model's run mutex. planSegment and planFeatures
+// answer at once: a call's layout and bytes (core/layout.h), which lib/ checks and reserves first.
 #include <cmath>
 #include <memory>
 #include <mutex>
@@ -11,10 +12,12 @@
 #include "../core/effnet.h"
 #include "../core/features.h"
 #include "../core/file_map.h"
+#include "../core/layout.h"
 #include "../core/merge.h"
 #include "../core/model.h"
 #include "../core/segment.h"
 #include "../cpu/cpu_backend.h"
+#include "../cpu/parallel.h"
 #include "bindings.h"
 #include "job.h"
 #include "js_values.h"
@@ -60,6 +63,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return DefineClass(env, "NativeModel",
                        {InstanceMethod("forwardFeatures", &NativeModel::forward_features),
                         InstanceMethod("segment", &NativeModel::segment),
+                        InstanceMethod("planSegment", &NativeModel::plan_segment),
+                        InstanceMethod("planFeatures", &NativeModel::plan_features),
                         InstanceMethod("dispose", &NativeModel::dispose),
                         InstanceMethod("cacheInfo", &NativeModel::cache_info)});
   }
@@ -77,6 +82,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
   Napi::Value forward_features(const Napi::CallbackInfo& info);
   Napi::Value segment(const Napi::CallbackInfo& info);
+  Napi::Value plan_segment(const Napi::CallbackInfo& info);
+  Napi::Value plan_features(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     state.reset();
     return info.Env().Undefined();
@@ -276,12 +283,19 @@ class ForwardJob : public Job {
   step::FeaturesResult out_;
 };
 
+// dims [N, 3, H, W] of forwardFeatures' pixels: N, H, W
+struct FeatureDims {
+  int n, h, w;
+};
+FeatureDims read_feature_dims(const Napi::Value& v) {
+  Napi::Array dims = to_array(v, "dims");
+  return {to_int(dims.Get(0u), "dims[0]", 1, 4096), to_int(dims.Get(2u), "dims[2]", 1, 65536), to_int(dims.Get(3u), "dims[3]", 1, 65536)};
+}
+
 Napi::Value NativeModel::forward_features(const Napi::CallbackInfo& info) {
   auto state = live(info.Env());
   std::vector<float> pixels = get_vector<float>(info[0], "pixels");
-  Napi::Array dims = info[1].As<Napi::Array>();
-  int n = to_int(dims.Get(0u), "dims[0]", 1, 4096), h = to_int(dims.Get(2u), "dims[2]", 1, 65536);
-  int w = to_int(dims.Get(3u), "dims[3]", 1, 65536);
+  const auto [n, h, w] = read_feature_dims(info[1]);
   if (pixels.size() != size_t(n) * 3 * h * w) throw_bad_input(info.Env(), "pixels do not match dims");
   auto* job = new ForwardJob(info.Env(), state, std::move(pixels), n, h, w, info[2].ToBoolean().Value());
   job->Queue();
@@ -336,6 +350,17 @@ class SegmentJob : public Job {
   std::vector<Napi::ObjectReference> refs_;  // the image data and the caller's result arrays
   step::SegmentResult out_;
 };
+
+// options.tile: { size, stride } in pixels, or absent (no tiling)
+step::TileSettings read_tile(Napi::Env env, const Napi::Value& v, int P) {
+  step::TileSettings tile;
+  if (!v.IsObject()) return tile;
+  Napi::Object t = v.As<Napi::Object>();
+  tile.size = to_int(t.Get("size"), "tile.size", P, 1 << 16), tile.stride = to_int(t.Get("stride"), "tile.stride", P, 1 << 16);
+  if (tile.size % P || tile.stride % P || tile.stride > tile.size)
+    throw_bad_input(env, "tile: size and stride must be multiples of the patch size, stride at most size");
+  return tile;
+}
 
 Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -404,17 +429,69 @@ Napi::Value NativeModel::segment(const Napi::CallbackInfo& info) {
     Napi::Array layers = to_array(pr.Get("exitLayers"), "prune.exitLayers");
     for (uint32_t i = 0; i < layers.Length(); ++i) prune.layers.push_back(to_int(layers.Get(i), "prune.exitLayers[i]", 1, 255));
   }
-  step::TileSettings& tile = req.tile;
-  Napi::Value tv = opts.Get("tile");
-  if (tv.IsObject()) {
-    Napi::Object t = tv.As<Napi::Object>();
-    tile.size = to_int(t.Get("size"), "tile.size", P, 1 << 16), tile.stride = to_int(t.Get("stride"), "tile.stride", P, 1 << 16);
-    if (tile.size % P || tile.stride % P || tile.stride > tile.size)
-      throw_bad_input(env, "tile: size and stride must be multiples of the patch size, stride at most size");
-  }
+  req.tile = read_tile(env, opts.Get("tile"), P);
   auto* job = new SegmentJob(env, state, std::move(req), std::move(refs));
   job->Queue();
   return job->promise();
+}
+
+// { forward, results }: a plan's bytes
+Napi::Object bytes_to_js(Napi::Env env, double forward, double results) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("forward", forward), o.Set("results", results);
+  return o;
+}
+
+// planSegment({ images: [{ width, height, outWidth, outHeight }], tile?, learnedPolicy, probs, logits })
+//   -> { tokens, bytes: { forward, results }, forwards: [{ tokens, bytes, count }],
+//        images: [{ gh, gw, tiles, bytes }] }: core/layout.h's SegmentPlan, at once (no job).
+Napi::Value NativeModel::plan_segment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto state = live(env);
+  if (!state->model) throw Napi::Error::New(env, "planSegment() needs a ViT segmentation model");
+  if (!info[0].IsObject()) throw_bad_input(env, "planSegment: expected a request object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  step::SegmentPlanRequest req;
+  Napi::Array list = to_array(o.Get("images"), "images");
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    if (!list.Get(i).IsObject()) throw_bad_input(env, "planSegment: expected image objects");
+    Napi::Object im = list.Get(i).As<Napi::Object>();
+    req.images.push_back({to_int(im.Get("width"), "width", 1, 1 << 20), to_int(im.Get("height"), "height", 1, 1 << 20),
+                          to_int(im.Get("outWidth"), "outWidth", 1), to_int(im.Get("outHeight"), "outHeight", 1)});
+  }
+  req.tile = read_tile(env, o.Get("tile"), state->model->config().patch);
+  req.learned_policy = get_bool(o, "learnedPolicy"), req.want_probs = get_bool(o, "probs"), req.want_logits = get_bool(o, "logits");
+  const step::SegmentPlan plan = step::plan_segment(state->model->config(), req, step::cpu::num_threads());
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("tokens", double(plan.tokens)), out.Set("bytes", bytes_to_js(env, plan.forward_bytes, plan.result_bytes));
+  Napi::Array forwards = Napi::Array::New(env, plan.forwards.size());
+  for (size_t i = 0; i < plan.forwards.size(); ++i) {
+    Napi::Object f = Napi::Object::New(env);
+    f.Set("tokens", double(plan.forwards[i].tokens)), f.Set("bytes", plan.forwards[i].bytes), f.Set("count", double(plan.forwards[i].count));
+    forwards.Set(uint32_t(i), f);
+  }
+  out.Set("forwards", forwards);
+  Napi::Array images = Napi::Array::New(env, plan.images.size());
+  for (size_t i = 0; i < plan.images.size(); ++i) {
+    const step::SegmentPlan::Image& p = plan.images[i];
+    Napi::Object im = Napi::Object::New(env);
+    im.Set("gh", p.gh), im.Set("gw", p.gw), im.Set("tiles", double(p.tiles)), im.Set("bytes", p.result_bytes);
+    images.Set(uint32_t(i), im);
+  }
+  out.Set("images", images);
+  return out;
+}
+
+// planFeatures(dims [N, 3, H, W], capture) -> { tokens, bytes: { forward, results } }: core/layout.h's FeaturesPlan.
+Napi::Value NativeModel::plan_features(const Napi::CallbackInfo& info) {
+  auto state = live(info.Env());
+  const auto [n, h, w] = read_feature_dims(info[0]);
+  const step::FeaturesPlan plan = state->trunk ? step::plan_trunk_features(n, h, w)
+                                               : step::plan_features(state->model->config(), n, h, w, info[1].ToBoolean().Value(),
+                                                                     step::cpu::num_threads());
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("tokens", double(plan.tokens)), out.Set("bytes", bytes_to_js(info.Env(), plan.forward_bytes, plan.result_bytes));
+  return out;
 }
 
 }  // namespace

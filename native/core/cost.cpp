@@ -38,4 +38,22 @@ double effnet_gflops(int H, int W) {
   return total;
 }
 
+double forward_bytes(const VitConfig& c, const ForwardShape& s, int threads) {
+  const double C = c.embed_dim, Hd = c.mlp_hidden, K = c.num_classes, P = c.patch, pre = c.prefix();
+  const double cells = double(s.cells), A = cells + double(s.images) * pre;  // tokens, at most (no merging)
+  const double floats = 3 * double(s.padded_pixels) + cells * (C + 2 * K + 1) + cells * (3 * P * P + C + K) +
+                        A * (8 * C + Hd + 2 * K) + 2 * A * C +
+                        // per thread: attention's score rows S^T (T x 128), and for bf16 their copy as pairs (T / 2 x 128)
+                        threads * (double(s.largest_tokens) + pre) * 192 +
+                        (s.learned_policy ? 80 * double(s.largest_pixels) : 0);
+  return 4 * floats + 32 * cells + double(16 << 20);
+}
+
+double result_bytes(const VitConfig& c, int64_t out_pixels, int64_t cells, bool probs, bool logits) {
+  const double K = c.num_classes, px = double(out_pixels), n = double(cells);
+  return (K <= 256 ? 1 : 2) * px + (probs ? 4 * K * px : 0) + (logits ? 4 * K * n : 0) + 6 * n + 4 * K * n;
+}
+
+double trunk_forward_bytes(int64_t pixels) { return 4 * double(pixels) * 83; }
+
 }  // namespace step

@@ -184,38 +184,23 @@ class Segmenter {
   void run_tiles(int b) {
     const SegmentImage& im = r_.images[b];
     Work& wk = work_[b];
-    const int tg = r_.tile.size / P_, sg = std::max(1, r_.tile.stride / P_);
-    // tile origins (in patches) along one axis: every sg patches, the last one flush with the end
-    auto origins = [&](int g) {
-      std::vector<int> o;
-      if (g <= tg) return std::vector<int>{0};
-      for (int at = 0;; at += sg) {
-        if (at + tg >= g) {
-          o.push_back(g - tg);
-          break;
-        }
-        o.push_back(at);
-      }
-      return o;
-    };
-    const std::vector<int> oys = origins(wk.gh), oxs = origins(wk.gw);
     Tensor& acc = wk.grid;
     acc.fill(0.f);
     std::vector<float> weight(size_t(wk.gh) * wk.gw, 0.f);
     std::vector<uint8_t> crop;
     int64_t first_token = 0;
-    for (int oy : oys)
-      for (int ox : oxs) {
-        const int x0 = ox * P_, y0 = oy * P_;
-        const int cw = std::min(tg * P_, im.w - x0), ch = std::min(tg * P_, im.h - y0);
-        crop.resize(size_t(cw) * ch * im.channels);
-        for (int y = 0; y < ch; ++y)
-          std::memcpy(crop.data() + size_t(y) * cw * im.channels, im.rgb + (size_t(y0 + y) * im.w + x0) * im.channels, size_t(cw) * im.channels);
-        Pass pass = run_pass({{crop.data(), cw, ch, im.channels}});
-        add_stats(pass.out.stats);
-        file(pass, 0, b, oy, ox, first_token, acc.data(), weight.data());
-        first_token += pass.rect_start[1];
-      }
+    for (const Tile& t : tile_layout(wk.gh, wk.gw, P_, r_.tile)) {
+      // the crop in pixels: the tile's grid, cut at the image's edge (the last patch may be partial)
+      const int x0 = t.ox * P_, y0 = t.oy * P_;
+      const int cw = std::min(t.gw * P_, im.w - x0), ch = std::min(t.gh * P_, im.h - y0);
+      crop.resize(size_t(cw) * ch * im.channels);
+      for (int y = 0; y < ch; ++y)
+        std::memcpy(crop.data() + size_t(y) * cw * im.channels, im.rgb + (size_t(y0 + y) * im.w + x0) * im.channels, size_t(cw) * im.channels);
+      Pass pass = run_pass({{crop.data(), cw, ch, im.channels}});
+      add_stats(pass.out.stats);
+      file(pass, 0, b, t.oy, t.ox, first_token, acc.data(), weight.data());
+      first_token += pass.rect_start[1];
+    }
     for (size_t i = 0; i < weight.size(); ++i) {
       float* a = acc.data() + int64_t(i) * K_;
       const float inv = 1.f / weight[i];

@@ -6,13 +6,14 @@
 // the model's device, with the rest on the CPU.
 //
 // With `tile`, each image is run as overlapping tiles of size x size pixels at the given stride (the
-// last tile of a row or column ends at the image's edge, as mmsegmentation's slide mode), one tile per
-// forward, and the patch-grid logits of the tiles are averaged where they overlap before upsampling.
+// last tile of a row or column ends at the image's edge, as mmsegmentation's slide mode: layout.h
+// places them), one tile per forward, and the patch-grid logits of the tiles are averaged where they overlap before upsampling.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "backend.h"
+#include "layout.h"
 #include "merge.h"
 #include "model.h"
 
@@ -61,10 +62,6 @@ struct SegmentImage {
   int32_t* index = nullptr;      // (gh, gw) each: the token map
   uint8_t* size = nullptr;
   uint8_t* exit_layer = nullptr;
-};
-
-struct TileSettings {
-  int size = 0, stride = 0;  // pixels, multiples of P; size 0: no tiling
 };
 
 struct SegmentRequest {
