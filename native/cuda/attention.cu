@@ -370,12 +370,4 @@ void attention(const AttentionParams& p, const AttentionDeviceExtras& x, void* s
   return attention_launch(kernel, p, x.max_seqlen, as_bf16(x.qkv_bf16), as_bf16(x.out_bf16), s);
 }
 
-OpCost attention_cost(const AttentionParams& p, const AttentionDeviceExtras& x, int64_t rows, int64_t sum_t_squared) {
-  const double C = double(p.heads) * p.head_dim;
-  OpCost cost;
-  cost.flops = 4.0 * double(sum_t_squared) * C;  // Q K^T and P V, as ForwardStats counts them
-  cost.bytes = double(rows) * C * (3.0 * (x.qkv_bf16 ? 2.0 : 4.0) + (x.out_bf16 ? 2.0 : 4.0));
-  return cost;
-}
-
 }  // namespace step::cuda

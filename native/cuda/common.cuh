@@ -1,5 +1,5 @@
 // common.cuh: what every CUDA op file needs: error checks that throw step::Error, NVTX ranges for
-// the host launchers, ceil_div, warp and block reductions, a block-wide scan, and bfloat16 helpers.
+// the host launchers, ceil_div, a warp sum, a block-wide scan, and bfloat16 helpers.
 //
 // Errors: STEP_CUDA_CHECK(expr) turns a failed cudaError_t into step::Error, with kOutOfMemory for
 // cudaErrorMemoryAllocation and kInternal for everything else; STEP_CUDA_CHECK_LAUNCH() checks the
@@ -85,24 +85,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Sum over the whole block, returned to every thread. blockDim.x must be a multiple of 32 and at
-// most 1024; `scratch` is 32 floats of shared memory. Contains __syncthreads: call from all threads.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum(v);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.f;
-  return warp_sum(v);
 }
 
 // Exclusive prefix sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), in thread

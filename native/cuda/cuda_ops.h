@@ -20,12 +20,6 @@
 
 namespace step::cuda {
 
-// Bytes moved and floating-point operations of one call, for the benchmark's roofline figures:
-// `bytes` counts every tensor read or written once (the minimum traffic), `flops` multiply-adds as 2.
-struct OpCost {
-  double flops = 0, bytes = 0;
-};
-
 // ---- gemm ---------------------------------------------------------------------------------------
 // c = epilogue(a * w^T + bias), every Epilogue of ops.h, float32 accumulation.
 //   kSimple:       float32 shared-memory tiles (64 x 64 x 16), any shape, stride and alignment.
@@ -49,7 +43,6 @@ const char* gemm_kernel_name(GemmKernel kernel);
 // p: device pointers; p.a and p.w null (operands in x), exactly one of p.c and x.c_bf16 set; bias,
 // residual (may alias p.c) and col_scale are float32.
 void gemm(const GemmParams& p, const GemmDeviceExtras& x, void* stream);
-OpCost gemm_cost(const GemmParams& p, const GemmDeviceExtras& x);  // for p.M rows
 
 // ---- attention ----------------------------------------------------------------------------------
 // Multi-head self-attention over the packed list, each image over its own rows, softmax in float32,
@@ -73,8 +66,6 @@ AttentionKernel choose_attention_kernel(int head_dim, bool aligned = true);
 const char* attention_kernel_name(AttentionKernel kernel);
 // p: p.offsets (B + 1) on the device; exactly one of p.qkv / x.qkv_bf16 and one of p.out / x.out_bf16.
 void attention(const AttentionParams& p, const AttentionDeviceExtras& x, void* stream);
-OpCost attention_cost(const AttentionParams& p, const AttentionDeviceExtras& x, int64_t rows,
-                      int64_t sum_t_squared);  // rows = A, sum_t_squared = sum over images of T^2
 
 // ---- layernorm ----------------------------------------------------------------------------------
 // One warp per row, two passes (mean, then variance of the centred values) as the CPU does.
@@ -91,7 +82,6 @@ struct LayerNormDeviceExtras {
 LayerNormKernel choose_layernorm_kernel(int C, bool aligned = true);
 // p: device pointers; at least one of p.y and x.y_bf16.
 void layernorm(const LayerNormParams& p, const LayerNormDeviceExtras& x, void* stream);
-OpCost layernorm_cost(const LayerNormParams& p, const LayerNormDeviceExtras& x);  // for p.rows rows
 
 // ---- elementwise --------------------------------------------------------------------------------
 // y = bf16(x), round to nearest even: x (n) float32, y (n) bf16.

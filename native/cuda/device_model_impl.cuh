@@ -87,7 +87,6 @@ struct DevicePolicy {
 // Element counts of the trunk's buffers for one image of H x W pixels (its GFLOPs: cost.h).
 struct TrunkSizes {
   int64_t map = 0, expanded = 0, mid = 0, bf16 = 0;
-  int top_h = 0, top_w = 0;
 };
 TrunkSizes trunk_sizes(int H, int W);  // device_policy.cu
 

@@ -29,7 +29,6 @@ TrunkSizes trunk_sizes(int H, int W) {
     }
     ih = oh, iw = ow;
   }
-  t.top_h = ih, t.top_w = iw;
   return t;
 }
 

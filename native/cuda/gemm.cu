@@ -352,15 +352,4 @@ void gemm(const GemmParams& p, const GemmDeviceExtras& x, void* stream) {
   }
 }
 
-OpCost gemm_cost(const GemmParams& p, const GemmDeviceExtras& x) {
-  const double M = p.M, N = p.N, K = p.K;
-  OpCost cost;
-  cost.flops = 2.0 * M * N * K;
-  cost.bytes = 2.0 * (M * K + N * K) + M * N * (x.c_bf16 ? 2.0 : 4.0);
-  if (p.bias) cost.bytes += 4.0 * N;
-  if (p.epilogue == Epilogue::kResidual && p.residual) cost.bytes += 4.0 * M * N;
-  if (p.epilogue == Epilogue::kResidual && p.col_scale) cost.bytes += 4.0 * N;
-  return cost;
-}
-
 }  // namespace step::cuda

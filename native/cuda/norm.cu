@@ -150,12 +150,4 @@ void layernorm(const LayerNormParams& p, const LayerNormDeviceExtras& x, void* s
   }
 }
 
-OpCost layernorm_cost(const LayerNormParams& p, const LayerNormDeviceExtras& x) {
-  const double rows = p.rows, C = p.C;
-  OpCost cost;
-  cost.flops = 8.0 * rows * C;  // sum, centre, square-add, normalise, scale-shift: about 8 per element
-  cost.bytes = rows * C * (4.0 + (p.y ? 4.0 : 0.0) + (x.y_bf16 ? 2.0 : 0.0)) + 8.0 * C;
-  return cost;
-}
-
 }  // namespace step::cuda
