@@ -1,6 +1,6 @@
 /**
  * bench-cuda-model.ts: whole dense forwards of ViT-S/B/L (patch 16, random weights) on the GPU with
- * step-seg's CUDA runtime (native/cuda/device_model.cu), beside timm's same models in PyTorch bf16 on
+ * step-seg's CUDA runtime (native/cuda/device_*.cu), beside timm's same models in PyTorch bf16 on
  * the same GPU in the same run (scripts/bench_torch_cuda.py, spawned after our timings).
  *
  * Ours: `forwardFeatures` of a (1, 3, N, N) float32 image, merging and pruning off. Two figures:

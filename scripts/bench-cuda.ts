@@ -8,10 +8,10 @@
  *   gemm       M = 1025, 2305, 4097 tokens (512², 768², 1024² images plus the class token) times the four
  *              Linear layers of each width C = 384, 768, 1024 (ViT-S, -B, -L): qkv (N = 3C, K = C),
  *              proj (C, C), fc1 (4C, C), fc2 (C, 4C). bf16 a and w, float32 bias, bf16 out, no epilogue:
- *              the product PyTorch's F.linear computes. FLOPs 2 M N K (gemm_cost).
+ *              the product PyTorch's F.linear computes. FLOPs 2 M N K (native/core/cost.h).
  *   attention  T = 1024, 2304, 4096 tokens, H = 6, 12, 16 heads (one per width), bf16 packed qkv
  *              (T, 3, H, D) in, bf16 out; torch's F.scaled_dot_product_attention on timm's strided views
- *              of the same layout. FLOPs 4 T² H D (attention_cost).
+ *              of the same layout. FLOPs 4 T² H D (native/core/cost.h).
  * Timing, ours and torch's alike: 2 warm-ups, then N runs enqueued back to back, each between two CUDA
  * events; the median (cudaOps.time, native/cuda/test_support.h; scripts/bench_torch_cuda.py). Inputs
  * stay in L2 between runs where they fit, for both.

@@ -6,7 +6,8 @@
 //   - weights: uploaded once at creation; the GEMM weights as bfloat16 (N, K), every other tensor
 //     (biases, LayerNorm, layer scale, class/register tokens, position embeddings) as float32.
 //   - position embeddings of each patch grid met so far: resampled on the host (VitModel::pos_grid),
-//     uploaded once, cached for the life of the model.
+//     uploaded once and cached, least recently used first out past the host cache's byte limit
+//     (STEP_SEG_POS_CACHE_MB; the grids of the call in flight are kept).
 //   - workspace: one device allocation carved into every activation buffer of a forward, sized by
 //     the largest input seen so far (grow-only; it is the model's memory pool). A larger input frees it
 //     and allocates the new size first, so peak use is the larger size only.

@@ -1,4 +1,4 @@
-// The GPU forward (native/cuda/device_model.cu) against the CPU forward of the same model: features,
+// The GPU forward (native/cuda/device_encoder.cu, device_segment.cu) against the CPU forward of the same model: features,
 // logits and labels, dense, merged, pruned and batched; memory returned on dispose. Every test skips (a
 // recorded skip, test/helpers/skip.ts) with cudaStatus()'s reason where no GPU is usable, and fails
 // instead under STEP_SEG_REQUIRE_CUDA=1. The bf16 tolerances are the issue's: relative L2 of logits <= 1e-2,
