@@ -1,10 +1,13 @@
 // Comparisons and fixture reading shared by the tests: the op tests' checks of outputs (bits, blocks left
-// untouched, relative L2 and elementwise bounds), their float32 NaN poison and packed-list offsets.
+// untouched, relative L2 and elementwise bounds), their float32 NaN poison and packed-list offsets, and
+// the model tests' checks of rejections (class, code, message).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import * as assert from 'uvu/assert';
 
+import { BadModelError } from '../../lib/errors';
+import { loadModel } from '../../lib/index';
 import { readHeaderFromBuffer } from '../../lib/safetensors';
 
 export { relL2, sharedDir, sharedImages } from '../../scripts/bench-common';
@@ -80,3 +83,28 @@ export function offsetsOf(counts: number[]): Int32Array {
 
 /** n float32 NaNs: an output no element of which the op may leave unwritten. */
 export const poisonF32 = (n: number): Float32Array => new Float32Array(n).fill(NaN);
+
+/** `p` rejects with an instance of `cls` whose message matches `pattern`. */
+export async function rejectsWith(p: Promise<unknown>, cls: Function, pattern: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.instance(err, cls, String(err));
+    assert.match((err as Error).message, pattern);
+    return;
+  }
+  assert.unreachable(`expected a rejection matching ${pattern}`);
+}
+
+/** Loading `source` on the CPU fails with a BadModelError (code ERR_STEP_BAD_MODEL) matching `pattern`. */
+export async function rejectsLoad(source: string | Buffer, pattern: RegExp): Promise<void> {
+  try {
+    await loadModel(source, { device: 'cpu' });
+  } catch (err) {
+    assert.instance(err, BadModelError, String(err));
+    assert.is((err as BadModelError).code, 'ERR_STEP_BAD_MODEL');
+    assert.match((err as Error).message, pattern);
+    return;
+  }
+  assert.unreachable(`loading should have failed with ${pattern}`);
+}

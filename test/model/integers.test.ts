@@ -7,23 +7,13 @@ import { loadBinding } from '../../lib/binding';
 import { toNativeConfig } from '../../lib/config';
 import { BadInputError, BadModelError, loadModel } from '../../lib/index';
 import { encodeSafetensors, readHeaderFromBuffer } from '../../lib/safetensors';
+import { rejectsWith } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
 
 const spec = { embedDim: 32, depth: 2, numHeads: 2, imgSize: [32, 32] as [number, number], classNames: ['a', 'b', 'c'] };
 const vit = randomVit({ ...spec, exitLayers: [1], seed: 5 });
 const rand = rng(9);
 const img = { data: new Uint8Array(64 * 48 * 3).map(() => Math.floor(rand() * 256)), width: 64, height: 48, channels: 3 as const };
-
-async function rejects(p: Promise<unknown>, cls: Function, pattern: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.instance(err, cls, String(err));
-    assert.match((err as Error).message, pattern);
-    return;
-  }
-  assert.unreachable(`expected a rejection matching ${pattern}`);
-}
 
 function withConfig(edit: Record<string, unknown>): Buffer {
   const t: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
@@ -34,7 +24,7 @@ function withConfig(edit: Record<string, unknown>): Buffer {
 test('keepTopK of 2^31 or more is refused; 2^31 - 1 keeps every halting token as context', async () => {
   const model = await loadModel(vit.buffer, { device: 'cpu' });
   for (const k of [2 ** 31, 2 ** 32, 2 ** 53, 1e300])
-    await rejects(model.segment(img, { prune: { keepTopK: k } }), BadInputError, /an integer from 0 to 2147483647 for options\.prune\.keepTopK/);
+    await rejectsWith(model.segment(img, { prune: { keepTopK: k } }), BadInputError, /an integer from 0 to 2147483647 for options\.prune\.keepTopK/);
   // agree: false: every token passes threshold 0, and random logits rarely agree with all neighbours
   const all = await model.segment(img, { merge: false, prune: { threshold: 0, keepTopK: 2 ** 31 - 1, agree: false } });
   assert.equal(all.stats.tokens.halted, [0]);
@@ -60,7 +50,7 @@ test('config integers of 2^32 or more (and 1e6 blocks) are refused at once, nami
   ];
   for (const [edit, pattern] of cases) {
     const t0 = performance.now();
-    await rejects(loadModel(withConfig(edit), { device: 'cpu' }), BadModelError, pattern);
+    await rejectsWith(loadModel(withConfig(edit), { device: 'cpu' }), BadModelError, pattern);
     assert.ok(performance.now() - t0 < 2000, `${JSON.stringify(edit)} took ${(performance.now() - t0).toFixed(0)} ms to refuse`);
   }
 });
@@ -93,14 +83,14 @@ test('tensor shapes whose element count overflows 64 bits are a BadModelError', 
   const padded = patched.padEnd(Math.ceil(patched.length / 8) * 8, ' ');
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(padded.length));
-  await rejects(loadModel(Buffer.concat([len, Buffer.from(padded), buf.subarray(8 + n)]), { device: 'cpu' }), BadModelError, /norm\.bias/);
+  await rejectsWith(loadModel(Buffer.concat([len, Buffer.from(padded), buf.subarray(8 + n)]), { device: 'cpu' }), BadModelError, /norm\.bias/);
 });
 
 test('forwardFeatures dims and merge scales beyond the engine are BadInputError', async () => {
   const model = await loadModel(vit.buffer, { device: 'cpu' });
-  await rejects(model.forwardFeatures({ data: new Float32Array(3 * 16 * 16), dims: [1, 3, 2 ** 32 + 16, 16] }), BadInputError, /pixels\.dims/);
-  await rejects(model.forwardFeatures({ data: new Float32Array(3 * 16 * 16), dims: [2 ** 32 + 1, 3, 16, 16] }), BadInputError, /pixels\.dims/);
-  await rejects(model.segment(img, { merge: { colorTau: 1e-50 } }), BadInputError, /options\.merge\.colorTau/);
+  await rejectsWith(model.forwardFeatures({ data: new Float32Array(3 * 16 * 16), dims: [1, 3, 2 ** 32 + 16, 16] }), BadInputError, /pixels\.dims/);
+  await rejectsWith(model.forwardFeatures({ data: new Float32Array(3 * 16 * 16), dims: [2 ** 32 + 1, 3, 16, 16] }), BadInputError, /pixels\.dims/);
+  await rejectsWith(model.segment(img, { merge: { colorTau: 1e-50 } }), BadInputError, /options\.merge\.colorTau/);
   model.dispose();
 });
 

@@ -7,24 +7,13 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
-import { BadModelError, loadModel } from '../../lib/index';
+import { loadModel } from '../../lib/index';
 import { encodeSafetensors } from '../../lib/safetensors';
+import { rejectsLoad } from '../helpers/compare';
 import { randomVit } from '../helpers/random';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'step-seg-load-'));
 const spec = { embedDim: 32, depth: 2, numHeads: 2, imgSize: [32, 48] as [number, number], classNames: ['a', 'b', 'c'] };
-
-async function rejects(source: string | Buffer, pattern: RegExp): Promise<void> {
-  try {
-    await loadModel(source, { device: 'cpu' });
-  } catch (err) {
-    assert.instance(err, BadModelError);
-    assert.is((err as BadModelError).code, 'ERR_STEP_BAD_MODEL');
-    assert.match((err as Error).message, pattern);
-    return;
-  }
-  assert.unreachable(`loading should have failed with ${pattern}`);
-}
 
 // Rebuilds a model from its tensors with one change.
 function variant(edit: (t: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }>, config: Record<string, unknown>) => void): Buffer {
@@ -51,30 +40,30 @@ test('a good random model loads from a Buffer, a file and a directory', async ()
 });
 
 test('missing path, empty file, truncated file', async () => {
-  await rejects(path.join(tmp, 'nope'), /model not found/);
+  await rejectsLoad(path.join(tmp, 'nope'), /model not found/);
   const empty = path.join(tmp, 'empty.safetensors');
   fs.writeFileSync(empty, Buffer.alloc(0));
-  await rejects(empty, /too short|truncated/);
+  await rejectsLoad(empty, /too short|truncated/);
   const { buffer } = randomVit(spec);
   const cut = path.join(tmp, 'cut.safetensors');
   fs.writeFileSync(cut, buffer.subarray(0, buffer.length - 100));
-  await rejects(cut, /truncated/);
-  await rejects(buffer.subarray(0, 20), /truncated|not safetensors/);
+  await rejectsLoad(cut, /truncated/);
+  await rejectsLoad(buffer.subarray(0, 20), /truncated|not safetensors/);
 });
 
 test('corrupt header', async () => {
   const { buffer } = randomVit(spec);
   const bad = Buffer.from(buffer);
   bad.write('#', 8);
-  await rejects(bad, /not valid JSON/);
+  await rejectsLoad(bad, /not valid JSON/);
   const huge = Buffer.from(buffer);
   huge.writeBigUInt64LE(BigInt(1) << BigInt(40));
-  await rejects(huge, /header claims/);
+  await rejectsLoad(huge, /header claims/);
 });
 
 test('missing tensor, misshapen tensor, unknown dtype, NaN in weights', async () => {
-  await rejects(variant((t) => delete t['blocks.1.mlp.fc2.bias']), /missing tensor blocks\.1\.mlp\.fc2\.bias/);
-  await rejects(
+  await rejectsLoad(variant((t) => delete t['blocks.1.mlp.fc2.bias']), /missing tensor blocks\.1\.mlp\.fc2\.bias/);
+  await rejectsLoad(
     variant((t) => (t['blocks.0.attn.qkv.weight'] = { dtype: 'F32', shape: [96, 16], data: new Float32Array(96 * 16) })),
     /blocks\.0\.attn\.qkv\.weight has shape \[96, 16\] but the config needs \[96, 32\]/,
   );
@@ -83,28 +72,28 @@ test('missing tensor, misshapen tensor, unknown dtype, NaN in weights', async ()
   const patched = json.replace('"norm.bias":{"dtype":"F32"', '"norm.bias":{"dtype":"I64"');
   assert.is.not(patched, json);
   const buf = Buffer.concat([odd.subarray(0, 8), Buffer.from(patched), odd.subarray(8 + json.length)]);
-  await rejects(buf, /norm\.bias has dtype I64/);
-  await rejects(variant((t) => (t['norm.weight'].data[3] = NaN)), /norm\.weight holds a non-finite value/);
+  await rejectsLoad(buf, /norm\.bias has dtype I64/);
+  await rejectsLoad(variant((t) => (t['norm.weight'].data[3] = NaN)), /norm\.weight holds a non-finite value/);
 });
 
 test('config that contradicts the weights, and bad config fields', async () => {
-  await rejects(variant((_, c) => (c.depth = 1)), /unexpected tensor blocks\.1\./);
-  await rejects(variant((_, c) => (c.depth = 3)), /missing tensor blocks\.2\./);
-  await rejects(variant((_, c) => (c.embed_dim = 48)), /shape/);
-  await rejects(variant((_, c) => (c.class_token = false)), /unexpected tensor cls_token|pos_embed/);
-  await rejects(variant((_, c) => (c.num_heads = 5)), /num_heads must be a divisor of embed_dim/);
-  await rejects(variant((_, c) => (c.img_size = [30, 48])), /img_size must be a multiple of patch_size/);
-  await rejects(variant((_, c) => (c.act = 'relu')), /act must be/);
-  await rejects(variant((_, c) => (c.class_names = ['a', 'b'])), /num_classes must be 2|decoder\.head/);
-  await rejects(variant((_, c) => (c.arch = 'timm.ResNet')), /arch .* is not supported/);
+  await rejectsLoad(variant((_, c) => (c.depth = 1)), /unexpected tensor blocks\.1\./);
+  await rejectsLoad(variant((_, c) => (c.depth = 3)), /missing tensor blocks\.2\./);
+  await rejectsLoad(variant((_, c) => (c.embed_dim = 48)), /shape/);
+  await rejectsLoad(variant((_, c) => (c.class_token = false)), /unexpected tensor cls_token|pos_embed/);
+  await rejectsLoad(variant((_, c) => (c.num_heads = 5)), /num_heads must be a divisor of embed_dim/);
+  await rejectsLoad(variant((_, c) => (c.img_size = [30, 48])), /img_size must be a multiple of patch_size/);
+  await rejectsLoad(variant((_, c) => (c.act = 'relu')), /act must be/);
+  await rejectsLoad(variant((_, c) => (c.class_names = ['a', 'b'])), /num_classes must be 2|decoder\.head/);
+  await rejectsLoad(variant((_, c) => (c.arch = 'timm.ResNet')), /arch .* is not supported/);
   const { tensors } = randomVit(spec);
   const noConfig = encodeSafetensors({ 'norm.weight': { dtype: 'F32', shape: [32], data: tensors['norm.weight'] } });
-  await rejects(noConfig, /needs its config/);
+  await rejectsLoad(noConfig, /needs its config/);
   const dir = path.join(tmp, 'bad-json');
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, 'config.json'), '{ nope');
   fs.writeFileSync(path.join(dir, 'model.safetensors'), randomVit(spec).buffer);
-  await rejects(dir, /config\.json is not valid JSON/);
+  await rejectsLoad(dir, /config\.json is not valid JSON/);
 });
 
 test('bad options are BadInputError', async () => {

@@ -6,6 +6,7 @@ import * as assert from 'uvu/assert';
 
 import { BadInputError, BadModelError, loadModel } from '../../lib/index';
 import { encodeSafetensors } from '../../lib/safetensors';
+import { rejectsWith } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
 
 const spec = { embedDim: 32, depth: 2, numHeads: 2, imgSize: [32, 32] as [number, number], classNames: ['a', 'b', 'c'], exitLayers: [1], seed: 8 };
@@ -21,30 +22,19 @@ function model(edit: (t: Record<string, Float32Array>, c: Record<string, unknown
   return encodeSafetensors(t, { config: JSON.stringify(config) });
 }
 
-async function rejects(p: Promise<unknown>, cls: Function, pattern: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.instance(err, cls, String(err));
-    assert.match((err as Error).message, pattern);
-    return;
-  }
-  assert.unreachable(`expected a rejection matching ${pattern}`);
-}
-
 test('a finite but huge bias (3e38) is a BadModelError at the first head that sees it, not label 0', async () => {
   const m = await loadModel(model((t) => t['blocks.0.mlp.fc2.bias'].fill(3e38)), { device: 'cpu' });
-  await rejects(m.segment(img), BadModelError, /logits of the exit head after block 1 are not finite .* weights/);
-  await rejects(m.segment(img, { prune: false }), BadModelError, /logits of the segmentation head are not finite/);
+  await rejectsWith(m.segment(img), BadModelError, /logits of the exit head after block 1 are not finite .* weights/);
+  await rejectsWith(m.segment(img, { prune: false }), BadModelError, /logits of the segmentation head are not finite/);
   m.dispose();
   const head = await loadModel(model((t) => t['decoder.head.weight'].fill(3e38)), { device: 'cpu' });
-  await rejects(head.segment(img, { prune: false, merge: false }), BadModelError, /segmentation head are not finite/);
+  await rejectsWith(head.segment(img, { prune: false, merge: false }), BadModelError, /segmentation head are not finite/);
   head.dispose();
 });
 
 test('a pixel_std of 0 is a BadModelError at load; one so small it overflows is one at segment()', async () => {
-  await rejects(loadModel(model((_, c) => (c.pixel_std = [0.2, 0, 0.2])), { device: 'cpu' }), BadModelError, /pixel_std must be an array of 3 positive numbers/);
-  await rejects(loadModel(model((_, c) => (c.pixel_std = [0.2, 1e-45, 0.2])), { device: 'cpu' }), BadModelError, /pixel_std/);
+  await rejectsWith(loadModel(model((_, c) => (c.pixel_std = [0.2, 0, 0.2])), { device: 'cpu' }), BadModelError, /pixel_std must be an array of 3 positive numbers/);
+  await rejectsWith(loadModel(model((_, c) => (c.pixel_std = [0.2, 1e-45, 0.2])), { device: 'cpu' }), BadModelError, /pixel_std/);
   // a tiny std gives huge normalised pixels: finite logits, or the typed error, never NaN logits
   const tiny = await loadModel(model((_, c) => (c.pixel_std = [1e-37, 1e-37, 1e-37])), { device: 'cpu' });
   try {
@@ -60,10 +50,10 @@ test('a pixel_std of 0 is a BadModelError at load; one so small it overflows is 
 test('forwardFeatures: an input of 3e38 is a BadInputError that says so; huge weights a BadModelError', async () => {
   const m = await loadModel(model(() => undefined), { device: 'cpu' });
   const pixels = new Float32Array(3 * 32 * 32).fill(3e38);
-  await rejects(m.forwardFeatures({ data: pixels, dims: [1, 3, 32, 32] }), BadInputError, /pixels\.data holds values as large as/);
+  await rejectsWith(m.forwardFeatures({ data: pixels, dims: [1, 3, 32, 32] }), BadInputError, /pixels\.data holds values as large as/);
   m.dispose();
   const features = await loadModel(model((t) => t['blocks.1.attn.proj.bias'].fill(3e38), { classNames: undefined as never, exitLayers: undefined as never }), { device: 'cpu' });
-  await rejects(features.forwardFeatures({ data: new Float32Array(3 * 32 * 32).fill(0.1), dims: [1, 3, 32, 32] }), BadModelError, /final-norm features are not finite/);
+  await rejectsWith(features.forwardFeatures({ data: new Float32Array(3 * 32 * 32).fill(0.1), dims: [1, 3, 32, 32] }), BadModelError, /final-norm features are not finite/);
   features.dispose();
 });
 

@@ -11,6 +11,7 @@ import * as assert from 'uvu/assert';
 
 import { BadModelError, loadModel } from '../../lib/index';
 import { parseJsonStrict } from '../../lib/json';
+import { rejectsLoad } from '../helpers/compare';
 import { randomVit } from '../helpers/random';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'step-seg-format-'));
@@ -32,74 +33,62 @@ function edited(edit: (h: Record<string, { dtype: string; shape: number[]; data_
   return JSON.stringify(h);
 }
 
-async function rejects(source: string | Buffer, pattern: RegExp): Promise<void> {
-  try {
-    await loadModel(source, { device: 'cpu' });
-  } catch (err) {
-    assert.instance(err, BadModelError, String(err));
-    assert.is((err as BadModelError).code, 'ERR_STEP_BAD_MODEL');
-    assert.match((err as Error).message, pattern);
-    return;
-  }
-  assert.unreachable(`loading should have failed with ${pattern}`);
-}
-
 test('the unmodified file loads (the rules hold for what encodeSafetensors writes)', async () => {
   (await loadModel(file(headerText), { device: 'cpu' })).dispose();
 });
 
 test('aliased and overlapping data_offsets are refused', async () => {
   // two names for the same bytes: norm.weight aliases norm.bias (both [32] F32)
-  await rejects(file(edited((h) => (h['norm.weight'].data_offsets = [...h['norm.bias'].data_offsets]))), /overlap|belong to no tensor/);
+  await rejectsLoad(file(edited((h) => (h['norm.weight'].data_offsets = [...h['norm.bias'].data_offsets]))), /overlap|belong to no tensor/);
   // a partial overlap: shift one tensor by 4 bytes into its neighbour
-  await rejects(
+  await rejectsLoad(
     file(edited((h) => (h['norm.bias'].data_offsets = h['norm.bias'].data_offsets.map((o) => o - 4)))),
     /overlap|belong to no tensor/,
   );
 });
 
 test('holes, trailing bytes and spans that do not match dtype and shape are refused', async () => {
-  await rejects(file(headerText, Buffer.concat([data, Buffer.alloc(16)])), /16 bytes that belong to no tensor/);
+  await rejectsLoad(file(headerText, Buffer.concat([data, Buffer.alloc(16)])), /16 bytes that belong to no tensor/);
   // a hole: the last tensor (by offset) moved 8 bytes on, the file 8 bytes longer
   const last = Object.entries(JSON.parse(headerText) as Record<string, { data_offsets?: number[] }>)
     .filter(([k]) => k !== '__metadata__')
     .sort((a, b) => b[1].data_offsets![0] - a[1].data_offsets![0])[0][0];
-  await rejects(file(edited((h) => (h[last].data_offsets = h[last].data_offsets.map((o) => o + 8))), Buffer.concat([data, Buffer.alloc(8)])), /belong to no tensor/);
-  await rejects(file(edited((h) => (h['norm.bias'].shape = [16]))), /norm\.bias has dtype F32 and shape \[16\] \(64 bytes\) but its data_offsets span 128 bytes/);
-  await rejects(file(edited((h) => (h['norm.bias'].data_offsets = [h['norm.bias'].data_offsets[0], 1e300]))), /malformed|truncated/);
+  await rejectsLoad(file(edited((h) => (h[last].data_offsets = h[last].data_offsets.map((o) => o + 8))), Buffer.concat([data, Buffer.alloc(8)])), /belong to no tensor/);
+  await rejectsLoad(file(edited((h) => (h['norm.bias'].shape = [16]))), /norm\.bias has dtype F32 and shape \[16\] \(64 bytes\) but its data_offsets span 128 bytes/);
+  await rejectsLoad(file(edited((h) => (h['norm.bias'].data_offsets = [h['norm.bias'].data_offsets[0], 1e300]))), /malformed|truncated/);
 });
 
 test('a duplicate key is a BadModelError, in the header, config.json and __metadata__.config', async () => {
   // the same tensor name twice (JSON.parse would keep the second)
   const dup = headerText.replace(/^\{/, `{"norm.bias":{"dtype":"F32","shape":[32],"data_offsets":[0,128]},`);
-  await rejects(file(dup), /the key "norm\.bias" twice/);
+  await rejectsLoad(file(dup), /the key "norm\.bias" twice/);
   const h = JSON.parse(headerText);
   const config = h.__metadata__.config as string;
   const dupConfig = config.replace(/^\{/, '{"depth":3,');
   h.__metadata__.config = dupConfig;
-  await rejects(file(JSON.stringify(h)), /__metadata__\.config has the key "depth" twice/);
+  await rejectsLoad(file(JSON.stringify(h)), /__metadata__\.config has the key "depth" twice/);
   const dir = path.join(tmp, 'dup-config');
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, 'model.safetensors'), vit.buffer);
   fs.writeFileSync(path.join(dir, 'config.json'), dupConfig);
-  await rejects(dir, /config\.json has the key "depth" twice/);
+  await rejectsLoad(dir, /config\.json has the key "depth" twice/);
 });
 
 test('deeply nested JSON in a header, config.json and __metadata__.config is a coded BadModelError', async () => {
   const deep = '['.repeat(200000) + ']'.repeat(200000);
-  await rejects(file(headerText.replace(/^\{/, `{"x":${deep},`)), /nests deeper than/);
+  await rejectsLoad(file(headerText.replace(/^\{/, `{"x":${deep},`)), /nests deeper than/);
   const h = JSON.parse(headerText);
   h.__metadata__.config = (h.__metadata__.config as string).replace(/^\{/, `{"deep":${deep},`);
-  await rejects(file(JSON.stringify(h)), /__metadata__\.config nests deeper than 64 levels/);
+  await rejectsLoad(file(JSON.stringify(h)), /__metadata__\.config nests deeper than 64 levels/);
   const dir = path.join(tmp, 'deep-config');
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, 'model.safetensors'), vit.buffer);
   fs.writeFileSync(path.join(dir, 'config.json'), h.__metadata__.config);
-  await rejects(dir, /config\.json nests deeper than 64 levels/);
+  await rejectsLoad(dir, /config\.json nests deeper than 64 levels/);
   // __metadata__ must be an object of strings (Object.entries of a string would read its characters)
   const notObject = JSON.parse(headerText);
   notObject.__metadata__ = 'not an object';
-  await rejects(file(JSON.stringify(notObject)), /__metadata__ is not an object of strings/);
+  await rejectsLoad(file(JSON.stringify(notObject)), /__metadata__ is not an object of strings/);
 });
 
 test('the strict reader agrees with JSON.parse on valid JSON and refuses what JSON.parse refuses', () => {

@@ -9,7 +9,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { BadInputError, BadModelError, DisposedError, OutOfMemoryError, loadModel, type Model } from '../../lib/index';
-import { repoRoot, sharedImages, fixturesDir, standIn } from '../helpers/compare';
+import { fixturesDir, rejectsWith, repoRoot, sharedImages, standIn } from '../helpers/compare';
 import { randomVit, rng } from '../helpers/random';
 import { skip } from '../helpers/skip';
 import { readHeaderFromBuffer } from '../../lib/safetensors';
@@ -17,17 +17,6 @@ import { toNativeConfig } from '../../lib/config';
 
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg');
 let model: Model;
-
-async function rejectsWith(p: Promise<unknown>, cls: Function, pattern: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.instance(err, cls);
-    assert.match((err as Error).message, pattern);
-    return;
-  }
-  assert.unreachable(`expected a rejection matching ${pattern}`);
-}
 
 test.before(async () => {
   model = await loadModel(standIn, { device: 'cpu' });
