@@ -51,6 +51,16 @@ void learned_scores(Backend& backend, const MergeImage& im, int patch, const Mer
 
 }  // namespace
 
+std::vector<int64_t> tokens_per_level(const TokenRect* rects, int64_t n, const int32_t* levels, int num_levels) {
+  std::vector<int64_t> per(size_t(num_levels) + 1, 0);
+  for (int64_t t = 0; t < n; ++t) {
+    int l = 0;
+    while (l < num_levels && levels[l] != rects[t].size) ++l;
+    ++per[size_t(l)];
+  }
+  return per;
+}
+
 MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s,
                      const MergePolicyNet* policy) {
   using clock = std::chrono::steady_clock;
@@ -89,15 +99,9 @@ MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, in
     backend.superpatch_select(sp);
     plan.select_ms += ms_since(t0);
 
-    std::vector<int64_t> per_size(num_levels + 1, 0);
-    for (int32_t t = 0; t < count; ++t) {
-      int l = 0;
-      while (l < num_levels && s.levels[l] != rects[t].size) ++l;
-      ++per_size[l];
-    }
     plan.rects.insert(plan.rects.end(), rects.begin(), rects.begin() + count);
     plan.token_of_patch.push_back(std::move(token_of_patch));
-    plan.tokens_per_size.push_back(std::move(per_size));
+    plan.tokens_per_size.push_back(tokens_per_level(rects.data(), count, s.levels.data(), num_levels));
   }
   return plan;
 }

@@ -45,6 +45,10 @@ struct MergePlan {
   double score_ms = 0, select_ms = 0, gflops = 0;
 };
 
+// Tokens of each level's size among n rects, then the 1 x 1 ones (MergePlan::tokens_per_size): a rect
+// of side levels[l] counts at l, any other side (1) at num_levels.
+std::vector<int64_t> tokens_per_level(const TokenRect* rects, int64_t n, const int32_t* levels, int num_levels);
+
 // Plans one batch. kNone gives the dense plan (one token per patch, row-major). kLearned needs `policy`.
 MergePlan plan_merge(Backend& backend, const std::vector<MergeImage>& images, int patch, const MergeSettings& s,
                      const MergePolicyNet* policy);

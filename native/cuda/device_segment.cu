@@ -221,13 +221,8 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   for (int b = 0; b < B; ++b) {
     const int64_t at = out.grid_offset[b], cells = int64_t(grids[b].first) * grids[b].second;
     res.plan.token_of_patch.emplace_back(token_of_patch.begin() + at, token_of_patch.begin() + at + cells);
-    std::vector<int64_t> per_size(size_t(num_levels) + 1, 0);
-    for (int64_t t = first; t < first + counts[b]; ++t) {
-      int l = 0;
-      while (l < num_levels && r.merge.levels[l] != res.plan.rects[size_t(t)].size) ++l;
-      ++per_size[size_t(l)];
-    }
-    res.plan.tokens_per_size.push_back(std::move(per_size));
+    res.plan.tokens_per_size.push_back(
+        tokens_per_level(res.plan.rects.data() + first, counts[b], r.merge.levels.data(), num_levels));
     first += counts[b];
   }
   const int64_t Tp = int64_t(res.plan.rects.size());
