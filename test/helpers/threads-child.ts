@@ -63,7 +63,11 @@ const spin = (ms: number) =>
   const models = await Promise.all(Array.from({ length: count }, () => loadModel(vit.buffer, { device: 'cpu' })));
   const images = models.map(() => [image(), image(), image()]);
   await Promise.all(models.map((m, i) => m.segment(images[i][0], { merge: false }))); // warm-up
+  const beforeSpin = threads();
   const capacityBefore = await spin(300);
+  // the spinning Workers' threads outlive their 'exit' event for a moment: wait until they are gone, so
+  // that only the engine's threads are counted below
+  for (const t0 = Date.now(); threads() > beforeSpin && Date.now() - t0 < 2000; ) await new Promise((r) => setTimeout(r, 5));
   let engineThreads = threads() - before;
   const timer = setInterval(() => (engineThreads = Math.max(engineThreads, threads() - before)), 3);
   const ratio = await cpuPerWall(() =>
