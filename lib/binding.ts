@@ -28,6 +28,8 @@ export interface NativeConfig {
   exitLayers: number[];
   policyLevels: number[];
   policyOutputs: number;
+  policyPool: number;
+  policyFeature: number;
 }
 
 export interface NativeTensorEntry {

@@ -15,8 +15,9 @@
  * Merging: `merge` (false, or { policy, levels, thresholds, color_tau, texture_tau, head_outputs }: see
  * MergeConfig). With policy "learned" the weights hold the policy: `policy.trunk.*` (timm
  * efficientnet_lite0 names, BatchNorm with running stats) and, for every window side S of `levels`,
- * `policy.heads.<S>.weight` [O, 320] and `policy.heads.<S>.bias` [O], O = head_outputs (1: sigmoid,
- * 2: softmax with class 1 = merge) over the stride-32 map average-pooled to the window grid.
+ * `policy.heads.<S>.weight` [O, C] and `policy.heads.<S>.bias` [O], O = head_outputs (1: sigmoid,
+ * 2: softmax with class 1 = merge) over feature map `policy_feature` (default 4, stride 32, C = 320) of
+ * the input average-pooled by `policy_pool` (default 1), pooled to the window grid.
  * Pruning: `prune` ({ exit_layers, threshold, keep_top_k }), with weights `exit_heads.<layer>.norm.*`
  * [C] and `exit_heads.<layer>.head.weight` [K, C] / `.bias` [K] for every exit layer.
  */
@@ -106,8 +107,12 @@ export interface ModelConfig {
   inputSize: number;
   /** Default merging for segment(); per-call options override it. */
   merge: MergeConfig | false;
-  /** The learned merge policy in the weights: window sides with heads, and outputs per head. */
-  policy: { levels: number[]; outputs: 1 | 2 } | false;
+  /**
+   * The learned merge policy in the weights: window sides with heads, outputs per head, the factor its
+   * input is average-pooled by (`merge.policy_pool`: 1, 2 or 4) and the trunk's feature map its heads read
+   * (`merge.policy_feature`: 0..4, stride 2 to 32 of the pooled input; the trunk stops there).
+   */
+  policy: { levels: number[]; outputs: 1 | 2; pool: 1 | 2 | 4; feature: number } | false;
   /** Exit heads in the weights and the default pruning (false: the model has no exit heads). */
   prune: PruneConfig | false;
   /** The config as read, for fields this version does not interpret. */
@@ -234,9 +239,15 @@ export function parseConfig(raw: unknown, where: string): ModelConfig {
     if (merge.policy === 'learned') {
       const outputs = m.head_outputs ?? 1;
       if (outputs !== 1 && outputs !== 2) fail(where, 'merge.head_outputs', '1 (sigmoid) or 2 (softmax)', outputs);
-      if (!merge.levels.every((side) => (side * patchSize) % 32 === 0))
-        fail(where, 'merge.levels', 'window sides that are multiples of 32 px (the policy map stride)', merge.levels);
-      policy = { levels: merge.levels, outputs: outputs as 1 | 2 };
+      const pool = m.policy_pool ?? 1;
+      if (pool !== 1 && pool !== 2 && pool !== 4) fail(where, 'merge.policy_pool', '1, 2 or 4', pool);
+      const feature = m.policy_feature ?? 4;
+      if (!Number.isInteger(feature) || (feature as number) < 0 || (feature as number) > 4)
+        fail(where, 'merge.policy_feature', 'an integer from 0 to 4 (the trunk feature map the heads read)', feature);
+      const cell = (pool as number) * 2 ** ((feature as number) + 1);
+      if (!merge.levels.every((side) => (side * patchSize) % cell === 0))
+        fail(where, 'merge.levels', `window sides that are multiples of ${cell} px (the policy map's cell)`, merge.levels);
+      policy = { levels: merge.levels, outputs: outputs as 1 | 2, pool: pool as 1 | 2 | 4, feature: feature as number };
     }
   }
 
@@ -339,6 +350,8 @@ export function toNativeConfig(c: ModelConfig): NativeConfig {
     exitLayers: c.prune ? c.prune.exitLayers : [],
     policyLevels: c.policy ? c.policy.levels : [],
     policyOutputs: c.policy ? c.policy.outputs : 1,
+    policyPool: c.policy ? c.policy.pool : 1,
+    policyFeature: c.policy ? c.policy.feature : 4,
   };
 }
 

@@ -74,8 +74,9 @@ def export_tensors(tensors, cfg, out, dtype="F16"):
 
 
 def load_checkpoints(paths):
-    """-> (tensors, config) merged over the inputs (later inputs win; the first config found is used)."""
-    tensors, cfg = {}, None
+    """-> (tensors, config, policy) merged over the inputs (later inputs win; the first config found is
+    used; policy: the __metadata__.policy of a train_policy.py file, or None)."""
+    tensors, cfg, policy = {}, None, None
     for p in paths:
         if p.endswith(".pt") or p.endswith(".pth"):
             ck = torch.load(p, map_location="cpu")
@@ -84,6 +85,8 @@ def load_checkpoints(paths):
         else:
             t, meta = read_safetensors(p)
             tensors.update(t)
+            if "policy" in meta:
+                policy = json.loads(meta["policy"])
             if cfg is None and "config" in meta:
                 cfg = json.loads(meta["config"])
             elif cfg is None and os.path.exists(os.path.join(os.path.dirname(p), "config.json")):
@@ -91,10 +94,10 @@ def load_checkpoints(paths):
                     cfg = json.load(f)
     if cfg is None:
         raise SystemExit("export: no config in the inputs (a .pt with 'config' or a safetensors __metadata__.config)")
-    return tensors, cfg
+    return tensors, cfg, policy
 
 
-def apply_overrides(cfg, a):
+def apply_overrides(cfg, a, policy=None):
     cfg = json.loads(json.dumps(cfg))
     for k in ("untrained",):
         cfg.pop(k, None)
@@ -110,7 +113,14 @@ def apply_overrides(cfg, a):
             if a.merge_policy == "similarity" and m.get("policy") == "learned":
                 raise SystemExit("export: switching a learned policy to similarity would leave policy.* weights unused; "
                                  "use --merge-policy off or keep learned")
+            was_learned = m.get("policy") == "learned"
             m["policy"] = a.merge_policy
+            if a.merge_policy == "learned" and policy:  # a train_policy.py file: its levels, shape, thresholds
+                m["levels"], m["head_outputs"] = policy["levels"], policy.get("outputs", 1)
+                m["policy_pool"], m["policy_feature"] = policy.get("pool", 1), policy.get("feature", 4)
+                # a similarity config's thresholds are colour-distance scores, not the heads' probabilities
+                keep = was_learned and len(m.get("thresholds", [])) == len(m["levels"])
+                m["thresholds"] = m["thresholds"] if keep else policy["thresholds"]
         if a.merge_thresholds:
             if len(a.merge_thresholds) != len(m["levels"]):
                 raise SystemExit(f"export: {len(m['levels'])} thresholds needed, one per level {m['levels']}")
@@ -142,8 +152,8 @@ def main():
     ap.add_argument("--note")
     ap.add_argument("--license", help="the weights' terms in one line (config \"license\"; `step-seg info` prints it)")
     a = ap.parse_args()
-    tensors, cfg = load_checkpoints(a.inputs)
-    cfg = apply_overrides(cfg, a)
+    tensors, cfg, policy = load_checkpoints(a.inputs)
+    cfg = apply_overrides(cfg, a, policy)
     path = export_tensors(tensors, cfg, a.out, "F16" if a.dtype == "f16" else "F32")
     print(f"wrote {a.out} ({os.path.getsize(path)} bytes of weights)")
 

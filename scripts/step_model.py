@@ -132,16 +132,19 @@ class InvertedResidual(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """timm efficientnet_lite0 with features_only: forward -> the stride-32 map (B, 320, ceil(H/32), ...),
-    or all five feature maps with all_features=True. Padding is symmetric (k - 1) / 2, as timm's non-tf_
-    models (PyTorch padding)."""
+    """timm efficientnet_lite0 with features_only: forward -> the last feature map (the stride-32 map
+    (B, 320, ceil(H/32), ...) of the full trunk), or all its feature maps with all_features=True. With
+    features < 5 the trunk is truncated: it holds and runs the stages up to feature map features - 1 (the
+    engine's EffNetConfig::features). Padding is symmetric (k - 1) / 2, as timm's non-tf_ models
+    (PyTorch padding)."""
 
-    def __init__(self):
+    def __init__(self, features=5):
         super().__init__()
         self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         stages, cin = [], 32
-        for s, (repeats, k, stride, cout, expand) in enumerate(EFFNET_STAGES):
+        last_stage = EFFNET_FEATURE_STAGES[features - 1]
+        for s, (repeats, k, stride, cout, expand) in enumerate(EFFNET_STAGES[:last_stage + 1]):
             blocks = []
             for r in range(repeats):
                 st = stride if r == 0 else 1
@@ -164,15 +167,23 @@ class EfficientNetLite0(nn.Module):
         return feats if all_features else x
 
 
-class MergePolicy(nn.Module):
-    """The learned scorer: trunk + one head per window side S over the stride-32 map average-pooled to
-    the window grid (S * P / 32 cells per window side)."""
+EFFNET_FEATURE_CHANNELS = (16, 24, 40, 112, 320)
 
-    def __init__(self, levels, outputs=1, patch=16):
+
+class MergePolicy(nn.Module):
+    """The learned scorer: the input average-pooled by `pool`, the trunk up to feature map `feature`
+    (stride 2^(feature+1), so a cell covers cell = pool * 2^(feature+1) image pixels: 32 for the full trunk
+    at full size), and one head per window side S over that map average-pooled to the window grid
+    (S * P / cell cells per window side)."""
+
+    def __init__(self, levels, outputs=1, patch=16, pool=1, feature=4):
         super().__init__()
         self.levels, self.outputs, self.patch = [int(s) for s in levels], int(outputs), patch
-        self.trunk = EfficientNetLite0()
-        self.heads = nn.ModuleDict({str(s): nn.Linear(320, outputs) for s in self.levels})
+        self.pool, self.feature = int(pool), int(feature)
+        self.cell = self.pool * 2 ** (self.feature + 1)
+        self.trunk = EfficientNetLite0(self.feature + 1)
+        C = EFFNET_FEATURE_CHANNELS[self.feature]
+        self.heads = nn.ModuleDict({str(s): nn.Linear(C, outputs) for s in self.levels})
         for h in self.heads.values():
             nn.init.normal_(h.weight, 0, 0.01)
             nn.init.zeros_(h.bias)
@@ -180,15 +191,17 @@ class MergePolicy(nn.Module):
     def forward(self, x, gh, gw):
         """x: (B, 3, H, W) normalised with mean = std = 127.5, zero-padded to (gh * P, gw * P).
         -> {S: (B, O, gh // S, gw // S) head logits}."""
-        top = self.trunk(x)  # (B, 320, ceil(H / 32), ceil(W / 32))
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
+        top = self.trunk(x)  # (B, C, ceil(H / cell), ceil(W / cell))
         out = {}
         for s in self.levels:
-            f, wh, ww = s * self.patch // 32, gh // s, gw // s
-            assert f * 32 == s * self.patch, "window sides must be multiples of 32 px"
+            f, wh, ww = s * self.patch // self.cell, gh // s, gw // s
+            assert f * self.cell == s * self.patch, f"window sides must be multiples of {self.cell} px"
             if wh == 0 or ww == 0:
                 out[s] = top.new_zeros(top.shape[0], self.outputs, wh, ww)
                 continue
-            pooled = F.avg_pool2d(top[:, :, :wh * f, :ww * f], f)  # (B, 320, wh, ww)
+            pooled = F.avg_pool2d(top[:, :, :wh * f, :ww * f], f)  # (B, C, wh, ww)
             out[s] = self.heads[str(s)](pooled.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return out
 
@@ -231,7 +244,9 @@ class StepSeg(VisionTransformer):
         self.exit_layers = [int(l) for l in prune.get("exit_layers", [])]
         self.exit_heads = nn.ModuleDict({str(l): ExitHead(C, K, eps) for l in self.exit_layers})
         levels = policy_levels(cfg)
-        self.policy = MergePolicy(levels, cfg["merge"].get("head_outputs", 1), self.P) if levels else None
+        m = cfg.get("merge") or {}
+        self.policy = (MergePolicy(levels, m.get("head_outputs", 1), self.P, m.get("policy_pool", 1), m.get("policy_feature", 4))
+                       if levels else None)
         self._init_weights()
 
     def _init_weights(self):

@@ -99,6 +99,9 @@ def main():
     ap.add_argument("--val-limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", type=int, default=1, choices=[1, 2, 4], help="average-pool the input by this first")
+    ap.add_argument("--feature", type=int, default=4, choices=range(5),
+                    help="the trunk's feature map the heads read (4: stride 32); the trunk stops there")
     a = ap.parse_args()
     assert len(a.thresholds) == len(a.levels), "one threshold per level"
     if a.threads:
@@ -107,7 +110,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     train = [(torch.from_numpy(i), torch.from_numpy(l)) for i, l, _ in load_split(a.data, "train")]
     val = load_split(a.data, "val", a.val_limit or None)
-    policy = MergePolicy(a.levels)
+    policy = MergePolicy(a.levels, pool=a.pool, feature=a.feature)
     opt = torch.optim.AdamW(policy.parameters(), lr=a.lr, weight_decay=a.wd)
     r = random.Random(a.seed)
     start, it, best, history, acc = time.time(), 0, -1.0, [], {}
@@ -127,7 +130,7 @@ def main():
             sd = {f"policy.{k}": v for k, v in policy.state_dict().items() if not k.endswith("num_batches_tracked")}
             tensors = {k: ("F32" if k.endswith(("running_mean", "running_var")) else "F16", v) for k, v in sd.items()}
             meta = {"policy": json.dumps({"levels": a.levels, "thresholds": a.thresholds, "outputs": 1,
-                                          "eval": res, "iter": it})}
+                                          "pool": a.pool, "feature": a.feature, "eval": res, "iter": it})}
             write_safetensors(os.path.join(a.out, "best-policy.safetensors"), tensors, meta)
         with open(os.path.join(a.out, "history.json"), "w") as f:
             json.dump(history, f, indent=1)

@@ -196,6 +196,8 @@ Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Array policy = to_array(c.Get("policyLevels"), "policyLevels");
   for (uint32_t i = 0; i < policy.Length(); ++i) cfg.policy_levels.push_back(to_int(policy.Get(i), "policyLevels[i]", 2, 64));
   cfg.policy_outputs = to_int(c.Get("policyOutputs"), "policyOutputs", 1, 2);
+  cfg.policy_pool = to_int(c.Get("policyPool"), "policyPool", 1, 4);
+  cfg.policy_feature = to_int(c.Get("policyFeature"), "policyFeature", 0, 4);
   }
 
   Napi::Array list = info[1].As<Napi::Array>();

@@ -22,11 +22,12 @@ double dense_gflops(const VitConfig& c, const std::vector<std::pair<int, int>>& 
   return total;
 }
 
-double effnet_gflops(int H, int W) {
+double effnet_gflops(int H, int W, int features) {
   using T = EffNetTrunk;
   int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
   double total = 2e-9 * double(ih) * iw * T::kStemChannels * 3 * 9;  // the 3 x 3 stem over RGB
-  for (const T::Block& b : T::blocks()) {
+  for (int i = 0; i < T::num_blocks(features); ++i) {
+    const T::Block& b = T::blocks()[size_t(i)];
     const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
     const int64_t in_px = int64_t(ih) * iw, out_px = int64_t(oh) * ow;
     const int dw_c = b.separable ? b.in : b.mid;

@@ -26,8 +26,8 @@ double block_gflops(const VitConfig& c, int64_t rows, int64_t sum_t2);
 double dense_gflops(const VitConfig& c, const std::vector<std::pair<int, int>>& grids);
 
 // The merge policy's EfficientNet-Lite0 trunk over one image of H x W pixels (convolutions and 1 x 1
-// GEMMs, BatchNorm folded).
-double effnet_gflops(int H, int W);
+// GEMMs, BatchNorm folded), up to its feature map features - 1 (EffNetConfig::features).
+double effnet_gflops(int H, int W, int features = 5);
 
 // ---- bytes ----------------------------------------------------------------------------------------
 // The sizes of one encoder forward over a batch (or one tile).

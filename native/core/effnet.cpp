@@ -78,9 +78,12 @@ struct ConvBn {
   std::vector<int64_t> shape;     // conv weight (out_c, in_c / groups, k, k)
 };
 
-std::vector<ConvBn> conv_bn_pairs() {
+// The convolutions of a trunk of `features` feature maps (EffNetConfig::features).
+std::vector<ConvBn> conv_bn_pairs(int features) {
   std::vector<ConvBn> pairs = {{"conv_stem", "bn1", {EffNetTrunk::kStemChannels, 3, 3, 3}}};
-  for (const BlockSpec& b : block_specs()) {
+  const std::vector<BlockSpec> all = block_specs();
+  for (int i = 0; i < EffNetTrunk::num_blocks(features); ++i) {
+    const BlockSpec& b = all[size_t(i)];
     const int64_t k = b.kernel;
     if (b.separable) {
       pairs.push_back({b.name + "conv_dw", b.name + "bn1", {b.in, 1, k, k}});
@@ -118,7 +121,9 @@ std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, con
 
 std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, const ByteSource& src,
                                                   const std::vector<TensorEntry>& entries, const EffNetConfig& cfg) {
-  const std::vector<ConvBn> pairs = conv_bn_pairs();
+  if (cfg.features < 1 || cfg.features > EffNetTrunk::kFeatures)
+    throw Error(ErrorCode::kBadModel, "a policy trunk computes 1 to 5 feature maps, not " + std::to_string(cfg.features));
+  const std::vector<ConvBn> pairs = conv_bn_pairs(cfg.features);
   std::map<std::string, std::vector<int64_t>> expected;  // name without prefix -> shape
   for (const ConvBn& p : pairs) {
     expected[p.conv + ".weight"] = p.shape;
@@ -133,6 +138,9 @@ std::map<std::string, Tensor> load_effnet_weights(const std::string& prefix, con
     if (!expected.count(name) && !ignorable(name))
       throw Error(ErrorCode::kBadModel, "unexpected tensor " + e.name + " " + shape_str(e.shape) +
                                             ": not part of the efficientnet_lite0 trunk" +
+                                            (cfg.features < EffNetTrunk::kFeatures
+                                                 ? " truncated after feature map " + std::to_string(cfg.features - 1)
+                                                 : std::string()) +
                                             (prefix.empty() ? std::string() : " under \"" + prefix + "\""));
   }
   std::map<std::string, Tensor> raw;
@@ -180,9 +188,17 @@ const std::vector<EffNetTrunk::Block>& EffNetTrunk::blocks() {
   return specs;
 }
 
+int EffNetTrunk::num_blocks(int features) {
+  const std::vector<Block>& all = blocks();
+  for (size_t i = 0; i < all.size(); ++i)
+    if (all[i].feature == features - 1) return int(i) + 1;
+  STEP_CHECK(false, "a trunk has 1 to 5 feature maps");
+  return 0;
+}
+
 EffNetTrunk::EffNetTrunk(EffNetConfig cfg, std::map<std::string, Tensor> folded)
     : cfg_(cfg), weights_(std::move(folded)) {
-  for (const ConvBn& p : conv_bn_pairs()) {
+  for (const ConvBn& p : conv_bn_pairs(cfg_.features)) {
     STEP_CHECK(w(p.conv + ".weight").dims() == p.shape, "folded weight " + p.conv + ".weight has the wrong shape");
     STEP_CHECK(w(p.conv + ".bias").dims() == std::vector<int64_t>{p.shape[0]},
                "folded bias " + p.conv + ".bias has the wrong shape");
@@ -205,7 +221,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
     throw Error(ErrorCode::kBadInput, "Expected at most 2^31 - 1 input pixels for the policy trunk but received " +
                                           std::to_string(B) + " images of " + std::to_string(H) + " x " +
                                           std::to_string(W));
-  if (gflops) *gflops += double(B) * effnet_gflops(H, W);  // cost.h
+  if (gflops) *gflops += double(B) * effnet_gflops(H, W, cfg_.features);  // cost.h
   // k x k convolution of (B, in_h, in_w, in_c) `in` into (B, out_h, out_w, out_c) `out`, BatchNorm folded, ReLU6.
   auto conv = [&](const float* in, int in_h, int in_w, int in_c, const std::string& name, int out_c, int kernel,
                   int stride, bool depthwise, Tensor& out) {
@@ -232,7 +248,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
   };
 
   std::vector<Tensor> features;
-  features.reserve(kFeatures);
+  features.reserve(size_t(cfg_.features));
   Tensor stem;  // (B, ceil(H / 2), ceil(W / 2), 32)
   conv(x, H, W, 3, "conv_stem", EffNetTrunk::kStemChannels, 3, 2, false, stem);
   int ih = int(stem.dim(1)), iw = int(stem.dim(2));  // the current map's height and width
@@ -240,7 +256,9 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
   const float* cur = own.data();  // (B, ih, iw, block.in): the next block's input, `own` or a feature map
   Tensor expanded, mid;           // per-block scratch, reused: (B, ih, iw, block.mid), (B, oh, ow, block.mid)
 
-  for (const BlockSpec& b : block_specs()) {
+  const std::vector<BlockSpec>& specs = blocks();
+  for (int i = 0; i < num_blocks(cfg_.features); ++i) {
+    const BlockSpec& b = specs[size_t(i)];
     const int oh = conv_out(ih, b.kernel, b.stride), ow = conv_out(iw, b.kernel, b.stride);
     const int64_t rows_in = int64_t(B) * ih * iw, rows_out = int64_t(B) * oh * ow;
     Tensor y({B, oh, ow, b.out});  // (B, oh, ow, out)
@@ -264,7 +282,7 @@ std::vector<Tensor> EffNetTrunk::forward(Backend& backend, const float* x, int B
       cur = own.data();
     }
   }
-  STEP_CHECK(int(features.size()) == kFeatures, "policy trunk produced the wrong number of feature maps");
+  STEP_CHECK(int(features.size()) == cfg_.features, "policy trunk produced the wrong number of feature maps");
   return features;
 }
 

@@ -19,6 +19,9 @@ namespace step {
 
 struct EffNetConfig {
   float bn_eps = 1e-5f;  // eps of every BatchNorm (timm's default)
+  // Feature maps the trunk computes, 1..5: a truncated trunk (the merge policy's, `policy_feature` + 1)
+  // stops after the block that produces map features - 1, and its weights hold only the blocks it runs.
+  int features = 5;
 };
 
 // Checks the trunk's tensors among `entries` (names prefix + timm name, shapes, dtypes F32 / F16 /
@@ -58,12 +61,14 @@ class EffNetTrunk {
   };
   static constexpr int kStemChannels = 32;
   static const std::vector<Block>& blocks();
+  // How many of blocks() run for a trunk of `features` feature maps (1..kFeatures).
+  static int num_blocks(int features);
   static int conv_out(int n, int kernel, int stride) { return (n + 2 * ((kernel - 1) / 2) - kernel) / stride + 1; }
   // A folded tensor by the names of load_effnet_weights ("blocks.1.0.conv_pw.weight", ...).
   const Tensor& weight(const std::string& name) const { return w(name); }
 
   // x: (B, H, W, 3) float32 NHWC, normalised as the trunk was trained; any H, W >= 1.
-  // Returns the kFeatures maps, feature i (B, h_i, w_i, kFeatureChannels[i]) float32 NHWC, where each
+  // Returns config().features maps (kFeatures unless truncated), feature i (B, h_i, w_i, kFeatureChannels[i]) float32 NHWC, where each
   // stride-2 convolution maps n to (n - 1) / 2 + 1 (so h_i = ceil(H / kFeatureStrides[i]) ).
   // Throws kBadInput when B, H or W is below 1.
   std::vector<Tensor> forward(Backend& backend, const float* x, int B, int H, int W, double* gflops = nullptr) const;

@@ -15,8 +15,9 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 namespace {
 
-// Learned scores of every level for one image: trunk on the padded image (normalised with mean = std =
-// 127.5, channels last), then per level: pool the stride-32 map to the window grid, head, sigmoid.
+// Learned scores of every level for one image: the padded image normalised with mean = std = 127.5,
+// channels last, average-pooled by net.pool, the trunk up to its feature map, then per level: pool the
+// map to the window grid, head, sigmoid.
 void learned_scores(Backend& backend, const MergeImage& im, int patch, const MergeSettings& s, const MergePolicyNet& net,
                     float* scores, double* gflops) {
   const int H = im.gh * patch, W = im.gw * patch;
@@ -26,12 +27,21 @@ void learned_scores(Backend& backend, const MergeImage& im, int patch, const Mer
   for (int c = 0; c < 3; ++c) n.mean[c] = 127.5f, n.std[c] = 127.5f;
   n.out_h = H, n.out_w = W, n.channels_last = true, n.out = x.data();
   backend.image_normalize(n);
-  std::vector<Tensor> maps = net.trunk.forward(backend, x.data(), 1, H, W, gflops);
-  const Tensor& top = maps.back();  // (1, ch, cw, 320) stride 32
+  STEP_CHECK(net.pool >= 1 && H % net.pool == 0 && W % net.pool == 0, "learned policy: pool must divide the patch");
+  if (net.pool > 1) {
+    Tensor small({H / net.pool, W / net.pool, 3});  // (H / pool, W / pool, 3)
+    AvgPoolParams ap;
+    ap.in_h = H, ap.in_w = W, ap.C = 3, ap.factor = net.pool, ap.out_h = H / net.pool, ap.out_w = W / net.pool;
+    ap.x = x.data(), ap.y = small.data();
+    backend.avg_pool(ap);
+    x = std::move(small);
+  }
+  std::vector<Tensor> maps = net.trunk.forward(backend, x.data(), 1, H / net.pool, W / net.pool, gflops);
+  const Tensor& top = maps.back();  // (1, ch, cw, C): one cell per net.cell() image pixels
   const int ch = int(top.dim(1)), cw = int(top.dim(2)), C = int(top.dim(3));
   for (size_t l = 0; l < s.levels.size(); ++l) {
-    const int S = s.levels[l], factor = S * patch / 32, wh = im.gh / S, ww = im.gw / S;
-    STEP_CHECK(factor >= 1 && factor * 32 == S * patch, "learned policy: window side must be a multiple of 32 px");
+    const int S = s.levels[l], factor = S * patch / net.cell(), wh = im.gh / S, ww = im.gw / S;
+    STEP_CHECK(factor >= 1 && factor * net.cell() == S * patch, "learned policy: window side must be a multiple of the map's cell");
     Tensor pooled({std::max(wh * ww, 1), C});  // (wh, ww, C)
     if (wh * ww > 0) {
       AvgPoolParams ap;

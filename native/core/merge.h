@@ -13,14 +13,20 @@ namespace step {
 
 enum class MergePolicy { kNone, kSimilarity, kLearned };
 
-// The learned scorer: an EfficientNet-Lite0 trunk and one head per level on its stride-32 map. For a
-// window side S (patches of P = 16 px, so S / 2 cells of 32 px), the map is average-pooled over
-// S/2 x S/2 cells to the window grid and the head gives one logit per window: score = sigmoid(logit).
-// (A two-output softmax head is stored as the difference of its rows: softmax(l)[1] = sigmoid(l1 - l0).)
+// The learned scorer: an EfficientNet-Lite0 trunk, possibly truncated, and one head per level on one
+// of its feature maps. The padded, normalised image is first average-pooled by `pool` (1, 2 or 4); the
+// trunk runs up to feature map `feature` (stride 2^(feature+1) of its input, so a cell covers
+// pool * 2^(feature+1) image pixels: 32 for the full trunk at full size, or feature 3 of a half-size
+// input). For a window side S the map is average-pooled over the S * P / cell cells of each window side
+// and the head gives one logit per window: score = sigmoid(logit). (A two-output softmax head is stored
+// as the difference of its rows: softmax(l)[1] = sigmoid(l1 - l0).)
 struct MergePolicyNet {
   EffNetTrunk trunk;
-  std::map<int, Tensor> head_w;  // per level side S: (1, 320)
+  int pool = 1;                  // input average-pooling factor
+  std::map<int, Tensor> head_w;  // per level side S: (1, C), C the map's channels
   std::map<int, Tensor> head_b;  // per level side S: (1)
+  int feature() const { return trunk.config().features - 1; }
+  int cell() const { return pool * EffNetTrunk::kFeatureStrides[feature()]; }  // image pixels per map cell
 };
 
 struct MergeSettings {

@@ -47,7 +47,7 @@ std::map<std::string, std::vector<int64_t>> expected_tensors(const VitConfig& c)
     t["decoder.head.bias"] = {c.num_classes};
   }
   for (int side : c.policy_levels) {
-    t["policy.heads." + std::to_string(side) + ".weight"] = {c.policy_outputs, 320};
+    t["policy.heads." + std::to_string(side) + ".weight"] = {c.policy_outputs, EffNetTrunk::kFeatureChannels[c.policy_feature]};
     t["policy.heads." + std::to_string(side) + ".bias"] = {c.policy_outputs};
   }
   for (int layer : c.exit_layers) {
@@ -108,15 +108,18 @@ std::unique_ptr<VitModel> load_vit_model(const VitConfig& cfg, const ByteSource&
   auto weights = load_weights(cfg, src, entries);
   std::unique_ptr<MergePolicyNet> policy;
   if (!cfg.policy_levels.empty()) {
-    EffNetTrunk trunk(EffNetConfig{}, load_effnet_weights("policy.trunk.", src, entries, EffNetConfig{}));
-    policy = std::make_unique<MergePolicyNet>(MergePolicyNet{std::move(trunk), {}, {}});
+    EffNetConfig ec;
+    ec.features = cfg.policy_feature + 1;
+    EffNetTrunk trunk(ec, load_effnet_weights("policy.trunk.", src, entries, ec));
+    policy = std::make_unique<MergePolicyNet>(MergePolicyNet{std::move(trunk), cfg.policy_pool, {}, {}});
+    const int C = EffNetTrunk::kFeatureChannels[cfg.policy_feature];
     for (int side : cfg.policy_levels) {
       const std::string name = "policy.heads." + std::to_string(side);
       Tensor w = std::move(weights.at(name + ".weight")), b = std::move(weights.at(name + ".bias"));
       weights.erase(name + ".weight"), weights.erase(name + ".bias");
-      Tensor hw({1, 320}), hb({1});
-      for (int k = 0; k < 320; ++k)  // softmax over 2: p(merge) = sigmoid(l1 - l0)
-        hw.data()[k] = cfg.policy_outputs == 2 ? w.data()[320 + k] - w.data()[k] : w.data()[k];
+      Tensor hw({1, C}), hb({1});
+      for (int k = 0; k < C; ++k)  // softmax over 2: p(merge) = sigmoid(l1 - l0)
+        hw.data()[k] = cfg.policy_outputs == 2 ? w.data()[C + k] - w.data()[k] : w.data()[k];
       hb.data()[0] = cfg.policy_outputs == 2 ? b.data()[1] - b.data()[0] : b.data()[0];
       policy->head_w.emplace(side, std::move(hw));
       policy->head_b.emplace(side, std::move(hb));

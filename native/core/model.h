@@ -30,6 +30,8 @@ struct VitConfig {
   std::vector<int> exit_layers;  // early-exit heads after these blocks (1-based count of blocks run)
   std::vector<int> policy_levels;  // window sides with learned merge-policy heads (empty: no policy)
   int policy_outputs = 0;          // 1: sigmoid heads; 2: two-way softmax heads (class 1 = merge)
+  int policy_pool = 0;             // the policy's input average-pooling factor (MergePolicyNet::pool)
+  int policy_feature = 0;          // the trunk's feature map the policy heads read (0..4; 4: stride 32)
   int prefix() const { return (class_token ? 1 : 0) + reg_tokens; }
 };
 

@@ -81,7 +81,8 @@ struct PolicyBlock {
 struct DevicePolicy {
   DeviceConv stem;
   std::vector<PolicyBlock> blocks;
-  std::map<int, Linear> heads;  // per window side: N = 1, K = 320
+  std::map<int, Linear> heads;  // per window side: N = 1, K = the feature map's channels
+  int pool = 1, feature = 4;    // MergePolicyNet::pool, MergePolicyNet::feature()
 };
 
 // Element counts of the trunk's buffers for one image of H x W pixels (its GFLOPs: cost.h).
@@ -99,7 +100,7 @@ struct CallShape {
   int64_t cells = 0, rgb_bytes = 0, out_pixels = 0;
   bool probs = false;
   TrunkSizes trunk;       // the largest image's, when the learned policy runs
-  int64_t pooled = 0;     // (windows of the largest level grid, 320) policy head input
+  int64_t pooled = 0;     // (windows of the largest level grid, C) policy head input
   std::string key() const {
     std::string k = std::to_string(B) + "x" + std::to_string(H) + "x" + std::to_string(W) + ":" +
                     std::to_string(tp_bound) + "," + std::to_string(a_bound) + "," + std::to_string(max_t) +
@@ -183,7 +184,7 @@ class CudaVitModel final : public DeviceModel {
     float* trunk_exp;      // expanded map
     float* trunk_mid;      // depthwise output
     uint16_t* trunk_bf16;  // a pointwise GEMM's input in bf16
-    float* pooled;         // (windows, 320)
+    float* pooled;         // (windows, C)
     uint16_t* pooled_bf16;
   };
   Buffers carve(const CallShape& s, char* base, size_t* bytes) const;

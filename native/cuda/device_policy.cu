@@ -49,7 +49,10 @@ Linear CudaVitModel::pointwise_weights(const EffNetTrunk& t, const std::string& 
 void CudaVitModel::upload_policy(const MergePolicyNet& net) {
   auto p = std::make_unique<DevicePolicy>();
   p->stem = conv_weights(net.trunk, "conv_stem");
-  for (const EffNetTrunk::Block& b : EffNetTrunk::blocks()) {
+  p->pool = net.pool, p->feature = net.feature();
+  const int n_blocks = EffNetTrunk::num_blocks(net.trunk.config().features);
+  for (int i = 0; i < n_blocks; ++i) {
+    const EffNetTrunk::Block& b = EffNetTrunk::blocks()[size_t(i)];
     PolicyBlock pb;
     pb.dw = conv_weights(net.trunk, b.name + "conv_dw");
     if (b.separable) {
@@ -82,6 +85,17 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
     n.out_h = H, n.out_w = W, n.channels_last = true, n.out = w.trunk_x;
     image_normalize(n, s);
   }
+  // The pooled input goes to trunk_mid, which the stem reads and the first block overwrites (its
+  // H / 2 x W / 2 x 32 floats hold the H / pool x W / pool x 3 of any pool >= 2).
+  const int pool = policy_->pool, C = T::kFeatureChannels[policy_->feature], cell = pool * T::kFeatureStrides[policy_->feature];
+  const float* x0 = w.trunk_x;
+  if (pool > 1) {
+    AvgPoolParams ap;
+    ap.in_h = H, ap.in_w = W, ap.C = 3, ap.factor = pool, ap.out_h = H / pool, ap.out_w = W / pool;
+    ap.x = w.trunk_x, ap.y = w.trunk_mid;
+    avg_pool(ap, s);
+    x0 = w.trunk_mid;
+  }
   auto conv_run = [&](const float* x, int ih, int iw, int in_c, const DeviceConv& cw, int out_c, int kernel, int stride,
                       bool depthwise, float* y) {
     ConvParams c;
@@ -100,11 +114,12 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
     x_.a_bf16 = w.trunk_bf16, x_.w_bf16 = l.w.as<uint16_t>();
     gemm(g, x_, s);
   };
-  int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
-  conv_run(w.trunk_x, H, W, 3, policy_->stem, T::kStemChannels, 3, 2, false, w.trunk_map[0]);
+  const int Hp = H / pool, Wp = W / pool;
+  int ih = T::conv_out(Hp, 3, 2), iw = T::conv_out(Wp, 3, 2);
+  conv_run(x0, Hp, Wp, 3, policy_->stem, T::kStemChannels, 3, 2, false, w.trunk_map[0]);
   int cur = 0;
   const auto& specs = T::blocks();
-  for (size_t i = 0; i < specs.size(); ++i) {
+  for (size_t i = 0; i < policy_->blocks.size(); ++i) {
     const T::Block& b = specs[i];
     const PolicyBlock& pb = policy_->blocks[i];
     const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
@@ -121,21 +136,21 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
     }
     cur = 1 - cur, ih = oh, iw = ow;
   }
-  const float* top = w.trunk_map[cur];  // (ih, iw, 320) stride 32
+  const float* top = w.trunk_map[cur];  // (ih, iw, C): one cell per `cell` image pixels
   for (int32_t S : levels) {
-    const int factor = S * P / 32, wh = gh / S, ww = gw / S;
+    const int factor = S * P / cell, wh = gh / S, ww = gw / S;
     auto head = policy_->heads.find(S);
     if (head == policy_->heads.end())
       throw Error(ErrorCode::kBadInput, "the learned policy has no head for windows of " + std::to_string(S) +
                                             " patches: use the levels of the model's merge config");
     if (wh * ww > 0) {
       AvgPoolParams ap;
-      ap.in_h = ih, ap.in_w = iw, ap.C = 320, ap.factor = factor, ap.out_h = wh, ap.out_w = ww;
+      ap.in_h = ih, ap.in_w = iw, ap.C = C, ap.factor = factor, ap.out_h = wh, ap.out_w = ww;
       ap.x = top, ap.y = w.pooled;
       avg_pool(ap, s);
-      convert_to_bf16(w.pooled, w.pooled_bf16, int64_t(wh) * ww * 320, s);
+      convert_to_bf16(w.pooled, w.pooled_bf16, int64_t(wh) * ww * C, s);
       GemmParams g;
-      g.M = wh * ww, g.N = 1, g.K = 320, g.lda = 320, g.ldc = 1, g.bias = head->second.b.as<float>();
+      g.M = wh * ww, g.N = 1, g.K = C, g.lda = C, g.ldc = 1, g.bias = head->second.b.as<float>();
       g.epilogue = Epilogue::kSigmoid, g.c = scores;
       GemmDeviceExtras x_;
       x_.a_bf16 = w.pooled_bf16, x_.w_bf16 = head->second.w.as<uint16_t>();

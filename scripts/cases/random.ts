@@ -144,13 +144,20 @@ export function randomVit(spec: VitSpec): {
   return { buffer: encodeSafetensors(out, { config: JSON.stringify(config) }), config, tensors, shapes };
 }
 
-/** Random timm efficientnet_lite0 trunk tensors (BatchNorm with running stats), names under `prefix`. */
-export function randomEffnet(prefix: string, seed = 1): Record<string, { shape: number[]; data: Float32Array }> {
+/**
+ * Random timm efficientnet_lite0 trunk tensors (BatchNorm with running stats), names under `prefix`;
+ * with `features` < 5, only the blocks up to feature map features - 1 (a truncated policy trunk: the
+ * same tensors as the full trunk's of the same seed, minus the later stages). Convolution weights are
+ * N(0, gain^2 / fan-in): at 1.5 the trunk amplifies small differences (a bf16 rounding grows to ~50% of
+ * the features' spread by the last stage); at 1.0 it damps them.
+ */
+export function randomEffnet(prefix: string, seed = 1, features = 5, gain = 1.5): Record<string, { shape: number[]; data: Float32Array }> {
+  const lastStage = [0, 1, 2, 4, 6][features - 1];
   const rand = rng(seed);
   const out: Record<string, { shape: number[]; data: Float32Array }> = {};
   const conv = (name: string, shape: number[]) => {
     const fanIn = shape[1] * shape[2] * shape[3];
-    out[prefix + name + '.weight'] = { shape, data: randn(shape.reduce((a, b) => a * b, 1), rand, 1.5 / Math.sqrt(fanIn)) };
+    out[prefix + name + '.weight'] = { shape, data: randn(shape.reduce((a, b) => a * b, 1), rand, gain / Math.sqrt(fanIn)) };
   };
   const bn = (name: string, c: number) => {
     out[prefix + name + '.weight'] = { shape: [c], data: randn(c, rand, 0.1).map((v) => 1 + v) };
@@ -168,6 +175,7 @@ export function randomEffnet(prefix: string, seed = 1): Record<string, { shape: 
   // (repeats, kernel, out) of timm's efficientnet_lite0 inverted-residual stages, expansion 6
   const stages: [number, number, number][] = [[2, 3, 24], [2, 5, 40], [3, 3, 80], [3, 5, 112], [4, 5, 192], [1, 3, 320]];
   stages.forEach(([repeats, k, c], s) => {
+    if (s + 1 > lastStage) return;
     for (let r = 0; r < repeats; r++) {
       const b = `blocks.${s + 1}.${r}.`, mid = inC * 6;
       conv(b + 'conv_pw', [mid, inC, 1, 1]);
@@ -191,7 +199,7 @@ export function withPolicy(
   vit: ReturnType<typeof randomVit>,
   trunk: Record<string, { shape: number[]; data: Float32Array }>,
   heads: Record<string, { shape: number[]; data: Float32Array }>,
-  merge: { levels: number[]; thresholds: number[] },
+  merge: { levels: number[]; thresholds: number[]; policy_pool?: number; policy_feature?: number },
   outputs: 1 | 2 = 1,
 ): Buffer {
   const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};

@@ -61,7 +61,7 @@ test('the exported model loads with its merge and prune defaults', () => {
   assert.is(model.config.numClasses, 11);
   assert.equal(model.config.prune && model.config.prune.exitLayers, [1, 2]);
   assert.is(model.config.merge && model.config.merge.policy, 'similarity');
-  assert.equal(learned.config.policy, { levels: [4, 2], outputs: 1 });
+  assert.equal(learned.config.policy, { levels: [4, 2], outputs: 1, pool: 1, feature: 4 });
   // the default cases leave unshare and agree out: these are what they test
   for (const m of [model, learned]) {
     assert.is(m.config.merge && m.config.merge.unshare, 'blend');

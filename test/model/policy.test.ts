@@ -10,7 +10,7 @@ import * as assert from 'uvu/assert';
 import { BadInputError, loadModel } from '../../lib/index';
 import { loadBinding } from '../../lib/binding';
 import { encodeSafetensors } from '../../lib/safetensors';
-import { readSafetensors, relL2, sharedDir, standIn } from '../helpers/compare';
+import { readSafetensors, rejectsLoad, relL2, sharedDir, standIn } from '../helpers/compare';
 import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
 import { skip } from '../helpers/skip';
 
@@ -37,78 +37,117 @@ test('efficientnet_lite0 trunk: every stage matches timm to 1e-4 (effnet-a)', as
   model.dispose();
 });
 
-// A ViT with a learned policy: random trunk and heads for window sides 4 and 2 (sigmoid heads).
+// A ViT with a learned policy: random trunk and heads for window sides 4 and 2 (sigmoid heads), the
+// full trunk's stride-32 map, or (pool 2, feature 3) the stride-16 map of the half-size input, the
+// trunk truncated there (its weights hold only the blocks it runs).
 const C = 32, classes = ['a', 'b', 'c'];
 const vit = randomVit({ embedDim: C, depth: 2, numHeads: 2, imgSize: [64, 64], classNames: classes, inputSize: 128, seed: 9 });
 const trunk = randomEffnet('policy.trunk.', 4);
-const rand = rng(33);
-const heads: Record<string, { shape: number[]; data: Float32Array }> = {};
-for (const side of [4, 2]) {
-  heads[`policy.heads.${side}.weight`] = { shape: [1, 320], data: randn(320, rand, 0.01) };
-  heads[`policy.heads.${side}.bias`] = { shape: [1], data: Float32Array.of(0.3) };
-}
-function policyModel(outputs: 1 | 2) {
-  return withPolicy(vit, trunk, heads, { levels: [4, 2], thresholds: [0.47, 0.45] }, outputs);
-}
-
-test('learned policy: the superpatches are those the trunk, pooling and heads select', async () => {
-  const model = await loadModel(policyModel(1), { device: 'cpu' });
-  assert.ok(model.config.policy);
-  const w = 128, h = 96;
-  const img = { data: new Uint8Array(w * h * 3), width: w, height: h, channels: 3 as const };
-  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) img.data.set(x < 64 ? [200, 180, 160] : [(x * 7 + y * 13) % 256, (x * y) % 256, 90], 3 * (y * w + x));
-  const r = await model.segment(img, { size: 128 });
-
-  // the same trunk as a bare model: stage 4 of the image normalised with mean = std = 127.5
-  const bare: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-  for (const [name, t] of Object.entries(trunk)) bare[name.replace('policy.trunk.', '')] = { dtype: 'F32', ...t };
-  const trunkModel = await loadModel(encodeSafetensors(bare, { config: JSON.stringify({ arch: 'timm.efficientnet_lite0' }) }), { device: 'cpu' });
-  const pixels = new Float32Array(3 * h * w);
-  for (let c = 0; c < 3; c++) for (let i = 0; i < h * w; i++) pixels[c * h * w + i] = (img.data[3 * i + c] - 127.5) / 127.5;
-  const feats = await trunkModel.forwardFeatures({ data: pixels, dims: [1, 3, h, w] });
-  const [, Cm, ch, cw] = feats.dims;
-  const map = feats.data as Float32Array; // (320, ch, cw)
-  const gh = h / 16, gw = w / 16;
-  const scores: number[] = [];
+const kChannels = [16, 24, 40, 112, 320];
+function policyHeads(feature: number) {
+  const rand = rng(33);
+  const heads: Record<string, { shape: number[]; data: Float32Array }> = {};
   for (const side of [4, 2]) {
-    const f = side / 2, wh = Math.floor(gh / side), ww = Math.floor(gw / side);
-    const hw = heads[`policy.heads.${side}.weight`].data, hb = heads[`policy.heads.${side}.bias`].data[0];
-    for (let i = 0; i < wh; i++)
-      for (let j = 0; j < ww; j++) {
-        let logit = hb;
-        for (let c = 0; c < Cm; c++) {
-          let sum = 0;
-          for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) sum += map[(c * ch + i * f + dy) * cw + j * f + dx];
-          logit += (hw[c] * sum) / (f * f);
-        }
-        scores.push(1 / (1 + Math.exp(-logit)));
-      }
+    heads[`policy.heads.${side}.weight`] = { shape: [1, kChannels[feature]], data: randn(kChannels[feature], rand, feature === 4 ? 0.01 : 0.03) };
+    heads[`policy.heads.${side}.bias`] = { shape: [1], data: Float32Array.of(0.3) };
   }
-  const rects = new Int32Array(gh * gw * 4), count = new Int32Array(1), tokenOfPatch = new Int32Array(gh * gw);
-  loadBinding().binding.ops.superpatchSelect({
-    image: 0, gh, gw, levels: Int32Array.of(4, 2), thresholds: Float32Array.of(0.47, 0.45), scores: Float32Array.from(scores), rects, count, tokenOfPatch,
-  });
-  // thresholds sit away from the scores, so float rounding cannot flip a decision
-  for (const s of scores) assert.ok(Math.abs(s - 0.47) > 1e-4 && Math.abs(s - 0.45) > 1e-4);
-  assert.equal(r.tokenMap.index, tokenOfPatch);
-  assert.is(r.stats.tokens.input, count[0] + 1);
-  assert.ok(count[0] < gh * gw && count[0] > 0, `some windows merge, not all: ${scores.map((s) => s.toFixed(3))}`);
-  assert.ok(r.stats.gflopsPolicy > 0 && r.stats.gflops > r.stats.gflopsPolicy);
+  return heads;
+}
+const truncated = (feature: number) => randomEffnet('policy.trunk.', 4, feature + 1);
+function policyModel(outputs: 1 | 2, pool = 1, feature = 4, thresholds = [0.47, 0.45]) {
+  const extra = pool === 1 && feature === 4 ? {} : { policy_pool: pool, policy_feature: feature };
+  return withPolicy(vit, truncated(feature), policyHeads(feature), { levels: [4, 2], thresholds, ...extra }, outputs);
+}
 
-  // a two-output softmax head whose logit difference is the same gives the same superpatches
-  const soft = await loadModel(policyModel(2), { device: 'cpu' });
-  assert.equal((await soft.segment(img, { size: 128 })).tokenMap.index, r.tokenMap.index);
-  // per call: similarity still available; learned levels must have heads
-  const sim = await model.segment(img, { size: 128, merge: { policy: 'similarity' } });
-  assert.ok(sim.stats.tokens.input > 0);
-  try {
-    await model.segment(img, { merge: { policy: 'learned', levels: [8, 4], thresholds: [0.5, 0.5] } });
-    assert.unreachable();
-  } catch (err) {
-    assert.instance(err, BadInputError);
-    assert.match((err as Error).message, /levels among the policy's heads \[4, 2\]/);
-  }
-  for (const m of [model, soft, trunkModel]) m.dispose();
+for (const [pool, feature] of [[1, 4], [2, 3]] as const) {
+  test(`learned policy (pool ${pool}, feature ${feature}): the superpatches are those the trunk, pooling and heads select`, async () => {
+    const thresholds = [0.47, 0.45];
+    const model = await loadModel(policyModel(1, pool, feature, thresholds), { device: 'cpu' });
+    assert.ok(model.config.policy);
+    const w = 128, h = 96;
+    const img = { data: new Uint8Array(w * h * 3), width: w, height: h, channels: 3 as const };
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) img.data.set(x < 64 ? [200, 180, 160] : [(x * 7 + y * 13) % 256, (x * y) % 256, 90], 3 * (y * w + x));
+    const r = await model.segment(img, { size: 128 });
+
+    // the same trunk as a bare model: feature map `feature` of the image normalised with mean = std =
+    // 127.5 and average-pooled by `pool`
+    const bare: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (const [name, t] of Object.entries(trunk)) bare[name.replace('policy.trunk.', '')] = { dtype: 'F32', ...t };
+    const trunkModel = await loadModel(encodeSafetensors(bare, { config: JSON.stringify({ arch: 'timm.efficientnet_lite0' }) }), { device: 'cpu' });
+    const ph = h / pool, pw = w / pool;
+    const pixels = new Float32Array(3 * ph * pw);
+    for (let c = 0; c < 3; c++)
+      for (let y = 0; y < ph; y++)
+        for (let x = 0; x < pw; x++) {
+          let sum = 0;
+          for (let dy = 0; dy < pool; dy++) for (let dx = 0; dx < pool; dx++) sum += (img.data[3 * ((y * pool + dy) * w + x * pool + dx) + c] - 127.5) / 127.5;
+          pixels[(c * ph + y) * pw + x] = sum / (pool * pool);
+        }
+    const feats = await trunkModel.forwardFeatures({ data: pixels, dims: [1, 3, ph, pw] });
+    const stage = feats.stages![feature];
+    const [, Cm, ch, cw] = stage.dims;
+    assert.is(Cm, kChannels[feature]);
+    const map = stage.data as Float32Array; // (Cm, ch, cw)
+    const gh = h / 16, gw = w / 16, cell = pool * 2 ** (feature + 1);
+    const heads = policyHeads(feature);
+    const scores: number[] = [];
+    for (const side of [4, 2]) {
+      const f = (side * 16) / cell, wh = Math.floor(gh / side), ww = Math.floor(gw / side);
+      const hw = heads[`policy.heads.${side}.weight`].data, hb = heads[`policy.heads.${side}.bias`].data[0];
+      for (let i = 0; i < wh; i++)
+        for (let j = 0; j < ww; j++) {
+          let logit = hb;
+          for (let c = 0; c < Cm; c++) {
+            let sum = 0;
+            for (let dy = 0; dy < f; dy++) for (let dx = 0; dx < f; dx++) sum += map[(c * ch + i * f + dy) * cw + j * f + dx];
+            logit += (hw[c] * sum) / (f * f);
+          }
+          scores.push(1 / (1 + Math.exp(-logit)));
+        }
+    }
+    const rects = new Int32Array(gh * gw * 4), count = new Int32Array(1), tokenOfPatch = new Int32Array(gh * gw);
+    loadBinding().binding.ops.superpatchSelect({
+      image: 0, gh, gw, levels: Int32Array.of(4, 2), thresholds: Float32Array.from(thresholds), scores: Float32Array.from(scores), rects, count, tokenOfPatch,
+    });
+    // thresholds sit away from the scores, so float rounding cannot flip a decision
+    for (const s of scores) assert.ok(Math.abs(s - thresholds[0]) > 1e-4 && Math.abs(s - thresholds[1]) > 1e-4);
+    assert.equal(r.tokenMap.index, tokenOfPatch);
+    assert.is(r.stats.tokens.input, count[0] + 1);
+    assert.ok(count[0] < gh * gw && count[0] > 0, `some windows merge, not all: ${scores.map((s) => s.toFixed(3))}`);
+    assert.ok(r.stats.gflopsPolicy > 0 && r.stats.gflops > r.stats.gflopsPolicy);
+
+    // a two-output softmax head whose logit difference is the same gives the same superpatches
+    const soft = await loadModel(policyModel(2, pool, feature, thresholds), { device: 'cpu' });
+    assert.equal((await soft.segment(img, { size: 128 })).tokenMap.index, r.tokenMap.index);
+    // per call: similarity still available; learned levels must have heads
+    const sim = await model.segment(img, { size: 128, merge: { policy: 'similarity' } });
+    assert.ok(sim.stats.tokens.input > 0);
+    try {
+      await model.segment(img, { merge: { policy: 'learned', levels: [8, 4], thresholds: [0.5, 0.5] } });
+      assert.unreachable();
+    } catch (err) {
+      assert.instance(err, BadInputError);
+      assert.match((err as Error).message, /levels among the policy's heads \[4, 2\]/);
+    }
+    for (const m of [model, soft, trunkModel]) m.dispose();
+  });
+}
+
+test('a truncated policy: GFLOPs shrink, and its config and weights must agree', async () => {
+  const full = await loadModel(policyModel(1), { device: 'cpu' });
+  const cheap = await loadModel(policyModel(1, 2, 3), { device: 'cpu' });
+  const img = { data: new Uint8Array(128 * 96 * 3).map((_, i) => (i * 37) % 256), width: 128, height: 96, channels: 3 as const };
+  const a = await full.segment(img, { size: 128 }), b = await cheap.segment(img, { size: 128 });
+  assert.ok(b.stats.gflopsPolicy > 0 && b.stats.gflopsPolicy < a.stats.gflopsPolicy / 4, `${b.stats.gflopsPolicy} vs ${a.stats.gflopsPolicy}`);
+  full.dispose(), cheap.dispose();
+  // the full trunk's blocks under a truncated config: unexpected tensors, named
+  const extra = withPolicy(vit, trunk, policyHeads(3), { levels: [4, 2], thresholds: [0.5, 0.5], policy_pool: 2, policy_feature: 3 });
+  await rejectsLoad(extra, /unexpected tensor policy\.trunk\.blocks\.5\.0\.conv_pw\.weight .*truncated after feature map 3/);
+  // cells that do not tile the windows: pool 4 with feature 3 is 64 px, windows of 2 patches are 32
+  const coarse = withPolicy(vit, truncated(3), policyHeads(3), { levels: [4, 2], thresholds: [0.5, 0.5], policy_pool: 4, policy_feature: 3 });
+  await rejectsLoad(coarse, /merge\.levels.*multiples of 64 px/);
+  const badPool = withPolicy(vit, truncated(3), policyHeads(3), { levels: [4, 2], thresholds: [0.5, 0.5], policy_pool: 3, policy_feature: 3 });
+  await rejectsLoad(badPool, /merge\.policy_pool.*1, 2 or 4/);
 });
 
 test('a model without a policy refuses the learned scorer', async () => {
