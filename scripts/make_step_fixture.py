@@ -18,7 +18,9 @@ Cases: dense (no merging, no pruning), merge (similarity), prune (exits only), s
 learned (the learned policy + exits), all unsharing by copy and halting without agreement (unshare
 'copy', agree false: the engine before issue 17); then the engine's defaults, unshare 'blend' and
 agree true (their options leave those out): merge_blend, prune_agree, step_blend_agree,
-learned_blend_agree. The copy cases come first and choose the thresholds as they always did, so their
+learned_blend_agree, and learned_cheap (the learned policy on the input pooled by 2, its trunk
+truncated after feature map 3, 112-channel heads, stored as cheap.policy.heads.<S>.*; its own
+thresholds, chosen last so that the other cases keep theirs). The copy cases come first and choose the thresholds as they always did, so their
 outputs stay what they were; the default cases take the same thresholds where those keep their margins.
 The learned policy's EfficientNet-Lite0 trunk is not stored (3.4M
 parameters would be 7 MB even as float16): it is scripts/cases/random.ts randomEffnet('policy.trunk.', 4),
@@ -85,8 +87,8 @@ def randn(n, rng, std):
     return (((s - 2.0) * np.sqrt(3.0)) * std).astype(np.float32)
 
 
-def random_effnet(prefix, seed):
-    """randomEffnet(prefix, seed): {name: float32 array}."""
+def random_effnet(prefix, seed, features=5):
+    """randomEffnet(prefix, seed, features): {name: float32 array}."""
     rng, out = Rng(seed), {}
 
     def conv(name, shape):
@@ -107,7 +109,10 @@ def random_effnet(prefix, seed):
     conv("blocks.0.0.conv_pw", [16, 32, 1, 1])
     bn("blocks.0.0.bn2", 16)
     in_c = 16
+    last_stage = [0, 1, 2, 4, 6][features - 1]
     for s, (repeats, k, c) in enumerate([(2, 3, 24), (2, 5, 40), (3, 3, 80), (3, 5, 112), (4, 5, 192), (1, 3, 320)]):
+        if s + 1 > last_stage:
+            break
         for r in range(repeats):
             b, mid = f"blocks.{s + 1}.{r}.", in_c * 6
             conv(b + "conv_pw", [mid, in_c, 1, 1])
@@ -211,6 +216,27 @@ def main():
         heads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
     learned.load_engine_weights(heads, strict=False)
 
+    # The cheap learned policy: the input average-pooled by 2, the trunk truncated after feature map 3
+    # (stride 16, 112 channels; randomEffnet's first 4 feature maps), heads on that map. Drawn after
+    # everything above, so the other cases keep their weights.
+    ccfg = json.loads(json.dumps(lcfg))
+    ccfg["merge"].update(policy_pool=2, policy_feature=3)
+    cheap = StepSeg(ccfg).double().eval()
+    ctrunk = {k: torch.from_numpy(v.astype(np.float64)) for k, v in random_effnet("policy.trunk.", TRUNK_SEED, 4).items()}
+    cheads = {}
+    for s in (4, 2):
+        cheads[f"policy.heads.{s}.weight"] = (0.05 * torch.randn(1, 112, generator=gen, dtype=torch.float64)).float().double()
+        cheads[f"policy.heads.{s}.bias"] = torch.zeros(1, dtype=torch.float64)
+    cheap.load_engine_weights({**model.engine_state_dict(), **ctrunk, **cheads})
+    cheap.eval()
+    scores = [cheap.infer(im, {"policy": "learned", "levels": [4, 2], "thresholds": [2, 2]}, None,
+                          return_scores=True)["scores"] for im in images]
+    for li, s in enumerate((4, 2)):
+        p = np.concatenate([sc[li].ravel() for sc in scores])
+        logit = np.log(p / (1 - p))
+        cheads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
+    cheap.load_engine_weights(cheads, strict=False)
+
     def case_table(sim_thr, learned_thr, prune_thr, defaults):
         """The copy / no-agreement cases (unshare and agree given), or the engine's defaults (left out:
         StepSeg.infer's defaults are the engine's, blend and agree)."""
@@ -263,6 +289,26 @@ def main():
         raise SystemExit("no thresholds with safe margins for the default cases")
     cases.update(found[0])
     results.update(found[1])
+    # The cheap policy with the engine's defaults: its own thresholds, the prune threshold of the rest.
+    prune_thr = cases["step"][2]["threshold"]
+    found = None
+    for learned_thr in ([0.52, 0.48], [0.55, 0.5], [0.5, 0.45], [0.53, 0.47], [0.51, 0.49]):
+        merge_cheap = {"policy": "learned", "levels": [4, 2], "thresholds": learned_thr}
+        prune = {"exit_layers": [1, 2], "threshold": prune_thr, "keep_top_k": keep_top_k}
+        rs = {}
+        for i, im in enumerate(images):
+            r = cheap.infer(im, merge_cheap, prune, return_scores=True)
+            if not check_scores(r["scores"], learned_thr) or not check_halting(r["confidences"], prune_thr, keep_top_k, True):
+                print("retry (cheap):", learned_thr)
+                break
+            rs[(i, "learned_cheap")] = r
+        else:
+            found = rs
+            break
+    if not found:
+        raise SystemExit("no thresholds with safe margins for the cheap policy")
+    cases["learned_cheap"] = (cheap, merge_cheap, prune)
+    results.update(found)
 
     # Something must happen in every case, or the parity test checks nothing.
     for (i, name), r in results.items():
@@ -270,10 +316,10 @@ def main():
         halted = {l: int((r["exit_layer"] == l).sum()) for l in (1, 2)}
         print(f"image {i} {images[i].shape[:2]} {name:19s} tokens {len(r['rects']):3d}  merged patches {merged:3d}  "
               f"halted at 1: {halted[1]:3d} at 2: {halted[2]:3d}  blocked {int((r['blocked'] > 0).sum()):3d}")
-    for name in ("merge", "step", "learned", "merge_blend", "step_blend_agree", "learned_blend_agree"):
+    for name in ("merge", "step", "learned", "merge_blend", "step_blend_agree", "learned_blend_agree", "learned_cheap"):
         assert any((results[(i, name)]["size"] > 1).any() for i in range(len(images))), f"{name}: nothing merged"
         assert any((results[(i, name)]["size"] == 1).any() for i in range(len(images))), f"{name}: everything merged"
-    for name in ("prune", "step", "learned", "prune_agree", "step_blend_agree", "learned_blend_agree"):
+    for name in ("prune", "step", "learned", "prune_agree", "step_blend_agree", "learned_blend_agree", "learned_cheap"):
         for l in (1, 2):
             assert any((results[(i, name)]["exit_layer"] == l).any() for i in range(len(images))), f"{name}: none halt at {l}"
         assert any((results[(i, name)]["exit_layer"] == 4).any() for i in range(len(images))), f"{name}: all halt"
@@ -313,6 +359,8 @@ def main():
             ref[f"{i}.{name}.{key}"] = ("F32", torch.from_numpy(r[key].astype(np.float32)))
     for k, v in heads.items():
         ref[k] = ("F32", v)
+    for k, v in cheads.items():
+        ref["cheap." + k] = ("F32", v)
 
     def js_merge(m):
         if not m:
@@ -336,6 +384,7 @@ def main():
         "cases": json.dumps({n: {"merge": js_merge(mg), "prune": js_prune(pr)} for n, (_, mg, pr) in cases.items()}),
         "images": str(len(images)),
         "trunk": json.dumps({"helper": "randomEffnet", "prefix": "policy.trunk.", "seed": TRUNK_SEED}),
+        "cheap": json.dumps({"features": 4, "policy_pool": 2, "policy_feature": 3, "heads": "cheap.policy.heads.*"}),
         "note": "StepSeg.infer (scripts/step_model.py) in float64 from the float16 weights, stored as float32",
     }
     write_safetensors(os.path.join(a.out, "reference.safetensors"), ref, meta)

@@ -1,7 +1,7 @@
 // The engine against PyTorch on a model that export.py wrote: StepSeg.infer (scripts/step_model.py,
 // float64) is the reference for segment() with merging and pruning off and on, the learned policy
 // included, both with the engine's defaults (unshare 'blend', prune.agree: merge_blend, prune_agree,
-// step_blend_agree, learned_blend_agree, whose options leave those out) and the old way (unshare
+// step_blend_agree, learned_blend_agree and learned_cheap, whose options leave those out) and the old way (unshare
 // 'copy', agree false: dense, merge, prune, step, learned). Fixture: test/fixtures/step-small (scripts/make_step_fixture.py). Its learned-policy case
 // uses the trunk of randomEffnet('policy.trunk.', 4), which the fixture script reproduces bit for bit,
 // so the 3M-parameter trunk need not be stored.
@@ -27,8 +27,11 @@ const images = Array.from({ length: Number(meta.images) }, (_, i) => {
   return { data: t.data as Uint8Array, width, height, channels: 3 as const };
 });
 
-// The fixture's weights as stored (float16), plus the policy trunk and heads, as one in-memory model.
-function learnedModelBuffer(): Buffer {
+// The fixture's weights as stored (float16), plus the policy trunk and heads, as one in-memory model:
+// the full trunk (learned cases), or (learned_cheap) the trunk truncated after feature map 3 on the
+// input pooled by 2, with its own heads (reference cheap.policy.heads.*).
+const cheapSpec = JSON.parse(meta.cheap) as { features: number; policy_pool: number; policy_feature: number };
+function learnedModelBuffer(cheap = false): Buffer {
   const bytes = fs.readFileSync(path.join(dir, 'model.safetensors'));
   const header = readHeaderFromBuffer(bytes);
   type Entry = { dtype: 'F32' | 'F16'; shape: number[]; data: Float32Array | Uint16Array };
@@ -38,23 +41,28 @@ function learnedModelBuffer(): Buffer {
     const data = t.dtype === 'F16' ? new Uint16Array(copy.buffer) : new Float32Array(copy.buffer);
     tensors[t.name] = { dtype: t.dtype as 'F32' | 'F16', shape: t.shape, data };
   }
-  for (const [name, t] of Object.entries(randomEffnet(trunkSpec.prefix, trunkSpec.seed))) tensors[name] = { dtype: 'F32', ...t };
-  for (const name of Object.keys(ref).filter((n) => n.startsWith('policy.heads.')))
-    tensors[name] = { dtype: 'F32', shape: ref[name].dims, data: ref[name].data as Float32Array };
+  const trunk = randomEffnet(trunkSpec.prefix, trunkSpec.seed, cheap ? cheapSpec.features : 5);
+  for (const [name, t] of Object.entries(trunk)) tensors[name] = { dtype: 'F32', ...t };
+  const heads = cheap ? 'cheap.policy.heads.' : 'policy.heads.';
+  for (const name of Object.keys(ref).filter((n) => n.startsWith(heads)))
+    tensors[name.replace(/^cheap\./, '')] = { dtype: 'F32', shape: ref[name].dims, data: ref[name].data as Float32Array };
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
-  const merge = cases.learned.merge as { levels: number[]; thresholds: number[] };
+  const merge = cases[cheap ? 'learned_cheap' : 'learned'].merge as { levels: number[]; thresholds: number[] };
   config.merge = { policy: 'learned', levels: merge.levels, thresholds: merge.thresholds, head_outputs: 1 };
+  if (cheap) Object.assign(config.merge, { policy_pool: cheapSpec.policy_pool, policy_feature: cheapSpec.policy_feature });
   return encodeSafetensors(tensors, { config: JSON.stringify(config) });
 }
 
-let model: Model, learned: Model;
+let model: Model, learned: Model, cheap: Model;
 test.before(async () => {
   model = await loadModel(dir, { device: 'cpu', precision: 'fp32' });
   learned = await loadModel(learnedModelBuffer(), { device: 'cpu', precision: 'fp32' });
+  cheap = await loadModel(learnedModelBuffer(true), { device: 'cpu', precision: 'fp32' });
 });
 test.after(() => {
   model.dispose();
   learned.dispose();
+  cheap.dispose();
 });
 
 test('the exported model loads with its merge and prune defaults', () => {
@@ -62,8 +70,9 @@ test('the exported model loads with its merge and prune defaults', () => {
   assert.equal(model.config.prune && model.config.prune.exitLayers, [1, 2]);
   assert.is(model.config.merge && model.config.merge.policy, 'similarity');
   assert.equal(learned.config.policy, { levels: [4, 2], outputs: 1, pool: 1, feature: 4 });
+  assert.equal(cheap.config.policy, { levels: [4, 2], outputs: 1, pool: 2, feature: 3 });
   // the default cases leave unshare and agree out: these are what they test
-  for (const m of [model, learned]) {
+  for (const m of [model, learned, cheap]) {
     assert.is(m.config.merge && m.config.merge.unshare, 'blend');
     assert.is(m.config.prune && m.config.prune.agree, true);
   }
@@ -71,7 +80,7 @@ test('the exported model loads with its merge and prune defaults', () => {
 
 const segmentCase = (name: string, i: number, override: Pick<SegmentOptions, 'merge' | 'prune'> = {}) => {
   const img = images[i];
-  const m = name.startsWith('learned') ? learned : model;
+  const m = name === 'learned_cheap' ? cheap : name.startsWith('learned') ? learned : model;
   return m.segment(img, { size: Math.max(img.width, img.height), logits: true, ...cases[name], ...override });
 };
 
@@ -92,8 +101,8 @@ for (const name of Object.keys(cases)) {
   });
 }
 
-const blendCases = ['merge_blend', 'step_blend_agree', 'learned_blend_agree'];
-const agreeCases = ['prune_agree', 'step_blend_agree', 'learned_blend_agree'];
+const blendCases = ['merge_blend', 'step_blend_agree', 'learned_blend_agree', 'learned_cheap'];
+const agreeCases = ['prune_agree', 'step_blend_agree', 'learned_blend_agree', 'learned_cheap'];
 
 test('merging and pruning do happen in the fixture (the parity above is not vacuous)', async () => {
   for (const name of ['merge', 'step', 'learned', ...blendCases])
