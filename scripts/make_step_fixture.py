@@ -159,6 +159,18 @@ def demo_images():
     return [im[20:116, 40:168].copy(), im[70:150, 60:220].copy(), im[4:76, 120:220].copy()]
 
 
+def centre_heads(model, heads, images):
+    """Sets each level head's bias to minus the median logit over the images' windows, so that some
+    windows merge and some do not."""
+    scores = [model.infer(im, {"policy": "learned", "levels": [4, 2], "thresholds": [2, 2]}, None,
+                          return_scores=True)["scores"] for im in images]
+    for li, s in enumerate((4, 2)):
+        p = np.concatenate([sc[li].ravel() for sc in scores])
+        logit = np.log(p / (1 - p))
+        heads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
+    model.load_engine_weights(heads, strict=False)
+
+
 def check_scores(scores, thresholds):
     return all(np.min(np.abs(s.astype(np.float64) - t)) > SCORE_MARGIN for s, t in zip(scores, thresholds) if s.size)
 
@@ -199,43 +211,28 @@ def main():
     # The learned-policy twin: the same ViT, the random.ts trunk and random heads for windows 4 and 2.
     lcfg = json.loads(json.dumps(cfg))
     lcfg["merge"] = {"policy": "learned", "levels": [4, 2], "thresholds": [0.5, 0.5], "head_outputs": 1}
-    learned = StepSeg(lcfg).double().eval()
-    trunk = {k: torch.from_numpy(v.astype(np.float64)) for k, v in random_effnet("policy.trunk.", TRUNK_SEED).items()}
-    heads = {}
-    for s in (4, 2):
-        heads[f"policy.heads.{s}.weight"] = (0.05 * torch.randn(1, 320, generator=gen, dtype=torch.float64)).float().double()
-        heads[f"policy.heads.{s}.bias"] = torch.zeros(1, dtype=torch.float64)
-    learned.load_engine_weights({**model.engine_state_dict(), **trunk, **heads})
-    learned.eval()
-    # centre the heads on the images' pooled features so that some windows merge and some do not
-    scores = [learned.infer(im, {"policy": "learned", "levels": [4, 2], "thresholds": [2, 2]}, None,
-                            return_scores=True)["scores"] for im in images]
-    for li, s in enumerate((4, 2)):
-        p = np.concatenate([sc[li].ravel() for sc in scores])
-        logit = np.log(p / (1 - p))
-        heads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
-    learned.load_engine_weights(heads, strict=False)
 
+    def policy_twin(merge_extra, features, channels):
+        """-> (StepSeg with the learned policy, its heads): randomEffnet's trunk (its first `features`
+        feature maps) and random heads over `channels`, centred on the images."""
+        c = json.loads(json.dumps(lcfg))
+        c["merge"].update(merge_extra)
+        m = StepSeg(c).double().eval()
+        trunk = {k: torch.from_numpy(v.astype(np.float64)) for k, v in random_effnet("policy.trunk.", TRUNK_SEED, features).items()}
+        heads = {}
+        for s in (4, 2):
+            heads[f"policy.heads.{s}.weight"] = (0.05 * torch.randn(1, channels, generator=gen, dtype=torch.float64)).float().double()
+            heads[f"policy.heads.{s}.bias"] = torch.zeros(1, dtype=torch.float64)
+        m.load_engine_weights({**model.engine_state_dict(), **trunk, **heads})
+        m.eval()
+        centre_heads(m, heads, images)
+        return m, heads
+
+    learned, heads = policy_twin({}, 5, 320)
     # The cheap learned policy: the input average-pooled by 2, the trunk truncated after feature map 3
     # (stride 16, 112 channels; randomEffnet's first 4 feature maps), heads on that map. Drawn after
-    # everything above, so the other cases keep their weights.
-    ccfg = json.loads(json.dumps(lcfg))
-    ccfg["merge"].update(policy_pool=2, policy_feature=3)
-    cheap = StepSeg(ccfg).double().eval()
-    ctrunk = {k: torch.from_numpy(v.astype(np.float64)) for k, v in random_effnet("policy.trunk.", TRUNK_SEED, 4).items()}
-    cheads = {}
-    for s in (4, 2):
-        cheads[f"policy.heads.{s}.weight"] = (0.05 * torch.randn(1, 112, generator=gen, dtype=torch.float64)).float().double()
-        cheads[f"policy.heads.{s}.bias"] = torch.zeros(1, dtype=torch.float64)
-    cheap.load_engine_weights({**model.engine_state_dict(), **ctrunk, **cheads})
-    cheap.eval()
-    scores = [cheap.infer(im, {"policy": "learned", "levels": [4, 2], "thresholds": [2, 2]}, None,
-                          return_scores=True)["scores"] for im in images]
-    for li, s in enumerate((4, 2)):
-        p = np.concatenate([sc[li].ravel() for sc in scores])
-        logit = np.log(p / (1 - p))
-        cheads[f"policy.heads.{s}.bias"] = torch.tensor([-float(np.median(logit))], dtype=torch.float64).float().double()
-    cheap.load_engine_weights(cheads, strict=False)
+    # the one above, so the other cases keep their weights.
+    cheap, cheads = policy_twin({"policy_pool": 2, "policy_feature": 3}, 4, 112)
 
     def case_table(sim_thr, learned_thr, prune_thr, defaults):
         """The copy / no-agreement cases (unshare and agree given), or the engine's defaults (left out:
