@@ -374,9 +374,19 @@ export function checkMerge(
     !levels.every((v, i) => Number.isInteger(v) && v >= 2 && v <= 64 && (i === 0 || v < levels[i - 1]))
   )
     report('levels', 'window sides in patches, integers from 2 to 64, largest first', levels);
-  const thresholds = m.thresholds ?? (m.levels === undefined ? base.thresholds : undefined);
+  // A threshold means one scorer's score: switching the scorer does not carry the other's over. The
+  // similarity scorer's defaults apply to its default levels; other levels, or the learned heads of a
+  // model configured for similarity, need thresholds given.
+  const switched = m.policy !== undefined && m.policy !== base.policy;
+  let thresholds = m.thresholds ?? (m.levels === undefined && !switched ? base.thresholds : undefined);
+  const defaultLevels = Array.isArray(levels) && levels.join() === kDefaultMerge.levels.join();
+  if (thresholds === undefined && switched && policy === 'similarity' && defaultLevels) thresholds = kDefaultMerge.thresholds;
   if (!Array.isArray(thresholds) || thresholds.length !== levels.length || !thresholds.every((v) => typeof v === 'number' && !Number.isNaN(v)))
-    report('thresholds', `${levels.length} numbers, one per level`, thresholds);
+    report(
+      'thresholds',
+      `${levels.length} numbers, one per level` + (switched && m.thresholds === undefined ? ` (the config's thresholds are for the ${base.policy} scorer, not ${policy})` : ''),
+      thresholds,
+    );
   const colorTau = m.colorTau ?? base.colorTau, textureTau = m.textureTau ?? base.textureTau;
   // float32 in the engine: a positive value that rounds to 0 there would divide by zero
   const tau = (v: unknown) => v === Infinity || float32Ok(v, true);

@@ -152,16 +152,16 @@ export function checkSegmentOptions(
   else if (o.merge !== undefined) {
     const m = checkObject(o.merge, 'options.merge');
     checkKeys(m, ['policy', 'levels', 'thresholds', 'colorTau', 'textureTau', 'unshare'], 'options.merge');
+    if ((m.policy ?? (defaults.merge || kDefaultMerge).policy) === 'learned' && !defaults.policy)
+      throw new BadInputError(
+        "options.merge.policy 'learned': this model carries no learned merge policy (its weights have no policy.* tensors). " +
+          "Use policy 'similarity' (the training-free scorer, the default) or merge: false, or load a model trained with a policy (scripts/train_policy.py)",
+      );
     // fields not given come from the model's merge config, or the defaults where it turns merging off
     merge = checkMerge(m, defaults.merge || kDefaultMerge, (field, expected, value) => {
       throw invalidParameter(`options.merge.${field}`, expected, value);
     });
-    if (merge.policy === 'learned') {
-      if (!defaults.policy)
-        throw new BadInputError(
-          "options.merge.policy 'learned': this model carries no learned merge policy (its weights have no policy.* tensors). " +
-            "Use policy 'similarity' (the training-free scorer, the default) or merge: false, or load a model trained with a policy (scripts/train_policy.py)",
-        );
+    if (merge.policy === 'learned' && defaults.policy) {
       const heads = defaults.policy.levels;
       if (!merge.levels.every((side) => heads.includes(side)))
         throw invalidParameter('options.merge.levels', `levels among the policy's heads [${heads.join(', ')}]`, merge.levels);

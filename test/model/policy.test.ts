@@ -8,9 +8,10 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 
 import { BadInputError, loadModel } from '../../lib/index';
+import { checkMerge, kDefaultMerge } from '../../lib/config';
 import { loadBinding } from '../../lib/binding';
 import { encodeSafetensors } from '../../lib/safetensors';
-import { readSafetensors, rejectsLoad, relL2, sharedDir, standIn } from '../helpers/compare';
+import { readSafetensors, rejectsLoad, rejectsWith, relL2, sharedDir, standIn } from '../helpers/compare';
 import { randn, randomEffnet, randomVit, rng, withPolicy } from '../helpers/random';
 import { skip } from '../helpers/skip';
 
@@ -120,8 +121,11 @@ for (const [pool, feature] of [[1, 4], [2, 3]] as const) {
     const soft = await loadModel(policyModel(2, pool, feature, thresholds), { device: 'cpu' });
     assert.equal((await soft.segment(img, { size: 128 })).tokenMap.index, r.tokenMap.index);
     // per call: similarity still available; learned levels must have heads
-    const sim = await model.segment(img, { size: 128, merge: { policy: 'similarity' } });
+    const sim = await model.segment(img, { size: 128, merge: { policy: 'similarity', thresholds: [0.7, 0.6] } });
     assert.ok(sim.stats.tokens.input > 0);
+    // the learned heads' thresholds do not carry over to the similarity scorer: levels [4, 2] have no
+    // similarity defaults, so they must be given
+    await rejectsWith(model.segment(img, { merge: { policy: 'similarity' } }), BadInputError, /thresholds.*are for the learned scorer, not similarity/);
     try {
       await model.segment(img, { merge: { policy: 'learned', levels: [8, 4], thresholds: [0.5, 0.5] } });
       assert.unreachable();
@@ -163,6 +167,20 @@ test('a model without a policy refuses the learned scorer', async () => {
     assert.not.match((err as Error).message, /Expected|received/);
   }
   plain.dispose();
+});
+
+
+test('switching the scorer per call: the similarity defaults on their levels, never the learned thresholds', () => {
+  const learned = { ...kDefaultMerge, policy: 'learned' as const, thresholds: [0.9, 0.85, 0.8] };
+  const fail = (field: string, expected: string): never => {
+    throw new Error(`${field}: ${expected}`);
+  };
+  assert.equal(checkMerge({ policy: 'similarity' }, learned, fail).thresholds, kDefaultMerge.thresholds);
+  assert.equal(checkMerge({}, learned, fail).thresholds, [0.9, 0.85, 0.8]);
+  assert.equal(checkMerge({ policy: 'learned' }, learned, fail).thresholds, [0.9, 0.85, 0.8]);
+  // a similarity config switched to learned: the heads' thresholds are unknown
+  assert.throws(() => checkMerge({ policy: 'learned' }, kDefaultMerge, fail), /thresholds: 3 numbers, one per level \(the config's thresholds are for the similarity scorer, not learned\)/);
+  assert.equal(checkMerge({ policy: 'learned', thresholds: [0.5, 0.5, 0.5] }, kDefaultMerge, fail).thresholds, [0.5, 0.5, 0.5]);
 });
 
 test.run();
