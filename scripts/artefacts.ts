@@ -1,5 +1,5 @@
 // Where STEP's labels leave the dense model's (issue 17: block artefacts), photo by photo.
-//   node --import tsx scripts/artefacts.ts [--size 1024] [--out DIR] [photo ...]
+//   node --import tsx scripts/artefacts.ts [--size 1024] [--out DIR] [--model DIR] [photo ...]
 //        (default photos: ../shared/images/* and assets/demo-rocket.jpg)
 // For each photo it segments dense ({ merge: false, prune: false }) and with merge only
 // ({ prune: false }), prune only ({ merge: false }) and both ({}: the model's defaults), with the label
@@ -24,6 +24,7 @@ const flag = (name: string, fallback: string) => {
 };
 const size = Number(flag('--size', '1024'));
 const outDir = flag('--out', '');
+const modelDir = flag('--model', '') || undefined; // default: the bundled model
 const root = path.join(__dirname, '..');
 const shared = path.join(root, '..', 'shared', 'images');
 const photos = args.length
@@ -75,7 +76,7 @@ async function diffPicture(file: string, r: SegmentResult, dense: SegmentResult,
 }
 
 (async () => {
-  const model = await loadModel(undefined, { device: 'cpu' });
+  const model = await loadModel(modelDir, { device: 'cpu' });
   const { palette, depth, patchSize } = model.config;
   if (outDir) fs.mkdirSync(outDir, { recursive: true });
   console.log(`size ${size}, precision ${model.precision}; differ: % of pixels whose label differs from dense`);

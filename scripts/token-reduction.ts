@@ -3,7 +3,7 @@
 //   node --import tsx scripts/token-reduction.ts [folder=../shared/images] [--sizes 512,768,1024]
 // Prints one row per (setting, size): images, mean dense tokens, mean merged tokens, reduction, and
 // the mean share of tokens of each window size. The learned scorer runs when the model has policy
-// weights (--model DIR); the bundled model has none.
+// weights (the bundled model's config uses it; --model DIR for another).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -25,13 +25,13 @@ const files = fs.readdirSync(folder).filter((f) => /\.(jpe?g|png|webp)$/i.test(f
 
 const settings: [string, SegmentOptions['merge']][] = [
   ['similarity strict [0.9, 0.8, 0.7]', { policy: 'similarity', thresholds: [0.9, 0.8, 0.7] }],
-  ['similarity default', {}],
+  ['similarity default', { policy: 'similarity' }],
   ['similarity loose [0.6, 0.5, 0.4]', { policy: 'similarity', thresholds: [0.6, 0.5, 0.4] }],
 ];
 
 (async () => {
   const model = await loadModel(modelDir, { device: 'cpu' });
-  if (modelDir && model.config.merge && model.config.merge.policy === 'learned') settings.push(['learned (model config)', {}]);
+  if (model.config.merge && model.config.merge.policy === 'learned') settings.push(['learned (model config)', {}]);
   console.log(`${files.length} images from ${folder}`);
   console.log('setting                              size  dense  merged  reduction  8x8  4x4  2x2  1x1');
   for (const [name, merge] of settings)
