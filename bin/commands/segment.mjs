@@ -27,7 +27,7 @@ Options:
   -d, --device DEVICE      auto | cpu | cuda (default auto)
   -s, --size N             long side for inference in pixels (default: the model's input size)
       --merge MODE         off | similarity | learned (default: the model's config); learned only for a
-                           model whose weights carry a merge policy (the bundled model does not)
+                           model whose weights carry a merge policy (the bundled model does)
       --prune VALUE        off | a confidence threshold such as 0.9 (default: the model's config)
   -q, --quiet              no per-image lines or progress bar, only the summary and errors
       --verbose            stack traces on errors
@@ -85,7 +85,7 @@ export async function run(values, positionals) {
   if (merge?.policy === 'learned' && !cfg.policy) {
     model.dispose();
     throw new UsageError(
-      `--merge learned: this model carries no learned merge policy (its weights have no policy.* tensors; the bundled model ships without one). ` +
+      `--merge learned: this model carries no learned merge policy (its weights have no policy.* tensors; the bundled model has one). ` +
         `Use --merge similarity (the training-free scorer, the default) or --merge off, or --model a model trained with a policy`,
     );
   }

@@ -500,7 +500,6 @@ step::ImageNormalizeParams read_image_normalize(Call& call) {
   const std::vector<float> mean = call.numbers("mean", 3), stdv = call.numbers("std", 3);
   for (int c = 0; c < 3; ++c) p.mean[c] = mean[c], p.std[c] = stdv[c];
   p.channels_last = call.boolean_or("channelsLast", false);
-  if (p.channels_last && call.on_device()) call.fail_range("the CUDA image_normalize writes planar (3, outH, outW) output only");
   p.src = call.array<uint8_t>("src", int64_t(p.h) * p.w * p.channels, Use::kIn);
   p.out = call.array<float>("out", 3 * int64_t(p.out_h) * p.out_w, Use::kOut);
   return p;

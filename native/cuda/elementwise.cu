@@ -2,9 +2,10 @@
 // side of native/cpu/elementwise.cpp (image_normalize), plus the float32 -> bf16 conversion that
 // feeds float32 activations to the GEMM.
 //   convert_to_bf16_kernel   grid-stride, 4 elements (one float4 in, 8 bytes out) per step when aligned.
-//   image_normalize_kernel   one thread per output pixel, all three planes: (v * (1 / std)) + (-mean / std)
+//   image_normalize_kernel   one thread per output pixel, all three channels: (v * (1 / std)) + (-mean / std)
 //                            with explicit roundings (__fmul_rn, __fadd_rn: no FMA contraction), so
-//                            the result is bit-identical to the CPU's.
+//                            the result is bit-identical to the CPU's; planar (3, out_h, out_w) for the
+//                            patch embedding or channels last (out_h, out_w, 3) for the policy CNN.
 #include <algorithm>
 
 #include "common.cuh"
@@ -45,7 +46,8 @@ struct NormalizeArgs {
   int h, w, channels;
   float scale[3], shift[3];
   int out_h, out_w;
-  float* out;          // (3, out_h, out_w)
+  bool channels_last;
+  float* out;          // (3, out_h, out_w), or (out_h, out_w, 3) when channels_last
 };
 
 __global__ void __launch_bounds__(kThreads) image_normalize_kernel(NormalizeArgs a) {
@@ -56,10 +58,11 @@ __global__ void __launch_bounds__(kThreads) image_normalize_kernel(NormalizeArgs
     if (y < a.h && x < a.w) {
       const uint8_t* px = a.src + (int64_t(y) * a.w + x) * a.channels;
 #pragma unroll
-      for (int c = 0; c < 3; ++c) a.out[c * plane + i] = __fadd_rn(__fmul_rn(float(px[c]), a.scale[c]), a.shift[c]);
+      for (int c = 0; c < 3; ++c)
+        a.out[a.channels_last ? 3 * i + c : c * plane + i] = __fadd_rn(__fmul_rn(float(px[c]), a.scale[c]), a.shift[c]);
     } else {
 #pragma unroll
-      for (int c = 0; c < 3; ++c) a.out[c * plane + i] = 0.f;
+      for (int c = 0; c < 3; ++c) a.out[a.channels_last ? 3 * i + c : c * plane + i] = 0.f;
     }
   }
 }
@@ -103,7 +106,7 @@ void image_normalize(const ImageNormalizeParams& p, void* stream) {
   STEP_CHECK(p.channels == 3 || p.channels == 4, "cuda::image_normalize: channels must be 3 or 4");
   if (int64_t(p.out_h) * p.out_w == 0) return;
   STEP_CHECK(p.out && (p.src || int64_t(p.h) * p.w == 0), "cuda::image_normalize: null buffer");
-  NormalizeArgs a{p.src, p.h, p.w, p.channels, {}, {}, p.out_h, p.out_w, p.out};
+  NormalizeArgs a{p.src, p.h, p.w, p.channels, {}, {}, p.out_h, p.out_w, p.channels_last, p.out};
   for (int c = 0; c < 3; ++c) {  // as the CPU computes them, on the host
     a.scale[c] = 1.f / p.std[c];
     a.shift[c] = -p.mean[c] / p.std[c];

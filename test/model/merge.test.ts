@@ -8,6 +8,8 @@ import * as assert from 'uvu/assert';
 import { BadInputError, loadModel, type Model } from '../../lib/index';
 import { repoRoot, sharedImages, standIn } from '../helpers/compare';
 import { rng } from '../helpers/random';
+import { kDefaultMerge } from '../../lib/config';
+import { reachLevels } from '../../lib/options';
 
 const demo = path.join(repoRoot, 'assets', 'demo-rocket.jpg');
 let model: Model;
@@ -54,7 +56,8 @@ test('a constant-colour image with permissive thresholds is exactly its largest 
   assert.equal(r.stats.tokens.perBlock, [13, 13, 13, 13]);
   assert.ok(r.tokenMap.size.every((s) => s === 8));
   // the same image at odd sizes: windows past the grid are not merged
-  const odd = await model.segment({ data, width, height, channels: 3 }, { size: 300, merge: { thresholds: [0, 0, 0] } });
+  // (levels named: at 300 px the reach rule below would leave the 8 x 8 windows out)
+  const odd = await model.segment({ data, width, height, channels: 3 }, { size: 300, merge: { levels: [8, 4, 2], thresholds: [0, 0, 0] } });
   // 300 x 225 -> 19 x 15 patches: 2 x 1 windows of 8, then 4 x 4 windows where free, then 2 x 2
   const { gh, gw } = odd.tokenMap;
   assert.equal([gh, gw], [15, 19]);
@@ -62,6 +65,29 @@ test('a constant-colour image with permissive thresholds is exactly its largest 
   const covered = 64 * perLevel[8] + 16 * perLevel[4] + 4 * perLevel[2] + perLevel[1];
   assert.is(covered, gh * gw);
   assert.is(perLevel[8], 2);
+});
+
+// Superpatch reach (lib/options.ts reachLevels): levels the call does not name stay only while
+// S * inputSize <= max(levels) * size.
+test('superpatch reach: on an image resized below the input size, the largest windows are left out', async () => {
+  const width = 512, height = 384;
+  const data = new Uint8Array(width * height * 3).fill(90);
+  const inputSize = model.config.inputSize;
+  for (const size of [inputSize, Math.ceil(inputSize / 2), Math.floor(inputSize / 2) - 16, Math.floor(inputSize / 4) - 16]) {
+    const r = await model.segment({ data, width, height, channels: 3 }, { size, merge: { thresholds: [0, 0, 0] } });
+    const largest = Math.max(...Object.keys(r.stats.tokens.perLevel).map(Number).filter((S) => r.stats.tokens.perLevel[S] > 0));
+    const cap = [8, 4, 2].filter((S) => S * inputSize <= 8 * size);
+    // a constant image merges as much as the kept levels allow: the largest kept level appears
+    assert.is(largest, cap.length ? cap[0] : 1, `size ${size}: largest superpatch side`);
+  }
+  assert.equal(reachLevels({ ...kDefaultMerge }, 960, 960).levels, [8, 4, 2]);
+  assert.equal(reachLevels({ ...kDefaultMerge }, 480, 960), { ...kDefaultMerge, levels: [4, 2], thresholds: [0.7, 0.6] });
+  assert.equal(reachLevels({ ...kDefaultMerge }, 320, 960), { ...kDefaultMerge, levels: [2], thresholds: [0.6] });
+  assert.is(reachLevels({ ...kDefaultMerge }, 100, 960), false);
+  assert.equal(reachLevels({ ...kDefaultMerge }, 2000, 960).levels, [8, 4, 2]);
+  // named levels are used as given
+  const named = await model.segment({ data, width, height, channels: 3 }, { size: Math.floor(inputSize / 4) - 16, merge: { levels: [8, 4, 2], thresholds: [0, 0, 0] } });
+  assert.ok(named.stats.tokens.perLevel[2] > 0 || named.stats.tokens.perLevel[4] > 0 || named.stats.tokens.perLevel[8] > 0);
 });
 
 test('a batch with different token counts equals each image alone', async () => {

@@ -159,7 +159,7 @@ test('the token counts say what each number is, and the numbers are those of the
 });
 
 test('--merge learned on a model without a learned policy says so plainly, and what to use', () => {
-  const r = stepSeg(['segment', demo, '--merge', 'learned', '--out', path.join(os.tmpdir(), 'step-seg-never-written')]);
+  const r = stepSeg(['segment', demo, '--merge', 'learned', '--model', standIn, '--out', path.join(os.tmpdir(), 'step-seg-never-written')]);
   assert.is(r.code, 2);
   assert.match(r.stderr, /^step-seg: [^\n]+\n$/);
   assert.match(r.stderr, /this model carries no learned merge policy/);
