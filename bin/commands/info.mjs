@@ -77,7 +77,12 @@ export async function run(values, positionals) {
   row('', [...groups].map(([g, n]) => `${g} ${m(n)}`).join(', '));
   row('classes', `${c.numClasses}${c.numClasses ? '' : ' (a backbone: no segmentation head)'}`);
   c.classNames.forEach((name, i) => lines.push(`  ${String(i).padStart(3)}  ${name.padEnd(16)} rgb(${c.palette[i].join(', ')})`));
-  row('merge', c.merge ? `${c.merge.policy}: levels ${c.merge.levels.map((l) => `${l}x${l}`).join(', ')}, thresholds ${c.merge.thresholds.join(', ')}, colorTau ${c.merge.colorTau}, textureTau ${c.merge.textureTau}` : 'off');
+  const scorer = (mg) => {
+    if (mg.policy !== 'learned' || !c.policy) return `colorTau ${mg.colorTau}, textureTau ${mg.textureTau}`;
+    const { pool, feature, outputs } = c.policy, stride = 2 ** (feature + 1);
+    return `EfficientNet-Lite0 trunk to feature map ${feature} (stride ${stride}) of the input pooled by ${pool}: one score per ${pool * stride}-px cell, ${outputs === 1 ? 'sigmoid' : 'softmax'} heads`;
+  };
+  row('merge', c.merge ? `${c.merge.policy}: levels ${c.merge.levels.map((l) => `${l}x${l}`).join(', ')}, thresholds ${c.merge.thresholds.join(', ')}; ${scorer(c.merge)}` : 'off');
   row('prune', c.prune ? `exit heads after blocks ${c.prune.exitLayers.join(', ')} (of ${c.depth}); threshold ${c.prune.threshold}, keepTopK ${c.prune.keepTopK}` : 'none (no exit heads: every token reaches the final head)');
   row('licence', info.license ?? 'not stated in the config (ask whoever made the model)');
   if (info.licenseFile) row('', info.licenseFile);

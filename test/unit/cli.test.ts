@@ -67,6 +67,9 @@ test('info prints the config, classes, parameters, merging and licence of the bu
   assert.is(r.code, 0, r.stderr);
   for (const k of ['arch', 'params', 'classes', 'merge', 'prune', 'sky', 'bicyclist', 'patch 16']) assert.match(r.stdout, k);
   assert.match(r.stdout, /licence\s+research and non-commercial use only/);
+  // the bundled model's scorer is its learned policy: what it runs on, not the similarity scorer's taus
+  assert.match(r.stdout, /merge\s+learned: levels 8x8, 4x4, 2x2, thresholds 0\.9, 0\.8, 0\.75; EfficientNet-Lite0 trunk to feature map 3 \(stride 16\) of the input pooled by 2: one score per 32-px cell, sigmoid heads/);
+  assert.match(stepSeg(['info', standIn]).stdout, /merge\s+similarity: .*colorTau 16, textureTau 32/);
   assert.ok(r.stdout.includes(path.join(repoRoot, 'weights', 'LICENSE')), 'the path of the terms');
   assert.is(stepSeg(['info'], tmp).stdout, r.stdout, 'no argument is the bundled model too');
   assert.is(stepSeg(['info', 'weights/default']).stdout, r.stdout, 'the path works inside the clone');
