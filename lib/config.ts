@@ -379,7 +379,7 @@ export function checkMerge(
   // model configured for similarity, need thresholds given.
   const switched = m.policy !== undefined && m.policy !== base.policy;
   let thresholds = m.thresholds ?? (m.levels === undefined && !switched ? base.thresholds : undefined);
-  const defaultLevels = Array.isArray(levels) && levels.join() === kDefaultMerge.levels.join();
+  const defaultLevels = (levels as number[]).join() === kDefaultMerge.levels.join();
   if (thresholds === undefined && switched && policy === 'similarity' && defaultLevels) thresholds = kDefaultMerge.thresholds;
   if (!Array.isArray(thresholds) || thresholds.length !== levels.length || !thresholds.every((v) => typeof v === 'number' && !Number.isNaN(v)))
     report(

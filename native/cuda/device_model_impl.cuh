@@ -85,11 +85,12 @@ struct DevicePolicy {
   int pool = 1, feature = 4;    // MergePolicyNet::pool, MergePolicyNet::feature()
 };
 
-// Element counts of the trunk's buffers for one image of H x W pixels (its GFLOPs: cost.h).
+// Element counts of the trunk's buffers for one image of H x W pixels, average-pooled by `pool`, through
+// the blocks of a trunk of `features` feature maps (its GFLOPs: cost.h).
 struct TrunkSizes {
   int64_t map = 0, expanded = 0, mid = 0, bf16 = 0;
 };
-TrunkSizes trunk_sizes(int H, int W);  // device_policy.cu
+TrunkSizes trunk_sizes(int H, int W, int pool, int features);  // device_policy.cu
 
 // What fixes the work of a call: sizes and settings, never pixel values (the graph key).
 struct CallShape {

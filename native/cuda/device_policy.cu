@@ -11,12 +11,15 @@
 
 namespace step::cuda::device_model_detail {
 
-TrunkSizes trunk_sizes(int H, int W) {
+TrunkSizes trunk_sizes(int H, int W, int pool, int features) {
   TrunkSizes t;
   using T = EffNetTrunk;
-  int ih = T::conv_out(H, 3, 2), iw = T::conv_out(W, 3, 2);
+  const int Hp = H / pool, Wp = W / pool;
+  int ih = T::conv_out(Hp, 3, 2), iw = T::conv_out(Wp, 3, 2);
   t.map = int64_t(ih) * iw * T::kStemChannels;
-  for (const T::Block& b : T::blocks()) {
+  if (pool > 1) t.mid = int64_t(Hp) * Wp * 3;  // the pooled input, read by the stem (policy_scores)
+  for (int i = 0; i < T::num_blocks(features); ++i) {
+    const T::Block& b = T::blocks()[size_t(i)];
     const int oh = T::conv_out(ih, b.kernel, b.stride), ow = T::conv_out(iw, b.kernel, b.stride);
     const int64_t in_px = int64_t(ih) * iw, out_px = int64_t(oh) * ow;
     const int dw_c = b.separable ? b.in : b.mid;
@@ -85,8 +88,8 @@ void CudaVitModel::policy_scores(const Buffers& w, const uint8_t* rgb, int h, in
     n.out_h = H, n.out_w = W, n.channels_last = true, n.out = w.trunk_x;
     image_normalize(n, s);
   }
-  // The pooled input goes to trunk_mid, which the stem reads and the first block overwrites (its
-  // H / 2 x W / 2 x 32 floats hold the H / pool x W / pool x 3 of any pool >= 2).
+  // The pooled input goes to trunk_mid (trunk_sizes makes room for it), which the stem reads and the
+  // first block overwrites.
   const int pool = policy_->pool, C = T::kFeatureChannels[policy_->feature], cell = pool * T::kFeatureStrides[policy_->feature];
   const float* x0 = w.trunk_x;
   if (pool > 1) {

@@ -78,11 +78,11 @@ DeviceModel::SegmentResult CudaVitModel::segment(const SegmentRequest& r) {
   double policy_gflops = 0;
   if (learned) {
     for (const auto& [gh, gw] : grids) {
-      const TrunkSizes t = trunk_sizes(gh * P, gw * P);
+      const int pool = policy_->pool, features = policy_->feature + 1, C = EffNetTrunk::kFeatureChannels[policy_->feature];
+      const TrunkSizes t = trunk_sizes(gh * P, gw * P, pool, features);
       sh.trunk.map = std::max(sh.trunk.map, t.map), sh.trunk.expanded = std::max(sh.trunk.expanded, t.expanded);
       sh.trunk.mid = std::max(sh.trunk.mid, t.mid), sh.trunk.bf16 = std::max(sh.trunk.bf16, t.bf16);
-      const int pool = policy_->pool, C = EffNetTrunk::kFeatureChannels[policy_->feature];
-      policy_gflops += effnet_gflops(gh * P / pool, gw * P / pool, policy_->feature + 1);
+      policy_gflops += effnet_gflops(gh * P / pool, gw * P / pool, features);
       for (int32_t S : r.merge.levels) {
         sh.pooled = std::max<int64_t>(sh.pooled, int64_t(gh / S) * (gw / S) * C);
         policy_gflops += gemm_gflops(int64_t(gh / S) * (gw / S), 1, C);  // the level's head
